@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Each installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: deps demo test test-unit lint bench clean
+
+$(BIN)/shardhouse: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,local]'
+	touch $@
+
+deps: $(BIN)/shardhouse
+	scripts/install-deps.sh
+
+demo: deps
+	$(BIN)/shardhouse demo
+
+test: deps
+	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+test-unit: $(BIN)/shardhouse
+	$(BIN)/pytest -q tests/unit
+
+lint: $(BIN)/shardhouse
+	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .shardhouse .mypy_cache .ruff_cache .pytest_cache

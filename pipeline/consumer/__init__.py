@@ -1,0 +1,1 @@
+"""KCL-compatible consumer runtime: leases, checkpoints, shard consumers, KPL de-aggregation."""

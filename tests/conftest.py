@@ -1,0 +1,83 @@
+"""Shared fixtures: one real local stack per test session, on free ports.
+
+The stack is the same launcher ``shardhouse up`` uses (pipeline/servers/stack.py): moto server
+(S3, SQS, DynamoDB, Kinesis), kinesis-mock (faithful resharding), redis-server, PostgreSQL.
+Servers start only when an integration test asks for them; unit tests need none.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.clients import ClientFactory
+from pipeline.servers import stack as local_stack
+from pipeline.servers.process import free_port
+from pipeline.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+def _kinesis_mock_installed() -> bool:
+    return (REPO / ".shardhouse/npm/node_modules/kinesis-local/main.js").exists()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.StackState]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    cfg = local_stack.StackConfig(
+        state_dir=state_dir,
+        aws_port=free_port(),
+        kinesis_mock_port=free_port(),
+        redis_port=free_port(),
+        pg_port=free_port(),
+        with_kinesis_mock=_kinesis_mock_installed(),
+        npm_dirs=(REPO / ".shardhouse/npm",),
+    )
+    state, _ = local_stack.up(cfg)
+    saved = dict(os.environ)
+    # Worker subprocesses started by tests inherit the stack's environment.
+    os.environ.update(state.env)
+    for key in list(os.environ):
+        if key.startswith("AWS_ENDPOINT_URL_"):
+            del os.environ[key]
+    try:
+        yield state
+    finally:
+        local_stack.down(state_dir)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def kinesis_mock_endpoint(stack: local_stack.StackState) -> str:
+    """kinesis-mock's URL; resharding tests need its faithful split/merge behaviour."""
+    if stack.kinesis_mock_endpoint is None:
+        pytest.skip("kinesis-mock not installed (run scripts/install-deps.sh)")
+    return stack.kinesis_mock_endpoint
+
+
+@pytest.fixture(scope="session")
+def settings(stack: local_stack.StackState) -> Settings:
+    return load_settings(stack.env)
+
+
+@pytest.fixture(scope="session")
+def clients(settings: Settings) -> ClientFactory:
+    return ClientFactory(settings)
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh, valid resource-name prefix (streams, buckets, queues, tables) for one test."""
+    return f"t{uuid.uuid4().hex[:12]}"
