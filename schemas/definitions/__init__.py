@@ -1,0 +1,1 @@
+"""Built-in event definitions, one JSON file per type+version (``<type>.v<n>.json``)."""

@@ -1,0 +1,46 @@
+"""Why an event was refused, and why a set of definitions was refused.
+
+Both are terminal: retrying the same bytes or the same definitions gives the same answer.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pipeline.errors import TerminalError
+
+#: Every reason :class:`InvalidEvent` can carry. Short snake_case codes: they are metric labels
+#: and dead-letter fields, so the set is closed and stable.
+REASONS: Final = (
+    "not_utf8",
+    "oversize",
+    "bad_json",
+    "missing_field",
+    "wrong_type",
+    "bad_event_id",
+    "bad_timestamp",
+    "unsafe_customer_id",
+    "unknown_type",
+    "unknown_version",
+)
+_REASON_SET: Final = frozenset(REASONS)
+
+
+class InvalidEvent(TerminalError):
+    """A record that is not a valid event. ``reason`` is one of :data:`REASONS`; ``detail`` is
+    human text for the dead letter (it may quote the input, so never splice it into SQL or paths)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in _REASON_SET:
+            raise ValueError(f"unknown InvalidEvent reason {reason!r}")
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+class SchemaEvolutionError(TerminalError):
+    """The built-in (or given) definitions break a rule: a new version may only add optional
+    fields. Raised at registry load, so a bad definition never reaches the stream."""
