@@ -17,8 +17,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline.cli.app import app
 from pipeline.errors import ShardhouseError
 
-# Command modules (imported for their registration side effect), one line each.
-from pipeline.cli import stack as _stack  # noqa: F401,E402,I001
+# Command modules, imported for their registration side effect; one line each.
+# isort: split
+from pipeline.cli import produce as _produce  # noqa: F401
+from pipeline.cli import stack as _stack  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,7 +119,7 @@ def _stack_env(cfg: StackConfig) -> dict[str, str]:
 def _start_moto(cfg: StackConfig, logs: Path) -> Service:
     log = logs / "moto.log"
     pid = spawn(
-        [binaries.python(), "-m", "moto.server", "-H", cfg.host, "-p", str(cfg.aws_port)],
+        [binaries.python(), "-m", "pipeline.servers.moto_main", "-H", cfg.host, "-p", str(cfg.aws_port)],
         log_path=log,
         env={**os.environ, **FAKE_CREDENTIALS},
     )
