@@ -1,0 +1,346 @@
+"""The order of a flush, written down once.
+
+    1. check    Redis: was this batch committed by an earlier owner? which ids were seen?
+    2. write    S3: one zstd Parquet object per (customer, type, version), plus the dead letters
+    3. announce SQS: the manifest (only when objects were written)
+    4. mark     Redis: the batch's ids and the batch marker
+    5. checkpoint at the batch's last record (or SHARD_END)
+
+:func:`commit` runs steps 1-3 and starts 4; :func:`finish` waits for 4 and runs 5. The processor
+calls ``finish`` before its next flush (or at once when caught up, at shutdown and at shard end),
+so Redis marks batch N while batch N+1 is being decoded. Each batch still goes 1 → 5 in order.
+
+Why this order (DESIGN §4.2 and §4.3): nothing is checkpointed before it is durable in S3 and
+announced; ids are marked seen only once their batch is announced, because a false "seen" would
+drop an event for good. A crash between any two steps leaves the checkpoint where it was, and the
+new owner replays the same records: same batch id, same keys (If-None-Match finds the objects),
+and after step 4 the batch marker lets it skip to step 5. docs/batcher.md has the analysis.
+
+Each step retries transient errors with full-jitter backoff; a terminal error (or retries
+exhausted) escapes *without* checkpointing. A refused checkpoint with ShutdownException means the
+lease moved: :class:`LeaseLost`, and the processor stops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyarrow as pa
+
+from pipeline.consumer.processor import Checkpointer, CheckpointError
+from pipeline.errors import ShardhouseError, TerminalError, TransientError
+from pipeline.manifest import BatchObject
+from pipeline.retry import Backoff, call_with_retry
+from workers.batcher import parquet, plan
+from workers.batcher.buffer import Batch, Row
+from workers.batcher.dedupe import DedupeCheck, DedupeLayout
+from workers.batcher.sinks import Announcer, DedupeStore, ObjectStore, StoredObject
+
+if TYPE_CHECKING:
+    from schemas import Registry
+
+T = TypeVar("T")
+
+PARQUET = "application/vnd.apache.parquet"
+JSONL = "application/x-ndjson"
+
+# Step names passed to the crash hook, after the step completed.
+WRITTEN = "written"
+ANNOUNCED = "announced"
+MARKED = "marked"
+CHECKPOINTED = "checkpointed"
+STEPS = (WRITTEN, ANNOUNCED, MARKED, CHECKPOINTED)
+
+
+class LeaseLost(ShardhouseError):
+    """The checkpoint was refused because another worker owns the shard now: stop, write nothing."""
+
+
+class CheckpointThrottled(TransientError):
+    pass
+
+
+def _no_crash(_step: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class FlushDeps:
+    """Everything a flush talks to, injected (tests pass the same real servers, other names)."""
+
+    stream: str
+    bucket: str
+    registry: Registry
+    layout: DedupeLayout
+    dedupe: DedupeStore
+    store: ObjectStore
+    announcer: Announcer
+    executor: Executor
+    backoff: Backoff = field(default_factory=Backoff)
+    sleep: Callable[[float], None] = time.sleep
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    # Test hook standing in for kill -9: called after each step; an exception it raises ends the
+    # flush on the spot (nothing after it runs).
+    crash: Callable[[str], None] = _no_crash
+
+
+@dataclass
+class FlushResult:
+    batch_id: str
+    outcome: str  # "written" | "skipped" (committed by an earlier owner) | "empty" (nothing valid left)
+    objects: list[BatchObject] = field(default_factory=list)
+    manifests: int = 0
+    rows_written: int = 0
+    duplicates_redis: int = 0
+    dead_letters: int = 0
+    bytes_written: int = 0
+    reused_objects: int = 0  # found in S3 from an earlier attempt
+    invalid_by_reason: dict[str, int] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PendingCommit:
+    """A batch whose steps 1-3 are done and whose step 4 (mark) is running on the pool."""
+
+    batch: Batch
+    result: FlushResult
+    mark: Future[int] | None
+    shard_end: bool
+    seconds: float  # time spent in commit() itself
+
+
+def commit(batch: Batch, deps: FlushDeps, *, shard_end: bool = False) -> PendingCommit:
+    """Steps 1-3 of a flush, and step 4 started; :func:`finish` completes 4 and does 5.
+
+    The split lets Redis mark one batch while the processor decodes the next one; the order of
+    each batch's steps is unchanged, and nothing is checkpointed until its mark has completed.
+    """
+    timer = _Timer()
+    bid = plan.batch_id_of(deps.stream, batch)
+    rows = batch.rows
+    ids = deps.layout.pack_rows(rows)
+    invalid_by_reason: dict[str, int] = {}
+    for rejected in batch.rejected:
+        invalid_by_reason[rejected.reason] = invalid_by_reason.get(rejected.reason, 0) + 1
+
+    # 1. check — Redis answers while this thread builds the Arrow tables the answer filters.
+    checked, writes = _check_and_encode(batch, deps, bid, ids)
+    timer.lap("check+parquet")
+    result = FlushResult(batch_id=bid, outcome="written", invalid_by_reason=invalid_by_reason)
+    result.dead_letters = len(batch.rejected)
+    mark: Future[int] | None = None
+
+    if checked.batch_committed:
+        result.outcome = "skipped"
+        result.duplicates_redis = len(rows)
+    else:
+        result.duplicates_redis = sum(checked.seen)
+        kept_ids = [i for i, dup in zip(ids, checked.seen, strict=True) if not dup]
+
+        # 2. write — objects and dead letters, in parallel, each write-once.
+        dead = plan.dead_letter_document(deps.stream, batch.shard_id, batch.rejected)
+        stored = _write_all(deps, batch, writes, dead, bid)
+        result.objects = [obj for obj, _ in stored]
+        result.reused_objects = sum(1 for _, s in stored if not s.created)
+        result.rows_written = sum(o.rows for o in result.objects)
+        result.bytes_written = sum(o.bytes for o in result.objects) + len(dead)
+        timer.lap("write")
+        deps.crash(WRITTEN)
+
+        # 3. announce
+        if result.objects:
+            manifests = plan.build_manifests(
+                stream=deps.stream,
+                bucket=deps.bucket,
+                batch=batch,
+                objects=result.objects,
+                created_at=deps.now(),
+            )
+            for manifest in manifests:
+                announce = functools.partial(deps.announcer.announce, manifest)
+                _retry(deps, announce, f"announce {manifest.batch_id}")
+            result.manifests = len(manifests)
+        else:
+            result.outcome = "empty"
+        timer.lap("announce")
+        deps.crash(ANNOUNCED)
+
+        # 4. mark (started) — only what was announced becomes "seen".
+        if result.objects:
+            mark = deps.executor.submit(
+                _retry, deps, lambda: deps.dedupe.mark(bid, kept_ids), f"dedupe mark {bid}"
+            )
+    result.step_seconds = timer.laps
+    # The pending commit outlives this call by a batch: keep the position, not the rows.
+    slim = dataclasses.replace(batch, rows=[], rejected=[])
+    return PendingCommit(slim, result, mark, shard_end, timer.total)
+
+
+def finish(pending: PendingCommit, checkpointer: Checkpointer, deps: FlushDeps) -> FlushResult:
+    """Step 4 completed, then step 5: the checkpoint at the batch's last record (or SHARD_END)."""
+    timer = _Timer()
+    result, batch = pending.result, pending.batch
+    if pending.mark is not None:
+        pending.mark.result()  # re-raises the mark's error: no checkpoint then
+    timer.lap("mark")
+    if result.outcome != "skipped":
+        deps.crash(MARKED)
+    if pending.shard_end:
+        checkpoint(deps, checkpointer, None, None)
+    else:
+        checkpoint(deps, checkpointer, batch.last.sequence_number, batch.last.sub_sequence_number)
+    timer.lap("checkpoint")
+    deps.crash(CHECKPOINTED)
+    result.step_seconds.update(timer.laps)
+    return result
+
+
+def _retry(deps: FlushDeps, fn: Callable[[], T], what: str) -> T:
+    return call_with_retry(fn, what=what, backoff=deps.backoff, sleep=deps.sleep)
+
+
+Encoded = tuple[plan.GroupKey, str, bytes, plan.ObjectMeta]  # group, key, Parquet bytes, metadata
+
+
+def group_positions(rows: Sequence[Row]) -> dict[plan.GroupKey, list[int]]:
+    """Indexes of the batch's rows per (customer, type, version), in first-seen order."""
+    positions: dict[plan.GroupKey, list[int]] = {}
+    for index, row in enumerate(rows):
+        ev = row[0]
+        positions.setdefault((ev.customer_id, ev.type, ev.version), []).append(index)
+    return positions
+
+
+def encode_group(
+    batch: Batch, group: plan.GroupKey, where: Sequence[int], table: Any, seen: Sequence[bool]
+) -> Encoded | None:
+    """The group's table without the rows Redis has seen, as Parquet (None if nothing is left)."""
+    mask = [not seen[i] for i in where]
+    if not any(mask):
+        return None
+    if not all(mask):
+        table = table.filter(pa.array(mask, type=pa.bool_()))
+    body, meta = parquet.encode(table)
+    return group, plan.object_key(batch, group), body, meta
+
+
+def _check_and_encode(
+    batch: Batch, deps: FlushDeps, bid: str, ids: Sequence[bytes]
+) -> tuple[DedupeCheck, list[Encoded]]:
+    """Redis answers while this thread builds the Arrow tables; then the groups are encoded on
+    the pool (pyarrow's Parquet writer releases the GIL). Measured: encoding while still building
+    loses to this order — the builders' Python and the encoders' fight over the GIL."""
+    rows = batch.rows
+    if not rows:  # only dead letters: their write-once key is all the idempotence they need
+        return DedupeCheck(batch_committed=False, seen=[]), []
+    pool = deps.executor
+    pending = pool.submit(_retry, deps, lambda: deps.dedupe.check(bid, ids), f"dedupe check {bid}")
+    tables = build_tables(deps.registry, rows)
+    checked = pending.result()
+    if checked.batch_committed:
+        return checked, []
+    encodes = [
+        pool.submit(encode_group, batch, group, where, table, checked.seen)
+        for group, (where, table) in tables.items()
+    ]
+    return checked, [enc for enc in (f.result() for f in encodes) if enc is not None]
+
+
+def build_tables(registry: Registry, rows: Sequence[Row]) -> dict[plan.GroupKey, tuple[list[int], Any]]:
+    """One Arrow table per group over *all* rows, with each row's index in the batch (the dedupe
+    answer filters them afterwards)."""
+    return {
+        group: (where, parquet.build_table(registry.get(group[1], group[2]), [rows[i] for i in where]))
+        for group, where in group_positions(rows).items()
+    }
+
+
+def encode_objects(
+    batch: Batch, tables: dict[plan.GroupKey, tuple[list[int], Any]], seen: Sequence[bool]
+) -> list[Encoded]:
+    """Sequential form of the encode step."""
+    encoded = (encode_group(batch, group, where, table, seen) for group, (where, table) in tables.items())
+    return [enc for enc in encoded if enc is not None]
+
+
+def _write_all(
+    deps: FlushDeps,
+    batch: Batch,
+    writes: Sequence[Encoded],
+    dead: bytes,
+    bid: str,
+) -> list[tuple[BatchObject, StoredObject]]:
+    def put(key: str, body: bytes, metadata: dict[str, str], content_type: str) -> StoredObject:
+        return _retry(
+            deps,
+            lambda: deps.store.put_once(key, body, metadata=metadata, content_type=content_type),
+            f"put {key}",
+        )
+
+    futures: list[tuple[plan.GroupKey, Future[StoredObject]]] = [
+        (group, deps.executor.submit(put, key, body, meta.to_s3(bid), PARQUET))
+        for group, key, body, meta in writes
+    ]
+    dl_future = None
+    if dead:
+        dl_key = plan.dead_letter_key_of(deps.stream, batch)
+        dl_future = deps.executor.submit(put, dl_key, dead, {"batch-id": bid, "rows": "0"}, JSONL)
+    everything: list[Future[StoredObject]] = [f for _, f in futures]
+    if dl_future is not None:
+        everything.append(dl_future)
+    wait(everything)
+    for fut in everything:
+        exc = fut.exception()
+        if exc is not None:
+            raise exc
+    stored = []
+    for group, fut in futures:
+        obj = fut.result()
+        try:
+            meta = plan.ObjectMeta.from_s3(dict(obj.metadata))
+        except (KeyError, ValueError) as exc:
+            raise TerminalError(f"s3 object {obj.key} exists but was not written by a batcher") from exc
+        stored.append((plan.batch_object(obj.key, group, meta, obj.size), obj))
+    return stored
+
+
+def checkpoint(deps: FlushDeps, checkpointer: Checkpointer, seq: str | None, sub: int | None) -> None:
+    """Checkpoint at (seq, sub), or with no arguments (the largest delivered / SHARD_END)."""
+
+    def attempt() -> None:
+        try:
+            if seq is None:
+                checkpointer.checkpoint()
+            else:
+                checkpointer.checkpoint(seq, sub)
+        except CheckpointError as exc:
+            if exc.value == "ShutdownException":
+                raise LeaseLost(f"checkpoint at {seq or 'SHARD_END'} refused: lease lost") from exc
+            if exc.value in {"ThrottlingException", "KinesisClientLibDependencyException"}:
+                raise CheckpointThrottled(str(exc)) from exc
+            raise TerminalError(f"checkpoint at {seq or 'SHARD_END'} refused: {exc}") from exc
+
+    _retry(deps, attempt, f"checkpoint {seq or 'SHARD_END'}")
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now
+
+    @property
+    def total(self) -> float:
+        return self._last - self._start

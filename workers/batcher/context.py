@@ -1,0 +1,111 @@
+"""What the shards of one process share: registry, adapters, thread pool, buffer budget, metrics.
+
+Built from the process's one ClientFactory and Settings (the adapters are handed clients; they
+never build their own). :func:`context_for` returns the same context for the same pair, which is
+what makes ``max_buffer_bytes`` a process-wide budget although the runtime creates processors one
+shard at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from pipeline.clients import ClientFactory
+from pipeline.settings import Settings
+from schemas import Registry, load_registry
+from workers.batcher.budget import MemoryBudget
+from workers.batcher.commit import FlushDeps
+from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore, listpack_cap
+from workers.batcher.metrics import PromMetrics, ShardMetrics, prom_metrics
+from workers.batcher.policy import FlushPolicy
+from workers.batcher.sinks import S3ObjectStore, SqsAnnouncer
+
+log = logging.getLogger("shardhouse.batcher")
+
+# Parallel S3 puts of one flush (one object per customer/type/version) and the overlapped Redis
+# check; boto3 clients and redis-py's pool are thread-safe.
+IO_THREADS = 16
+
+
+@dataclass
+class BatcherContext:
+    settings: Settings
+    registry: Registry
+    policy: FlushPolicy
+    budget: MemoryBudget
+    deps: FlushDeps
+    prom: PromMetrics | None
+    _metrics: dict[str, ShardMetrics] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def shard_metrics(self, shard_id: str) -> ShardMetrics:
+        with self._lock:
+            metrics = self._metrics.get(shard_id)
+            if metrics is None:
+                metrics = self._metrics[shard_id] = ShardMetrics(shard_id=shard_id)
+            return metrics
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Plain data for a metrics endpoint: per shard, plus the process's buffered bytes."""
+        with self._lock:
+            shards = {sid: m.as_dict() for sid, m in sorted(self._metrics.items())}
+        if self.prom is not None:
+            self.prom.buffer_bytes.set(self.budget.total)
+        return {"buffer_bytes": self.budget.total, "buffer_limit": self.budget.limit, "shards": shards}
+
+
+def build_context(
+    clients: ClientFactory,
+    settings: Settings,
+    *,
+    registry: Registry | None = None,
+    prom_registry: CollectorRegistry | None = REGISTRY,
+    executor: ThreadPoolExecutor | None = None,
+    store: S3ObjectStore | None = None,
+) -> BatcherContext:
+    """A fresh context (tests use this directly to get their own budget and names)."""
+    redis_client = clients.redis()
+    layout = DedupeLayout.for_stream(
+        settings.resources.stream,
+        settings.redis.dedupe_window_seconds,
+        ids_per_hash=listpack_cap(redis_client) - 1,
+    )
+    deps = FlushDeps(
+        stream=settings.resources.stream,
+        bucket=settings.resources.bucket,
+        registry=registry or load_registry(),
+        layout=layout,
+        dedupe=RedisDedupeStore(redis_client, layout),
+        store=store or S3ObjectStore(clients.s3(), settings.resources.bucket),
+        announcer=SqsAnnouncer(clients.sqs(), settings.resources.queue),
+        executor=executor or ThreadPoolExecutor(IO_THREADS, thread_name_prefix="batcher-io"),
+    )
+    return BatcherContext(
+        settings=settings,
+        registry=deps.registry,
+        policy=FlushPolicy.from_settings(settings.worker),
+        budget=MemoryBudget(settings.worker.max_buffer_bytes),
+        deps=deps,
+        prom=prom_metrics(prom_registry) if prom_registry is not None else None,
+    )
+
+
+_contexts_lock = threading.Lock()
+_contexts: dict[tuple[int, int], tuple[ClientFactory, Settings, BatcherContext]] = {}
+
+
+def context_for(clients: ClientFactory, settings: Settings) -> BatcherContext:
+    """The process's shared context for this (clients, settings) pair."""
+    key = (id(clients), id(settings))
+    with _contexts_lock:
+        entry = _contexts.get(key)
+        if entry is None or entry[0] is not clients or entry[1] is not settings:
+            entry = (clients, settings, build_context(clients, settings))
+            _contexts[key] = entry
+        return entry[2]

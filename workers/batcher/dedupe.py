@@ -1,0 +1,216 @@
+"""Exact event_id dedupe in Redis at 21-26 bytes per remembered id (a plain key per id: 133).
+
+Layout (pure, below) — ids live as 16-byte binary fields (value ``""``) of small hashes:
+
+    <prefix><hour>:<level>:<slot>      prefix = "dd:<stream>:", hour = occurred_at // 3600
+
+* **Hour bucket of the event's own ``occurred_at``**: a retried or replayed event carries the same
+  ``occurred_at``, so one path finds it; each write refreshes the TTL of every hash on its path
+  to the window, so an id is remembered for at least the window and a parent never expires
+  before its children.
+* **Levels**: level 0 has ``2**base_bits`` (4,096) slots per hour; a hash holds ``ids_per_hash``
+  (126) ids, then gets the field ``""`` ("full") and its ids spill to its 16 children one level
+  down (slot = CRC-32 mod ``2**(base_bits + level*level_bits)``). A lookup walks down only while
+  the hash it searched is full. The structure sizes itself to the hour's volume and every hash
+  stays in Redis' compact listpack encoding (127 entries, under any ``hash-max-listpack-entries``
+  of at least 128; the default is 512) without server tuning, which ElastiCache would not allow.
+  127 entries fill a 2,560-byte jemalloc size class exactly (128 would round up to 3,072), and a
+  listpack lookup is a linear scan, so small hashes are also fast ones.
+* The slot hash is CRC-32 of the id, not a prefix of it: time-ordered UUIDs (v7) share prefixes.
+
+Exact by construction: an id is "seen" only if its 16 bytes are a field of a hash. Anything that
+makes Redis forget (restart, FLUSHALL, eviction, a producer that changes ``occurred_at`` on retry)
+can only produce a *missed* duplicate, which the inserter's merge on event_id removes — never a
+false "seen". The batch marker ``<prefix>b:<batch_id>`` is set in the same script, after the
+batch was announced, so a new owner replaying the same records skips straight to the checkpoint.
+Measurements: docs/batcher.md.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from pipeline.errors import TerminalError, TransientError
+
+if TYPE_CHECKING:
+    from workers.batcher.buffer import Row
+
+ID_BLOB_BYTES = 24
+_U32 = 0xFFFFFFFF
+_HEADER = struct.Struct(">II")
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeLayout:
+    prefix: str
+    window_seconds: int = 24 * 3600
+    bucket_seconds: int = 3600
+    ids_per_hash: int = 126
+    base_bits: int = 12
+    level_bits: int = 4
+    max_level: int = 5
+
+    def __post_init__(self) -> None:
+        if self.base_bits + self.level_bits * self.max_level > 32:
+            raise ValueError("slot space beyond the 32-bit id hash")
+        if not 1 <= self.ids_per_hash <= 511:
+            raise ValueError(f"ids_per_hash {self.ids_per_hash} outside 1..511")
+        if self.window_seconds <= 0 or self.bucket_seconds <= 0:
+            raise ValueError("window and bucket must be positive")
+
+    @classmethod
+    def for_stream(cls, stream: str, window_seconds: int, *, ids_per_hash: int = 126) -> DedupeLayout:
+        return cls(prefix=f"dd:{stream}:", window_seconds=window_seconds, ids_per_hash=ids_per_hash)
+
+    @property
+    def base_slots(self) -> int:
+        return 1 << self.base_bits
+
+    @property
+    def fanout(self) -> int:
+        return 1 << self.level_bits
+
+    def pack(self, event_id: str, occurred_at: datetime) -> bytes:
+        """The 24-byte lookup record of one id: hour bucket | CRC-32 | binary UUID."""
+        raw = uuid_bytes(event_id)
+        hour = int(occurred_at.timestamp()) // self.bucket_seconds
+        return _HEADER.pack(min(max(hour, 0), _U32), zlib.crc32(raw)) + raw
+
+    def pack_rows(self, rows: Sequence[Row]) -> list[bytes]:
+        """:meth:`pack` for every buffered row (event first), with the lookups hoisted."""
+        header, crc32, fromhex, bucket = _HEADER.pack, zlib.crc32, bytes.fromhex, self.bucket_seconds
+        out = []
+        for row in rows:
+            event = row[0]
+            raw = fromhex(event.event_id.replace("-", ""))
+            hour = int(event.occurred_at.timestamp()) // bucket
+            out.append(header(hour if 0 <= hour <= _U32 else min(max(hour, 0), _U32), crc32(raw)) + raw)
+        return out
+
+    def batch_key(self, batch_id: str) -> str:
+        return f"{self.prefix}b:{batch_id}"
+
+    def hash_key(self, hour: int, level: int, id_hash: int) -> str:
+        """The key a Lua walk visits at ``level`` (mirror of the scripts, for tests and docs)."""
+        slots = self.base_slots * self.fanout**level
+        return f"{self.prefix}{hour}:{level}:{id_hash % slots}"
+
+    def path(self, blob: bytes) -> list[str]:
+        """Every key on an id's walk, level 0 first."""
+        hour, id_hash = _HEADER.unpack_from(blob)
+        return [self.hash_key(hour, level, id_hash) for level in range(self.max_level + 1)]
+
+
+def uuid_bytes(event_id: str) -> bytes:
+    """16 bytes of a canonical UUID string (schemas guarantees the canonical form)."""
+    raw = bytes.fromhex(event_id.replace("-", ""))
+    if len(raw) != 16:
+        raise ValueError(f"not a UUID: {event_id!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeCheck:
+    batch_committed: bool
+    seen: list[bool]  # one per id asked, in order; empty when batch_committed
+
+
+def parse_check_reply(reply: bytes | str, count: int) -> DedupeCheck:
+    text = reply.decode() if isinstance(reply, bytes) else reply
+    if text == "1":
+        return DedupeCheck(batch_committed=True, seen=[])
+    if len(text) != count + 1 or text[0] != "0":
+        raise TerminalError(f"dedupe check: malformed reply for {count} ids: {text[:40]!r}")
+    return DedupeCheck(batch_committed=False, seen=[c == "1" for c in text[1:]])
+
+
+def classify_redis(exc: BaseException, what: str) -> TransientError | TerminalError:
+    """Connection trouble, timeouts, LOADING and BUSY are worth retrying; the rest is not."""
+    msg = f"{what}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return TransientError(msg)
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith(("BUSY", "LOADING", "TRYAGAIN")):
+        return TransientError(msg)
+    return TerminalError(msg)
+
+
+def _script(name: str) -> str:
+    return resources.files("workers.batcher").joinpath(name).read_text()
+
+
+def listpack_cap(client: redis.Redis, default: int = 127) -> int:
+    """Entries per hash (ids + the full marker): 127, or fewer if the server converts hashes to
+    hashtables sooner. ElastiCache refuses CONFIG; then at least 128 is assumed (both Redis'
+    built-in default and ElastiCache's parameter group say 512)."""
+    try:
+        reply: Any = client.config_get("hash-max-listpack-entries")
+        entries = int(reply.get("hash-max-listpack-entries", 128))
+        value: Any = client.config_get("hash-max-listpack-value")
+        if int(value.get("hash-max-listpack-value", 64)) < 16:
+            return default  # fields of 16 bytes will not be listpack anyway; keep the layout
+    except (redis.RedisError, ValueError, TypeError):
+        return default  # ElastiCache (no CONFIG), or not reachable yet: Redis' own default
+    return max(1, min(default, entries))
+
+
+# A script call blocks Redis while it runs (~5 µs per id): batches beyond this many ids are sent
+# in several calls, so no call holds the server for more than ~0.5 s.
+MAX_IDS_PER_CALL = 100_000
+
+
+class RedisDedupeStore:
+    """The Redis adapter: one round trip to check a batch, one to mark it committed (more only
+    for batches over MAX_IDS_PER_CALL ids)."""
+
+    def __init__(self, client: redis.Redis, layout: DedupeLayout) -> None:
+        self.layout = layout
+        self._client = client
+        self._check = client.register_script(_script("dedupe_check.lua"))
+        self._mark = client.register_script(_script("dedupe_mark.lua"))
+
+    def _args(self) -> list[str | int]:
+        lay = self.layout
+        return [lay.prefix, lay.ids_per_hash, lay.base_slots, lay.fanout, lay.max_level]
+
+    def check(self, batch_id: str | None, ids: Sequence[bytes]) -> DedupeCheck:
+        """Batch marker first (asked with the first chunk), then one flag per id."""
+        batch_key = self.layout.batch_key(batch_id) if batch_id else ""
+        seen: list[bool] = []
+        for start in range(0, max(len(ids), 1), MAX_IDS_PER_CALL):
+            chunk = ids[start : start + MAX_IDS_PER_CALL]
+            try:
+                reply = self._check(keys=[], args=[*self._args(), batch_key, b"".join(chunk)])
+            except redis.RedisError as exc:
+                raise classify_redis(exc, "dedupe check") from exc
+            answer = parse_check_reply(reply, len(chunk))
+            if answer.batch_committed:
+                return answer
+            seen.extend(answer.seen)
+            batch_key = ""
+        return DedupeCheck(batch_committed=False, seen=seen)
+
+    def mark(self, batch_id: str | None, ids: Sequence[bytes]) -> int:
+        """Ids first; the batch marker goes with the last chunk, once every id is stored."""
+        batch_key = self.layout.batch_key(batch_id) if batch_id else ""
+        added = 0
+        starts = range(0, max(len(ids), 1), MAX_IDS_PER_CALL)
+        for start in starts:
+            chunk = ids[start : start + MAX_IDS_PER_CALL]
+            key = batch_key if start == starts[-1] else ""
+            try:
+                added += int(
+                    self._mark(
+                        keys=[], args=[*self._args(), self.layout.window_seconds, key, b"".join(chunk)]
+                    )
+                )
+            except redis.RedisError as exc:
+                raise classify_redis(exc, "dedupe mark") from exc
+        return added

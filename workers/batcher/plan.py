@@ -1,0 +1,182 @@
+"""What a sealed batch becomes — pure functions, no I/O.
+
+Groups of (customer, type, version), their deterministic S3 keys, the dead-letter document, the
+batch id and the manifest are all derived from the batch's content and stream position, so a
+replay of the same records derives the same names.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import orjson
+
+from pipeline.layout import EventObjectKey, dead_letter_key
+from pipeline.manifest import FORMAT, BatchManifest, BatchObject, batch_id, encode_manifest
+from workers.batcher.buffer import Batch, Rejected, Row
+
+GroupKey = tuple[str, str, int]  # (customer_id, type, version)
+
+# SQS refuses bodies over 256 KiB; a manifest bigger than this is split into parts.
+MAX_MANIFEST_BYTES = 240 * 1024
+
+
+def batch_day(batch: Batch) -> date:
+    """The ``dt=`` of a batch's keys: the UTC day its first record reached Kinesis.
+
+    Taken from the stream, not the clock, so a replay names the same objects; and not from the
+    events' ``occurred_at``, so one batch writes one object per group however old its events are.
+    """
+    return datetime.fromtimestamp(batch.first_arrival_ms / 1000, tz=UTC).date()
+
+
+def batch_id_of(stream: str, batch: Batch) -> str:
+    return batch_id(stream, batch.shard_id, batch.first.sequence_number, batch.last.sequence_number)
+
+
+def group_rows(rows: Iterable[Row]) -> dict[GroupKey, list[Row]]:
+    """Rows per (customer, type, version), in first-seen order (stable across replays)."""
+    groups: dict[GroupKey, list[Row]] = {}
+    for row in rows:
+        ev = row[0]
+        key = (ev.customer_id, ev.type, ev.version)
+        bucket = groups.get(key)
+        if bucket is None:
+            groups[key] = [row]
+        else:
+            bucket.append(row)
+    return groups
+
+
+def keep_unseen(rows: Sequence[Row], seen: Sequence[bool]) -> list[Row]:
+    if len(rows) != len(seen):
+        raise ValueError(f"{len(seen)} dedupe answers for {len(rows)} rows")
+    return [row for row, dup in zip(rows, seen, strict=True) if not dup]
+
+
+def object_key(batch: Batch, group: GroupKey) -> str:
+    customer_id, event_type, version = group
+    return str(
+        EventObjectKey(
+            customer_id=customer_id,
+            event_type=event_type,
+            version=version,
+            day=batch_day(batch),
+            shard_id=batch.shard_id,
+            first_sequence=batch.first.sequence_number,
+            last_sequence=batch.last.sequence_number,
+        )
+    )
+
+
+def dead_letter_key_of(stream: str, batch: Batch) -> str:
+    return dead_letter_key(
+        stream, batch.shard_id, batch_day(batch), batch.first.sequence_number, batch.last.sequence_number
+    )
+
+
+def dead_letter_document(stream: str, shard_id: str, rejected: Sequence[Rejected]) -> bytes:
+    """Newline JSON, one rejected record per line, the raw bytes base64-encoded."""
+    lines = [
+        orjson.dumps(
+            {
+                "stream": stream,
+                "shard_id": shard_id,
+                "sequence_number": r.sequence_number,
+                "sub_sequence_number": r.sub_sequence_number,
+                "partition_key": r.partition_key,
+                "approximate_arrival_timestamp": r.arrival_ms,
+                "reason": r.reason,
+                "detail": r.detail[:2000],
+                "data_base64": base64.b64encode(r.data).decode("ascii"),
+            }
+        )
+        for r in rejected
+    ]
+    return b"\n".join(lines) + b"\n" if lines else b""
+
+
+def rfc3339(value: datetime) -> str:
+    """UTC, microseconds, ``Z`` — the manifest's timestamp spelling."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What an object's S3 metadata records about it; a replay that finds the object reads it back."""
+
+    rows: int
+    min_occurred_at: str
+    max_occurred_at: str
+
+    def to_s3(self, batch_id: str) -> dict[str, str]:
+        return {
+            "rows": str(self.rows),
+            "min-occurred-at": self.min_occurred_at,
+            "max-occurred-at": self.max_occurred_at,
+            "batch-id": batch_id,
+        }
+
+    @classmethod
+    def from_s3(cls, metadata: dict[str, str]) -> ObjectMeta:
+        """Raises KeyError/ValueError when the object was not written by a batcher."""
+        return cls(
+            rows=int(metadata["rows"]),
+            min_occurred_at=metadata["min-occurred-at"],
+            max_occurred_at=metadata["max-occurred-at"],
+        )
+
+
+def batch_object(key: str, group: GroupKey, meta: ObjectMeta, size: int) -> BatchObject:
+    customer_id, event_type, version = group
+    return BatchObject(
+        key=key,
+        customer_id=customer_id,
+        type=event_type,
+        version=version,
+        rows=meta.rows,
+        bytes=size,
+        min_occurred_at=meta.min_occurred_at,
+        max_occurred_at=meta.max_occurred_at,
+    )
+
+
+def build_manifests(
+    *,
+    stream: str,
+    bucket: str,
+    batch: Batch,
+    objects: Sequence[BatchObject],
+    created_at: datetime,
+    max_bytes: int = MAX_MANIFEST_BYTES,
+) -> list[BatchManifest]:
+    """Normally one manifest per batch. A batch with so many objects that its manifest would not
+    fit an SQS message is announced in parts with ids ``<batch_id>#<i>of<n>``; each part is a
+    complete, independently loadable manifest, and the split is deterministic."""
+    base_id = batch_id_of(stream, batch)
+    ordered = sorted(objects, key=lambda o: o.key)
+
+    def make(ident: str, part: Sequence[BatchObject]) -> BatchManifest:
+        return BatchManifest(
+            format=FORMAT,
+            batch_id=ident,
+            stream=stream,
+            shard_id=batch.shard_id,
+            first_sequence=batch.first.sequence_number,
+            last_sequence=batch.last.sequence_number,
+            bucket=bucket,
+            objects=tuple(part),
+            created_at=rfc3339(created_at),
+        )
+
+    whole = make(base_id, ordered)
+    size = len(encode_manifest(whole).encode())
+    if size <= max_bytes or len(ordered) <= 1:
+        return [whole]
+    parts = -(-size // max_bytes) + 1
+    per = -(-len(ordered) // parts)
+    chunks = [ordered[i : i + per] for i in range(0, len(ordered), per)]
+    return [make(f"{base_id}#{n}of{len(chunks)}", chunk) for n, chunk in enumerate(chunks, start=1)]
