@@ -99,6 +99,7 @@ class WorkerSettings:
     max_records: int = 10_000
     idle_between_reads_ms: int = 1_500
     initial_position: str = "TRIM_HORIZON"
+    parent_poll_ms: int = 10_000
     spot_action_url: str = "http://169.254.169.254/latest/meta-data/spot/instance-action"
     spot_poll_seconds: float = 5.0
     flush_records: int = 50_000

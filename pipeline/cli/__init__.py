@@ -19,8 +19,10 @@ from pipeline.errors import ShardhouseError
 
 # Command modules, imported for their registration side effect; one line each.
 # isort: split
+from pipeline.cli import kcl as _kcl  # noqa: F401
 from pipeline.cli import produce as _produce  # noqa: F401
 from pipeline.cli import stack as _stack  # noqa: F401
+from pipeline.cli import worker as _worker  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,84 @@
+"""A lease this worker holds: the shared state between the renewer and a shard consumer."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+from pipeline.consumer.lease_store import LeaseStore
+from pipeline.consumer.leases import Lease
+from pipeline.consumer.processor import CheckpointError
+from pipeline.consumer.sequence import SHARD_END, ExtendedSequenceNumber, validate_checkpoint
+from pipeline.errors import TransientError
+
+
+@dataclass
+class LeaseHandle:
+    """Counter updates (renewals, checkpoints) happen under one lock so each write is
+    conditional on the counter this worker last wrote; ``token`` changes at every acquisition,
+    so a consumer from an earlier tenure can never checkpoint."""
+
+    lease: Lease
+    renewed_at: float = field(default_factory=time.monotonic)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    lost: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def mark_lost(self) -> None:
+        self.lost.set()
+
+
+class ShardCheckpointer:
+    """The processor's checkpointer for one shard consumer (kclpy's ``checkpoint`` contract)."""
+
+    def __init__(self, store: LeaseStore, handle: LeaseHandle, token: str) -> None:
+        self.store = store
+        self.handle = handle
+        self.token = token
+        self.largest_delivered: ExtendedSequenceNumber | None = None
+        self.shard_ended = False
+        self.accepting = False
+
+    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
+        if not self.accepting:
+            raise CheckpointError(
+                "InvalidStateException",
+                "checkpoints are accepted only in process_records, shard_ended and shutdown_requested",
+            )
+        if sequence_number is None:
+            target = ExtendedSequenceNumber(SHARD_END) if self.shard_ended else self.largest_delivered
+            if target is None:
+                return
+        else:
+            target = ExtendedSequenceNumber(sequence_number, sub_sequence_number or 0)
+        handle = self.handle
+        with handle.lock:
+            if handle.lost.is_set() or handle.token != self.token:
+                raise CheckpointError(
+                    "ShutdownException", f"lease {handle.lease.lease_key} is no longer held"
+                )
+            if not validate_checkpoint(
+                target,
+                last_checkpoint=handle.lease.checkpoint,
+                largest_delivered=self.largest_delivered,
+                shard_ended=self.shard_ended,
+            ):
+                return
+            try:
+                ok = self.store.checkpoint(handle.lease, target)
+            except TransientError as exc:
+                raise CheckpointError("ThrottlingException", str(exc)) from exc
+            if not ok:
+                handle.mark_lost()
+                raise CheckpointError(
+                    "ShutdownException", f"lease {handle.lease.lease_key} was taken by another worker"
+                )
+            handle.lease = replace(
+                handle.lease,
+                lease_counter=handle.lease.lease_counter + 1,
+                checkpoint=target,
+                owner_switches=0,
+            )
+            handle.renewed_at = time.monotonic()

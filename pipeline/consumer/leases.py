@@ -1,0 +1,177 @@
+"""Leases as KCL stores them, and the pure decisions about them.
+
+The DynamoDB adapter (:mod:`pipeline.consumer.lease_store`) only executes what these functions
+decide, so the protocol is unit-testable without a server (KCL-SPEC §2.1, §2.3, §2.5).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.consumer.sequence import SHARD_END, TRIM_HORIZON, ExtendedSequenceNumber
+
+
+@dataclass(frozen=True)
+class Lease:
+    lease_key: str
+    lease_counter: int = 0
+    lease_owner: str | None = None
+    checkpoint: ExtendedSequenceNumber = ExtendedSequenceNumber(TRIM_HORIZON)  # noqa: RUF009 - frozen value
+    owner_switches: int = 0
+    parent_shard_ids: frozenset[str] = frozenset()
+    child_shard_ids: frozenset[str] = frozenset()
+    starting_hash_key: str | None = None
+    ending_hash_key: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def at_shard_end(self) -> bool:
+        return self.checkpoint.is_shard_end
+
+
+def from_item(item: Mapping[str, Any]) -> Lease | None:
+    """A DynamoDB item (low-level attribute-value form) → Lease; None for non-lease items."""
+    entity = item.get("entityType", {}).get("S")
+    if entity is not None and entity != "LEASE":
+        return None
+    if "leaseKey" not in item:
+        return None
+    sub = item.get("checkpointSubSequenceNumber", {}).get("N", "0")
+    return Lease(
+        lease_key=item["leaseKey"]["S"],
+        lease_counter=int(item.get("leaseCounter", {}).get("N", "0")),
+        lease_owner=item.get("leaseOwner", {}).get("S"),
+        checkpoint=ExtendedSequenceNumber(item.get("checkpoint", {}).get("S", TRIM_HORIZON), int(sub)),
+        owner_switches=int(item.get("ownerSwitchesSinceCheckpoint", {}).get("N", "0")),
+        parent_shard_ids=frozenset(item.get("parentShardId", {}).get("SS", [])),
+        child_shard_ids=frozenset(item.get("childShardIds", {}).get("SS", [])),
+        starting_hash_key=item.get("startingHashKey", {}).get("S"),
+        ending_hash_key=item.get("endingHashKey", {}).get("S"),
+        extra={
+            k: v for k, v in item.items() if k in {"pendingCheckpoint", "throughputKBps", "checkpointOwner"}
+        },
+    )
+
+
+def to_new_item(lease: Lease) -> dict[str, Any]:
+    """The item a lease is created with (no owner, counter 0), in KCL's attribute names."""
+    item: dict[str, Any] = {
+        "leaseKey": {"S": lease.lease_key},
+        "leaseCounter": {"N": str(lease.lease_counter)},
+        "checkpoint": {"S": lease.checkpoint.sequence_number},
+        "checkpointSubSequenceNumber": {"N": str(lease.checkpoint.sub_sequence_number)},
+        "ownerSwitchesSinceCheckpoint": {"N": str(lease.owner_switches)},
+    }
+    if lease.parent_shard_ids:
+        item["parentShardId"] = {"SS": sorted(lease.parent_shard_ids)}
+    if lease.starting_hash_key is not None:
+        item["startingHashKey"] = {"S": lease.starting_hash_key}
+    if lease.ending_hash_key is not None:
+        item["endingHashKey"] = {"S": lease.ending_hash_key}
+    return item
+
+
+@dataclass
+class ExpiryTracker:
+    """Expiry observed locally: when did *this* worker last see each lease's counter change?"""
+
+    failover_s: float
+    _seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def observe(self, leases: Iterable[Lease], now: float) -> None:
+        current = {}
+        for lease in leases:
+            previous = self._seen.get(lease.lease_key)
+            if previous is None:
+                # First sighting: owned counts as renewed now; unowned is ancient.
+                current[lease.lease_key] = (lease.lease_counter, now if lease.lease_owner else 0.0)
+            elif previous[0] != lease.lease_counter:
+                current[lease.lease_key] = (lease.lease_counter, now)
+            else:
+                current[lease.lease_key] = previous
+        self._seen = current
+
+    def age(self, lease: Lease, now: float) -> float:
+        seen = self._seen.get(lease.lease_key)
+        return math.inf if seen is None or seen[1] == 0.0 else now - seen[1]
+
+    def expired(self, lease: Lease, now: float) -> bool:
+        return lease.lease_owner is None or self.age(lease, now) > self.failover_s
+
+
+@dataclass(frozen=True)
+class TakePlan:
+    take: tuple[Lease, ...] = ()
+    steal: tuple[Lease, ...] = ()
+
+
+def plan_take(
+    leases: Sequence[Lease],
+    me: str,
+    tracker: ExpiryTracker,
+    now: float,
+    *,
+    max_leases_for_worker: int = 0,
+    max_leases_to_steal: int = 1,
+    rng: random.Random | None = None,
+) -> TakePlan:
+    """KCL 2.x ``DynamoDBLeaseTaker`` (spec §2.3). Leases at SHARD_END are never taken."""
+    rand = rng or random.Random()
+    cap = max_leases_for_worker if max_leases_for_worker > 0 else math.inf
+    live = [lease for lease in leases if not lease.at_shard_end]
+    if not live:
+        return TakePlan()
+    available = [lease for lease in live if lease.lease_owner != me and tracker.expired(lease, now)]
+    mine = [lease for lease in live if lease.lease_owner == me and not tracker.expired(lease, now)]
+    owners = Counter(
+        lease.lease_owner for lease in live if lease.lease_owner and not tracker.expired(lease, now)
+    )
+    workers = len(set(owners) | {me})
+    target = 1 if workers >= len(live) else math.ceil(len(live) / workers)
+    target = int(min(target, cap))
+    very_old = [lease for lease in available if tracker.age(lease, now) > 3 * tracker.failover_s]
+    if very_old:
+        room = cap - len(mine)
+        count = int(min(len(very_old), room)) if room != math.inf else len(very_old)
+        return TakePlan(take=tuple(rand.sample(very_old, max(0, count))))
+    need = target - len(mine)
+    if need <= 0:
+        return TakePlan()
+    if available:
+        return TakePlan(take=tuple(rand.sample(available, min(need, len(available)))))
+    # Steal only when nothing is available, from the single most loaded worker.
+    others = {owner: n for owner, n in owners.items() if owner != me}
+    if not others:
+        return TakePlan()
+    busiest, load = max(others.items(), key=lambda kv: (kv[1], kv[0]))
+    count = min(need, load - target)
+    if count <= 0 and need > 1:
+        count = 1
+    count = min(count, max_leases_to_steal)
+    if count <= 0:
+        return TakePlan()
+    theirs = [lease for lease in live if lease.lease_owner == busiest]
+    return TakePlan(steal=tuple(rand.sample(theirs, count)))
+
+
+def parents_done(lease: Lease, by_key: Mapping[str, Lease]) -> bool:
+    """A child waits while any parent lease exists with a checkpoint other than SHARD_END."""
+    return all(
+        parent not in by_key or by_key[parent].checkpoint.sequence_number == SHARD_END
+        for parent in lease.parent_shard_ids
+    )
+
+
+def deletable_parent(lease: Lease, by_key: Mapping[str, Lease]) -> bool:
+    """A SHARD_END lease may go once every child has progressed and its own parents are gone."""
+    if not lease.at_shard_end or not lease.child_shard_ids:
+        return False
+    children_moved = all(
+        child in by_key and not by_key[child].checkpoint.is_sentinel for child in lease.child_shard_ids
+    )
+    return children_moved and not any(parent in by_key for parent in lease.parent_shard_ids)

@@ -1,0 +1,247 @@
+"""One shard's consumer thread: WAITING_ON_PARENTS → INITIALIZING → PROCESSING → SHUTDOWN (§3)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from pipeline.aws_errors import classify_aws, error_code, is_transient_aws
+from pipeline.consumer.handle import LeaseHandle, ShardCheckpointer
+from pipeline.consumer.kpl import deaggregate
+from pipeline.consumer.lease_store import LeaseStore
+from pipeline.consumer.leases import Lease, parents_done
+from pipeline.consumer.processor import (
+    InitializeInput,
+    LeaseLostInput,
+    ProcessRecordsInput,
+    Record,
+    RecordProcessor,
+    ShardEndedInput,
+    ShutdownRequestedInput,
+)
+from pipeline.consumer.sequence import SHARD_END, ExtendedSequenceNumber
+from pipeline.consumer.shard_sync import parents_of
+from pipeline.retry import Backoff
+
+if TYPE_CHECKING:
+    from mypy_boto3_kinesis import KinesisClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    stream: str
+    max_records: int = 10_000
+    idle_between_reads_s: float = 1.5
+    parent_poll_s: float = 10.0
+
+
+@dataclass
+class ShardStats:
+    records: int = 0
+    millis_behind_latest: int = 0
+    last_fetch_at: float = 0.0
+
+
+class ShardConsumer(threading.Thread):
+    def __init__(
+        self,
+        *,
+        kinesis: KinesisClient,
+        store: LeaseStore,
+        handle: LeaseHandle,
+        processor: RecordProcessor,
+        config: ConsumerConfig,
+        on_records: Callable[[str, int, int], None] = lambda _s, _n, _lag: None,
+    ) -> None:
+        super().__init__(name=f"shard-{handle.lease.lease_key}", daemon=True)
+        self.kinesis = kinesis
+        self.store = store
+        self.handle = handle
+        self.token = handle.token
+        self.processor = processor
+        self.config = config
+        self.on_records = on_records
+        self.shutdown_requested = threading.Event()
+        self.finished = threading.Event()
+        self.stats = ShardStats()
+        self.shard_id = handle.lease.lease_key
+        self.checkpointer = ShardCheckpointer(store, handle, self.token)
+        self.reached_shard_end = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            if not self._wait_for_parents():
+                return
+            iterator = self._initialize()
+            if iterator is not None or self.handle.lease.at_shard_end:
+                self._process(iterator)
+        except Exception:
+            log.exception("shard consumer failed", extra={"shard_id": self.shard_id})
+        finally:
+            self.finished.set()
+
+    def _stopping(self) -> bool:
+        return self.shutdown_requested.is_set() or self.handle.lost.is_set()
+
+    def _wait_for_parents(self) -> bool:
+        while not self._stopping():
+            lease = self.handle.lease
+            if not lease.parent_shard_ids:
+                return True
+            by_key = {key: parent for key in lease.parent_shard_ids if (parent := self.store.get(key))}
+            if parents_done(lease, by_key):
+                return True
+            self.shutdown_requested.wait(self.config.parent_poll_s)
+        return False  # shut down while waiting on parents: no callbacks (spec §3)
+
+    def _initialize(self) -> str | None:
+        cp = self.handle.lease.checkpoint
+        self.processor.initialize(InitializeInput(self.shard_id, cp.sequence_number, cp.sub_sequence_number))
+        if cp.is_shard_end:
+            return None
+        return self._iterator(cp)
+
+    def _iterator(self, after: ExtendedSequenceNumber) -> str:
+        kwargs: dict[str, Any] = {"StreamName": self.config.stream, "ShardId": self.shard_id}
+        if after.is_sentinel:
+            kwargs["ShardIteratorType"] = after.sequence_number
+        else:
+            # AT, not AFTER: sub-records of a partly checkpointed aggregate must come back.
+            kwargs["ShardIteratorType"] = "AT_SEQUENCE_NUMBER"
+            kwargs["StartingSequenceNumber"] = after.sequence_number
+        return str(
+            self._aws("get shard iterator", lambda: self.kinesis.get_shard_iterator(**kwargs))[
+                "ShardIterator"
+            ]
+        )
+
+    def _aws(self, what: str, call: Callable[[], Any]) -> Any:
+        backoff = Backoff(base=0.2, cap=5.0, max_attempts=8).delays()
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                if not is_transient_aws(exc) or self._stopping():
+                    raise
+                delay = next(backoff, None)
+                if delay is None:
+                    raise classify_aws(exc, what) from exc
+                time.sleep(delay)
+
+    def _get_records(self, iterator: str) -> dict[str, Any]:
+        return dict(
+            self._aws(
+                "get records",
+                lambda: self.kinesis.get_records(ShardIterator=iterator, Limit=self.config.max_records),
+            )
+        )
+
+    # -- the loop -----------------------------------------------------------------------------
+    def _process(self, iterator: str | None) -> None:
+        last_delivered = self.handle.lease.checkpoint
+        while iterator is not None and not self._stopping():
+            try:
+                page = self._get_records(iterator)
+            except ClientError as exc:
+                if error_code(exc) == "ExpiredIteratorException":
+                    iterator = self._iterator(last_delivered)
+                    continue
+                raise
+            records = self._records(page.get("Records", []), self.handle.lease.checkpoint)
+            lag = int(page.get("MillisBehindLatest", 0) or 0)
+            self.stats.millis_behind_latest = lag
+            self.stats.last_fetch_at = time.time()
+            if records:
+                last = records[-1]
+                last_delivered = ExtendedSequenceNumber(last.sequence_number, last.sub_sequence_number)
+                self.checkpointer.largest_delivered = last_delivered
+                self.stats.records += len(records)
+            self.on_records(self.shard_id, len(records), lag)
+            if self._stopping():
+                break
+            # Empty batches are delivered too, so processors can flush on age while idle.
+            self._deliver(records, lag)
+            iterator = page.get("NextShardIterator")
+            if iterator is None:
+                self._shard_end(page.get("ChildShards", []))
+                return
+            if not records:
+                self.shutdown_requested.wait(self.config.idle_between_reads_s)
+        if iterator is None and self.handle.lease.at_shard_end and not self._stopping():
+            self._shard_end([])
+            return
+        self._shutdown()
+
+    def _records(self, raw: list[dict[str, Any]], checkpoint: ExtendedSequenceNumber) -> list[Record]:
+        out: list[Record] = []
+        for item in raw:
+            arrival = item.get("ApproximateArrivalTimestamp")
+            arrival_ms = int(arrival.timestamp() * 1000) if arrival is not None else 0
+            for record in deaggregate(item["Data"], item["PartitionKey"], item["SequenceNumber"], arrival_ms):
+                if ExtendedSequenceNumber(record.sequence_number, record.sub_sequence_number) <= checkpoint:
+                    continue  # already checkpointed (resume mid-aggregate)
+                out.append(record)
+        return out
+
+    def _deliver(self, records: list[Record], lag: int) -> None:
+        self.checkpointer.accepting = True
+        try:
+            self.processor.process_records(ProcessRecordsInput(records, lag, self.checkpointer))
+        except Exception:
+            # KCL skips a batch whose processor threw; we log it loudly. Processors of this
+            # product do not throw for bad input (they dead-letter it).
+            log.exception("processor raised; batch skipped", extra={"shard_id": self.shard_id})
+        finally:
+            self.checkpointer.accepting = False
+
+    def _shard_end(self, children: list[dict[str, Any]]) -> None:
+        """Create child leases, record them on the parent, then the processor must checkpoint."""
+        from pipeline.consumer.sequence import TRIM_HORIZON
+
+        child_ids = []
+        for child in children:
+            hash_range = child.get("HashKeyRange", {})
+            parents = frozenset(child.get("ParentShards", [])) or parents_of(child)
+            lease = Lease(
+                lease_key=child["ShardId"],
+                checkpoint=ExtendedSequenceNumber(TRIM_HORIZON),
+                parent_shard_ids=parents,
+                starting_hash_key=hash_range.get("StartingHashKey"),
+                ending_hash_key=hash_range.get("EndingHashKey"),
+            )
+            self.store.create_if_absent(lease)
+            child_ids.append(child["ShardId"])
+        if child_ids:
+            self.store.set_children(self.shard_id, child_ids)
+        self.checkpointer.shard_ended = True
+        self.checkpointer.accepting = True
+        try:
+            self.processor.shard_ended(ShardEndedInput(self.checkpointer))
+        finally:
+            self.checkpointer.accepting = False
+        if self.handle.lease.checkpoint.sequence_number != SHARD_END:
+            log.error(
+                "processor did not checkpoint at shard end; parent stays open",
+                extra={"shard_id": self.shard_id},
+            )
+            return
+        self.reached_shard_end = True
+
+    def _shutdown(self) -> None:
+        if self.handle.lost.is_set():
+            self.processor.lease_lost(LeaseLostInput())
+            return
+        self.checkpointer.accepting = True
+        try:
+            self.processor.shutdown_requested(ShutdownRequestedInput(self.checkpointer))
+        finally:
+            self.checkpointer.accepting = False

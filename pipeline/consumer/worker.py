@@ -1,0 +1,260 @@
+"""The worker: one process, many shards. A coordinator thread renews, takes, syncs and cleans
+up leases; one :class:`ShardConsumer` thread per held lease feeds its processor.
+
+Shutdown (SIGTERM/SIGINT or an EC2 spot notice): stop fetching, let every processor flush and
+checkpoint (``shutdown_requested``), then *release* each lease (owner removed, counter bumped)
+so another worker takes it on its next scan (≈1 s) rather than after the failover time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+from pipeline.consumer.handle import LeaseHandle
+from pipeline.consumer.lease_store import LeaseStore
+from pipeline.consumer.leases import ExpiryTracker, Lease, deletable_parent, plan_take
+from pipeline.consumer.processor import RecordProcessor
+from pipeline.consumer.shard_consumer import ConsumerConfig, ShardConsumer
+from pipeline.consumer.shard_sync import sync_shards
+from pipeline.errors import ShardhouseError
+
+if TYPE_CHECKING:
+    from mypy_boto3_kinesis import KinesisClient
+
+log = logging.getLogger(__name__)
+EPSILON_S = 0.025
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    application: str
+    stream: str
+    worker_id: str
+    failover_s: float = 10.0
+    max_leases_for_worker: int = 0
+    max_leases_to_steal: int = 1
+    initial_position: str = "TRIM_HORIZON"
+    max_records: int = 10_000
+    idle_between_reads_s: float = 1.5
+    parent_poll_s: float = 10.0
+    # A light scan for released (ownerless) leases between full taker runs: the handoff gap.
+    release_scan_s: float = 1.0
+    shard_sync_s: float = 60.0
+
+    @property
+    def renew_s(self) -> float:
+        return self.failover_s / 3 - EPSILON_S
+
+    @property
+    def take_s(self) -> float:
+        return 2 * (self.failover_s + EPSILON_S)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.records = Counter(
+            "shardhouse_consumer_records",
+            "Records delivered to processors",
+            ["app", "shard_id"],
+            registry=registry,
+        )
+        self.behind = Gauge(
+            "shardhouse_consumer_millis_behind_latest", "millisBehindLatest of the last GetRecords",
+            ["app", "shard_id"], registry=registry,
+        )  # fmt: skip
+        self.leases = Gauge(
+            "shardhouse_consumer_leases_held", "Leases held by this worker", ["app"], registry=registry
+        )
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        store: LeaseStore,
+        kinesis: KinesisClient,
+        processor_factory: Callable[[], RecordProcessor],
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.kinesis = kinesis
+        self.processor_factory = processor_factory
+        self.metrics = metrics
+        self.clock = clock
+        self.tracker = ExpiryTracker(config.failover_s)
+        self.handles: dict[str, LeaseHandle] = {}
+        self.consumers: dict[str, ShardConsumer] = {}
+        self.stop_event = threading.Event()
+        self.rng = random.Random()
+
+    # -- public ---------------------------------------------------------------------------
+    def request_shutdown(self, reason: str = "requested") -> None:
+        if not self.stop_event.is_set():
+            log.info("shutdown requested", extra={"reason": reason, "worker_id": self.config.worker_id})
+        self.stop_event.set()
+
+    def run(self) -> None:
+        self.store.ensure_table()
+        self._sync()
+        now = self.clock()
+        next_renew = now
+        next_take = now
+        next_release_scan = now + self.config.release_scan_s
+        next_sync = now + self.config.shard_sync_s
+        while not self.stop_event.is_set():
+            now = self.clock()
+            if now >= next_renew:
+                self._renew()
+                next_renew = now + self.config.renew_s
+            if now >= next_take:
+                self._take(self.store.list_leases())
+                next_take = now + self.config.take_s
+            elif now >= next_release_scan:
+                leases = self.store.list_leases()
+                if any(lease.lease_owner is None and not lease.at_shard_end for lease in leases):
+                    self._take(leases)
+                else:
+                    self.tracker.observe(leases, now)
+                next_release_scan = now + self.config.release_scan_s
+            if now >= next_sync:
+                self._sync()
+                next_sync = now + self.config.shard_sync_s
+            self._reap()
+            wake = min(next_renew, next_take, next_release_scan, next_sync)
+            self.stop_event.wait(max(0.05, min(0.5, wake - self.clock())))
+        self._shutdown()
+
+    # -- coordinator steps --------------------------------------------------------------------
+    def _sync(self) -> None:
+        try:
+            created = sync_shards(self.kinesis, self.store, self.config.stream, self.config.initial_position)
+            if created:
+                log.info("created leases", extra={"count": created, "app": self.config.application})
+        except ShardhouseError:
+            log.exception("shard sync failed; will retry")
+
+    def _renew(self) -> None:
+        now = self.clock()
+        for key, handle in list(self.handles.items()):
+            if handle.lost.is_set():
+                continue
+            with handle.lock:
+                try:
+                    ok = self.store.renew(handle.lease, self.config.worker_id)
+                except ShardhouseError:
+                    ok = None  # could not reach the table: keep trying until failover passes
+                if ok:
+                    handle.lease = replace(handle.lease, lease_counter=handle.lease.lease_counter + 1)
+                    handle.renewed_at = now
+                elif ok is False or now - handle.renewed_at > self.config.failover_s:
+                    log.warning("lease lost", extra={"shard_id": key, "worker_id": self.config.worker_id})
+                    handle.mark_lost()
+
+    def _take(self, leases: list[Lease]) -> None:
+        now = self.clock()
+        self.tracker.observe(leases, now)
+        held = {k for k, h in self.handles.items() if not h.lost.is_set()}
+        view = [
+            replace(lease, lease_owner=self.config.worker_id) if lease.lease_key in held else lease
+            for lease in leases
+        ]
+        plan = plan_take(
+            view,
+            self.config.worker_id,
+            self.tracker,
+            now,
+            max_leases_for_worker=self.config.max_leases_for_worker,
+            max_leases_to_steal=self.config.max_leases_to_steal,
+            rng=self.rng,
+        )
+        for lease in (*plan.take, *plan.steal):
+            if lease.lease_key in held:
+                continue
+            if self.store.take(lease, self.config.worker_id):
+                taken = replace(
+                    lease,
+                    lease_counter=lease.lease_counter + 1,
+                    lease_owner=self.config.worker_id,
+                )
+                self._start(taken)
+        by_key = {lease.lease_key: lease for lease in leases}
+        for lease in leases:
+            if deletable_parent(lease, by_key):
+                self.store.delete(lease.lease_key)
+
+    def _start(self, lease: Lease) -> None:
+        log.info("lease acquired", extra={"shard_id": lease.lease_key, "worker_id": self.config.worker_id})
+        handle = LeaseHandle(lease, renewed_at=self.clock())
+        self.handles[lease.lease_key] = handle
+        consumer = ShardConsumer(
+            kinesis=self.kinesis,
+            store=self.store,
+            handle=handle,
+            processor=self.processor_factory(),
+            config=ConsumerConfig(
+                stream=self.config.stream,
+                max_records=self.config.max_records,
+                idle_between_reads_s=self.config.idle_between_reads_s,
+                parent_poll_s=self.config.parent_poll_s,
+            ),
+            on_records=self._on_records,
+        )
+        self.consumers[lease.lease_key] = consumer
+        consumer.start()
+        self._gauge()
+
+    def _on_records(self, shard_id: str, count: int, lag: int) -> None:
+        if self.metrics is not None:
+            self.metrics.records.labels(self.config.application, shard_id).inc(count)
+            self.metrics.behind.labels(self.config.application, shard_id).set(lag)
+
+    def _reap(self) -> None:
+        """Forget consumers that ended (lease lost, shard end); a lost lease stops at once."""
+        for key, consumer in list(self.consumers.items()):
+            if consumer.finished.is_set():
+                del self.consumers[key]
+                handle = self.handles.pop(key, None)
+                if handle is not None and consumer.reached_shard_end and not handle.lost.is_set():
+                    with handle.lock:
+                        self.store.release(handle.lease)
+                self._gauge()
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.leases.labels(self.config.application).set(len(self.handles))
+
+    def _shutdown(self) -> None:
+        """Flush and checkpoint everywhere, then hand every lease back at once."""
+        for consumer in self.consumers.values():
+            consumer.shutdown_requested.set()
+        deadline = self.clock() + max(30.0, self.config.failover_s)
+        for consumer in self.consumers.values():
+            # Keep renewing while processors flush, so no one steals mid-flush.
+            while not consumer.finished.wait(min(0.5, self.config.renew_s)):
+                self._renew()
+                if self.clock() > deadline:
+                    log.error("processor did not finish shutting down", extra={"shard_id": consumer.shard_id})
+                    break
+        for key, handle in self.handles.items():
+            if handle.lost.is_set():
+                continue
+            with handle.lock:
+                try:
+                    self.store.release(handle.lease)
+                except ShardhouseError:
+                    log.warning("could not release lease; it expires after failover", extra={"shard_id": key})
+        self.handles.clear()
+        self.consumers.clear()
+        self._gauge()
+        log.info("worker stopped", extra={"worker_id": self.config.worker_id})

@@ -1,0 +1,1 @@
+from consumer_fleet import fleet  # noqa: F401 - the fixture

@@ -1,0 +1,131 @@
+"""Helpers for runtime tests: a provisioned stream, worker processes, the recorder's output."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.clients import ClientFactory
+from pipeline.consumer.lease_store import LeaseStore
+from pipeline.consumer.leases import Lease
+from pipeline.provision import ensure_stream
+from workers.kcl.processors import recorder_key
+
+
+@dataclass
+class Fleet:
+    """Worker processes of one application on one stream, all killed at teardown."""
+
+    clients: ClientFactory
+    stream: str
+    app: str
+    tmp: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "SHARDHOUSE_STREAM": self.stream,
+            "SHARDHOUSE_FAILOVER_MS": "3000",
+            "SHARDHOUSE_IDLE_BETWEEN_READS_MS": "200",
+            "SHARDHOUSE_PARENT_POLL_MS": "500",
+            "SHARDHOUSE_LOG_LEVEL": "INFO",
+            **extra,
+        }
+
+    def start(self, worker_id: str, processor: str = "recorder", **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{worker_id}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from pipeline.cli import main; main()", "worker",
+             "--app", self.app, "--processor", processor, "--worker-id", worker_id],
+            stdout=log, stderr=log, env=self.env(**env),
+        )  # fmt: skip
+        self.procs[worker_id] = proc
+        return proc
+
+    def signal(self, worker_id: str, sig: signal.Signals) -> None:
+        self.procs[worker_id].send_signal(sig)
+
+    def leases(self) -> list[Lease]:
+        return LeaseStore(self.clients.dynamodb(), self.app).list_leases()
+
+    def owners(self) -> dict[str, str | None]:
+        return {lease.lease_key: lease.lease_owner for lease in self.leases()}
+
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 60.0) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            try:
+                if check():
+                    return time.monotonic() - start
+            except Exception:
+                pass
+            time.sleep(0.1)
+        logs = "\n".join(p.read_text()[-2000:] for p in self.tmp.glob("*.log"))
+        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+    def recorded(self) -> list[dict[str, object]]:
+        raw = self.clients.redis().lrange(recorder_key(self.stream), 0, -1)
+        return [orjson.loads(item) for item in raw]
+
+    def recorded_data(self) -> list[bytes]:
+        return [base64.b64decode(str(doc["data"])) for doc in self.recorded()]
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def fleet(clients: ClientFactory, unique_name: str, tmp_path: Path) -> Iterator[Fleet]:
+    ensure_stream(clients.kinesis(), unique_name, 4)
+    f = Fleet(clients=clients, stream=unique_name, app=f"{unique_name}-app", tmp=tmp_path)
+    try:
+        yield f
+    finally:
+        f.stop_all()
+
+
+def put(clients: ClientFactory, stream: str, payloads: list[bytes]) -> None:
+    kinesis = clients.kinesis()
+    for start in range(0, len(payloads), 500):
+        chunk = payloads[start : start + 500]
+        out = kinesis.put_records(
+            StreamName=stream,
+            Records=[{"Data": p, "PartitionKey": f"pk-{start + i}"} for i, p in enumerate(chunk)],
+        )
+        assert out["FailedRecordCount"] == 0
+
+
+def stream_positions(clients: ClientFactory, stream: str) -> set[tuple[str, str]]:
+    """Every (shard, sequence number) the stream holds, read straight from Kinesis."""
+    kinesis = clients.kinesis()
+    out: set[tuple[str, str]] = set()
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        it = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while it:
+            page = kinesis.get_records(ShardIterator=it, Limit=10_000)
+            out.update((shard["ShardId"], r["SequenceNumber"]) for r in page["Records"])
+            if not page["Records"]:
+                break
+            it = page.get("NextShardIterator")
+    return out
+
+
+def recorded_positions(fleet: Fleet) -> Counter[tuple[str, str]]:
+    return Counter((str(doc["shard"]), str(doc["seq"])) for doc in fleet.recorded())
