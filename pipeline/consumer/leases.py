@@ -81,15 +81,15 @@ class ExpiryTracker:
     """Expiry observed locally: when did *this* worker last see each lease's counter change?"""
 
     failover_s: float
-    _seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _seen: dict[str, tuple[int, float | None]] = field(default_factory=dict)
 
     def observe(self, leases: Iterable[Lease], now: float) -> None:
-        current = {}
+        current: dict[str, tuple[int, float | None]] = {}
         for lease in leases:
             previous = self._seen.get(lease.lease_key)
             if previous is None:
                 # First sighting: owned counts as renewed now; unowned is ancient.
-                current[lease.lease_key] = (lease.lease_counter, now if lease.lease_owner else 0.0)
+                current[lease.lease_key] = (lease.lease_counter, now if lease.lease_owner else None)
             elif previous[0] != lease.lease_counter:
                 current[lease.lease_key] = (lease.lease_counter, now)
             else:
@@ -98,7 +98,7 @@ class ExpiryTracker:
 
     def age(self, lease: Lease, now: float) -> float:
         seen = self._seen.get(lease.lease_key)
-        return math.inf if seen is None or seen[1] == 0.0 else now - seen[1]
+        return math.inf if seen is None or seen[1] is None else now - seen[1]
 
     def expired(self, lease: Lease, now: float) -> bool:
         return lease.lease_owner is None or self.age(lease, now) > self.failover_s

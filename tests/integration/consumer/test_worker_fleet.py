@@ -81,7 +81,7 @@ def test_balancing_six_leases_from_one_worker_to_two(fleet: Fleet) -> None:
     fleet.start("w1")
     fleet.wait_for("w1 holds six", lambda: list(fleet.owners().values()).count("w1") == 6)
     fleet.start("w2")
-    # One steal per taker run (2×(failover+ε) ≈ 6 s here) until 3/3.
+    # One steal per taker run (2 x (failover + epsilon), about 6 s here) until 3/3.
     fleet.wait_for(
         "3/3", lambda: sorted(Counter(fleet.owners().values()).values()) == [3, 3], timeout=90
     )
