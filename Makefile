@@ -13,8 +13,11 @@ $(BIN)/shardhouse: pyproject.toml
 deps: $(BIN)/shardhouse
 	scripts/install-deps.sh
 
+# Until `shardhouse demo` lands, the main job is: local stack up, provision, produce a load.
 demo: deps
-	$(BIN)/shardhouse demo
+	$(BIN)/shardhouse up
+	$(BIN)/shardhouse provision
+	$(BIN)/shardhouse produce --count 100000 --customers 20 --duplicate-ratio 0.02 --invalid-ratio 0.005
 
 test: deps
 	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
