@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -11,6 +12,7 @@ import typer
 from pipeline.cli import context
 from pipeline.cli.app import app
 from pipeline.consumer.lease_store import LeaseStore
+from pipeline.consumer.registry import resolve_processor
 from pipeline.consumer.spot import watch_spot_notice
 from pipeline.consumer.worker import Worker, WorkerConfig, WorkerMetrics
 from pipeline.observability import configure_logging, serve_metrics
@@ -20,15 +22,15 @@ from pipeline.observability import configure_logging, serve_metrics
 def worker(
     app_name: Annotated[str, typer.Option("--app", help="Application name = lease table name.")],
     processor: Annotated[
-        str, typer.Option(help="batcher, projector, noop, recorder or module:factory.")
+        str, typer.Option(help="batcher, projector, noop, recorder or package.module:factory.")
     ] = "batcher",
     worker_id: Annotated[str | None, typer.Option(help="Defaults to host name + random suffix.")] = None,
 ) -> None:
     """Consume the stream with the native runtime: leases in DynamoDB, one thread per shard."""
-    from workers.kcl_entry import resolve_factory
-
-    settings = context.settings()
-    factory = resolve_factory(processor)
+    base = context.settings()
+    # The processor sees the same worker id as the lease table (the recorder writes it down).
+    settings = replace(base, worker=replace(base.worker, worker_id=worker_id or base.worker.worker_id))
+    factory = resolve_processor(processor)
     configure_logging(settings.log_level, role=f"worker:{app_name}")
     serve_metrics(settings.worker.metrics_port)
     clients = context.clients()
@@ -36,7 +38,7 @@ def worker(
     config = WorkerConfig(
         application=app_name,
         stream=settings.resources.stream,
-        worker_id=worker_id or w.worker_id,
+        worker_id=w.worker_id,
         failover_s=w.failover_ms / 1000,
         max_leases_for_worker=w.max_leases_for_worker,
         initial_position=w.initial_position,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from pipeline.consumer.lease_store import LeaseStore
@@ -18,16 +20,32 @@ from pipeline.errors import TransientError
 class LeaseHandle:
     """Counter updates (renewals, checkpoints) happen under one lock so each write is
     conditional on the counter this worker last wrote; ``token`` changes at every acquisition,
-    so a consumer from an earlier tenure can never checkpoint."""
+    so a consumer from an earlier tenure can never checkpoint.
+
+    ``renewed_at`` is when this worker last moved the counter (renewal or checkpoint), on
+    ``clock``; past ``failover_s`` the lease is expired *locally*: whoever notices first (the
+    renewer, the consumer before delivering a batch, the checkpointer) treats it as lost, so a
+    worker that was paused past failover delivers nothing more before it learns the outcome."""
 
     lease: Lease
     renewed_at: float = field(default_factory=time.monotonic)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     lost: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    failover_s: float = math.inf
+    clock: Callable[[], float] = time.monotonic
 
     def mark_lost(self) -> None:
         self.lost.set()
+
+    def expired_locally(self) -> bool:
+        return self.clock() - self.renewed_at > self.failover_s
+
+    def usable(self) -> bool:
+        """Held and not expired locally; marks the lease lost when it has expired."""
+        if not self.lost.is_set() and self.expired_locally():
+            self.mark_lost()
+        return not self.lost.is_set()
 
 
 class ShardCheckpointer:
@@ -55,7 +73,7 @@ class ShardCheckpointer:
             target = ExtendedSequenceNumber(sequence_number, sub_sequence_number or 0)
         handle = self.handle
         with handle.lock:
-            if handle.lost.is_set() or handle.token != self.token:
+            if not handle.usable() or handle.token != self.token:
                 raise CheckpointError(
                     "ShutdownException", f"lease {handle.lease.lease_key} is no longer held"
                 )
@@ -66,6 +84,7 @@ class ShardCheckpointer:
                 shard_ended=self.shard_ended,
             ):
                 return
+            started = handle.clock()  # the write proves the lease was ours no later than this
             try:
                 ok = self.store.checkpoint(handle.lease, target)
             except TransientError as exc:
@@ -81,4 +100,4 @@ class ShardCheckpointer:
                 checkpoint=target,
                 owner_switches=0,
             )
-            handle.renewed_at = time.monotonic()
+            handle.renewed_at = started

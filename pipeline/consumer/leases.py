@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,17 +119,28 @@ def plan_take(
     max_leases_for_worker: int = 0,
     max_leases_to_steal: int = 1,
     rng: random.Random | None = None,
+    held: Collection[str] | None = None,
 ) -> TakePlan:
-    """KCL 2.x ``DynamoDBLeaseTaker`` (spec §2.3). Leases at SHARD_END are never taken."""
+    """KCL 2.x ``DynamoDBLeaseTaker`` (spec §2.3). Leases at SHARD_END are never taken.
+
+    ``held``: the leases this worker runs a consumer for. An expired lease that still names me
+    as owner but that I do not hold (its consumer failed, or I was paused past failover) is
+    available like any other, as in KCL; without this, a lone worker would never get it back.
+    Defaults to the unexpired leases that name me.
+    """
     rand = rng or random.Random()
     cap = max_leases_for_worker if max_leases_for_worker > 0 else math.inf
     live = [lease for lease in leases if not lease.at_shard_end]
     if not live:
         return TakePlan()
-    available = [lease for lease in live if lease.lease_owner != me and tracker.expired(lease, now)]
-    mine = [lease for lease in live if lease.lease_owner == me and not tracker.expired(lease, now)]
+    if held is None:
+        held = {x.lease_key for x in live if x.lease_owner == me and not tracker.expired(x, now)}
+    available = [x for x in live if x.lease_key not in held and tracker.expired(x, now)]
+    mine = [x for x in live if x.lease_key in held]
     owners = Counter(
-        lease.lease_owner for lease in live if lease.lease_owner and not tracker.expired(lease, now)
+        me if x.lease_key in held else x.lease_owner
+        for x in live
+        if x.lease_key in held or (x.lease_owner and not tracker.expired(x, now))
     )
     workers = len(set(owners) | {me})
     target = 1 if workers >= len(live) else math.ceil(len(live) / workers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.aws_errors import classify_aws, error_code, is_transient_aws
+from pipeline.aws_errors import error_code, is_transient_aws
 from pipeline.consumer.handle import LeaseHandle, ShardCheckpointer
 from pipeline.consumer.kpl import deaggregate
 from pipeline.consumer.lease_store import LeaseStore
@@ -27,7 +28,6 @@ from pipeline.consumer.processor import (
 )
 from pipeline.consumer.sequence import SHARD_END, ExtendedSequenceNumber
 from pipeline.consumer.shard_sync import parents_of
-from pipeline.retry import Backoff
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -35,11 +35,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class _Stopped(Exception):
+    """A retried call was abandoned because the consumer is shutting down or lost its lease."""
+
+
 @dataclass(frozen=True)
 class ConsumerConfig:
     stream: str
     max_records: int = 10_000
     idle_between_reads_s: float = 1.5
+    # While records flow, reads are spaced this much (start to start): 5 reads/s is Kinesis's
+    # per-shard GetRecords limit, so a shard that keeps up never throttles itself.
+    busy_interval_s: float = 0.2
     parent_poll_s: float = 10.0
 
 
@@ -81,7 +88,11 @@ class ShardConsumer(threading.Thread):
         try:
             if not self._wait_for_parents():
                 return
-            iterator = self._initialize()
+            try:
+                iterator = self._initialize()
+            except _Stopped:
+                self._shutdown()  # initialized, then stopped before the first read
+                return
             if iterator is not None or self.handle.lease.at_shard_end:
                 self._process(iterator)
         except Exception:
@@ -90,7 +101,9 @@ class ShardConsumer(threading.Thread):
             self.finished.set()
 
     def _stopping(self) -> bool:
-        return self.shutdown_requested.is_set() or self.handle.lost.is_set()
+        """Shut down requested, or the lease is lost or expired locally (checked before every
+        delivery, so a worker paused past failover delivers nothing more on waking)."""
+        return self.shutdown_requested.is_set() or not self.handle.usable()
 
     def _wait_for_parents(self) -> bool:
         while not self._stopping():
@@ -125,17 +138,24 @@ class ShardConsumer(threading.Thread):
         )
 
     def _aws(self, what: str, call: Callable[[], Any]) -> Any:
-        backoff = Backoff(base=0.2, cap=5.0, max_attempts=8).delays()
+        """Retry throttling and outages with capped, jittered backoff for as long as the lease is
+        held; raise :class:`_Stopped` once shutdown or lease loss makes the answer moot."""
+        attempt = 0
         while True:
             try:
                 return call()
             except Exception as exc:
-                if not is_transient_aws(exc) or self._stopping():
+                if not is_transient_aws(exc):
                     raise
-                delay = next(backoff, None)
-                if delay is None:
-                    raise classify_aws(exc, what) from exc
-                time.sleep(delay)
+                attempt += 1
+                if attempt in (1, 10) or attempt % 100 == 0:
+                    log.warning(
+                        "kinesis call failing; backing off",
+                        extra={"shard_id": self.shard_id, "what": what, "attempt": attempt, "err": f"{exc}"},
+                    )
+                delay = random.uniform(0.0, min(5.0, 0.2 * 2 ** min(attempt, 8)))
+                if self.shutdown_requested.wait(delay) or self._stopping():
+                    raise _Stopped(what) from exc
 
     def _get_records(self, iterator: str) -> dict[str, Any]:
         return dict(
@@ -147,16 +167,24 @@ class ShardConsumer(threading.Thread):
 
     # -- the loop -----------------------------------------------------------------------------
     def _process(self, iterator: str | None) -> None:
+        # Everything at or before this was delivered (or checkpointed by an earlier owner): an
+        # iterator refreshed AT it, or a restart inside an aggregate, must not deliver it again.
         last_delivered = self.handle.lease.checkpoint
         while iterator is not None and not self._stopping():
+            read_at = time.monotonic()
             try:
                 page = self._get_records(iterator)
+            except _Stopped:
+                break
             except ClientError as exc:
                 if error_code(exc) == "ExpiredIteratorException":
-                    iterator = self._iterator(last_delivered)
+                    try:
+                        iterator = self._iterator(last_delivered)
+                    except _Stopped:
+                        break
                     continue
                 raise
-            records = self._records(page.get("Records", []), self.handle.lease.checkpoint)
+            records = self._records(page.get("Records", []), last_delivered)
             lag = int(page.get("MillisBehindLatest", 0) or 0)
             self.stats.millis_behind_latest = lag
             self.stats.last_fetch_at = time.time()
@@ -174,21 +202,21 @@ class ShardConsumer(threading.Thread):
             if iterator is None:
                 self._shard_end(page.get("ChildShards", []))
                 return
-            if not records:
-                self.shutdown_requested.wait(self.config.idle_between_reads_s)
+            pause = self.config.idle_between_reads_s if not records else self.config.busy_interval_s
+            self.shutdown_requested.wait(max(0.0, read_at + pause - time.monotonic()))
         if iterator is None and self.handle.lease.at_shard_end and not self._stopping():
             self._shard_end([])
             return
         self._shutdown()
 
-    def _records(self, raw: list[dict[str, Any]], checkpoint: ExtendedSequenceNumber) -> list[Record]:
+    def _records(self, raw: list[dict[str, Any]], after: ExtendedSequenceNumber) -> list[Record]:
         out: list[Record] = []
         for item in raw:
             arrival = item.get("ApproximateArrivalTimestamp")
             arrival_ms = int(arrival.timestamp() * 1000) if arrival is not None else 0
             for record in deaggregate(item["Data"], item["PartitionKey"], item["SequenceNumber"], arrival_ms):
-                if ExtendedSequenceNumber(record.sequence_number, record.sub_sequence_number) <= checkpoint:
-                    continue  # already checkpointed (resume mid-aggregate)
+                if ExtendedSequenceNumber(record.sequence_number, record.sub_sequence_number) <= after:
+                    continue  # already delivered or checkpointed (resume mid-aggregate)
                 out.append(record)
         return out
 

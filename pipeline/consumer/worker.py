@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from pipeline.consumer.handle import LeaseHandle
@@ -115,33 +116,48 @@ class Worker:
         while not self.stop_event.is_set():
             now = self.clock()
             if now >= next_renew:
-                self._renew()
+                self._step("renew", self._renew)
                 next_renew = now + self.config.renew_s
             if now >= next_take:
-                self._take(self.store.list_leases())
+                self._step("take", lambda: self._take(self.store.list_leases()))
                 next_take = now + self.config.take_s
             elif now >= next_release_scan:
-                leases = self.store.list_leases()
-                if any(lease.lease_owner is None and not lease.at_shard_end for lease in leases):
-                    self._take(leases)
-                else:
-                    self.tracker.observe(leases, now)
+                self._step("scan for released leases", self._scan_for_released)
                 next_release_scan = now + self.config.release_scan_s
             if now >= next_sync:
                 self._sync()
                 next_sync = now + self.config.shard_sync_s
-            self._reap()
+            self._step("reap", self._reap)
             wake = min(next_renew, next_take, next_release_scan, next_sync)
             self.stop_event.wait(max(0.05, min(0.5, wake - self.clock())))
         self._shutdown()
 
     # -- coordinator steps --------------------------------------------------------------------
+    def _step(self, what: str, step: Callable[[], None]) -> None:
+        """Run one coordinator step; a failing table or stream is retried on the next tick.
+
+        Renewals that keep failing end in locally expired leases, which the consumers treat as
+        lost; so an outage degrades to "stop and resume after it", never to a stale checkpoint.
+        """
+        try:
+            step()
+        except (ShardhouseError, BotoCoreError, ClientError):
+            log.exception("coordinator step failed; retrying", extra={"step": what})
+
+    def _scan_for_released(self) -> None:
+        """Between taker runs: take released (ownerless) leases at once — the handoff path."""
+        leases = self.store.list_leases()
+        if any(lease.lease_owner is None and not lease.at_shard_end for lease in leases):
+            self._take(leases)
+        else:
+            self.tracker.observe(leases, self.clock())
+
     def _sync(self) -> None:
         try:
             created = sync_shards(self.kinesis, self.store, self.config.stream, self.config.initial_position)
             if created:
                 log.info("created leases", extra={"count": created, "app": self.config.application})
-        except ShardhouseError:
+        except (ShardhouseError, BotoCoreError, ClientError):
             log.exception("shard sync failed; will retry")
 
     def _renew(self) -> None:
@@ -152,7 +168,7 @@ class Worker:
             with handle.lock:
                 try:
                     ok = self.store.renew(handle.lease, self.config.worker_id)
-                except ShardhouseError:
+                except (ShardhouseError, BotoCoreError, ClientError):
                     ok = None  # could not reach the table: keep trying until failover passes
                 if ok:
                     handle.lease = replace(handle.lease, lease_counter=handle.lease.lease_counter + 1)
@@ -165,37 +181,35 @@ class Worker:
         now = self.clock()
         self.tracker.observe(leases, now)
         held = {k for k, h in self.handles.items() if not h.lost.is_set()}
-        view = [
-            replace(lease, lease_owner=self.config.worker_id) if lease.lease_key in held else lease
-            for lease in leases
-        ]
         plan = plan_take(
-            view,
+            leases,
             self.config.worker_id,
             self.tracker,
             now,
             max_leases_for_worker=self.config.max_leases_for_worker,
             max_leases_to_steal=self.config.max_leases_to_steal,
             rng=self.rng,
+            held=held,
         )
         for lease in (*plan.take, *plan.steal):
             if lease.lease_key in held:
                 continue
+            started = self.clock()
             if self.store.take(lease, self.config.worker_id):
                 taken = replace(
                     lease,
                     lease_counter=lease.lease_counter + 1,
                     lease_owner=self.config.worker_id,
                 )
-                self._start(taken)
+                self._start(taken, started)
         by_key = {lease.lease_key: lease for lease in leases}
         for lease in leases:
             if deletable_parent(lease, by_key):
                 self.store.delete(lease.lease_key)
 
-    def _start(self, lease: Lease) -> None:
+    def _start(self, lease: Lease, taken_at: float) -> None:
         log.info("lease acquired", extra={"shard_id": lease.lease_key, "worker_id": self.config.worker_id})
-        handle = LeaseHandle(lease, renewed_at=self.clock())
+        handle = LeaseHandle(lease, renewed_at=taken_at, failover_s=self.config.failover_s, clock=self.clock)
         self.handles[lease.lease_key] = handle
         consumer = ShardConsumer(
             kinesis=self.kinesis,
