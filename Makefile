@@ -12,6 +12,7 @@ $(BIN)/shardhouse: pyproject.toml
 
 deps: $(BIN)/shardhouse
 	scripts/install-deps.sh
+	scripts/install-kcl.sh
 
 # Until `shardhouse demo` lands, the main job is: local stack up, provision, produce a load.
 demo: deps
