@@ -1,0 +1,1 @@
+"""``shardhouse demo``: the whole pipeline end to end on local servers."""
