@@ -19,6 +19,7 @@ from pipeline.errors import ShardhouseError
 
 # Command modules, imported for their registration side effect; one line each.
 # isort: split
+from pipeline.cli import demo as _demo  # noqa: F401
 from pipeline.cli import inserter as _inserter  # noqa: F401
 from pipeline.cli import kcl as _kcl  # noqa: F401
 from pipeline.cli import produce as _produce  # noqa: F401
