@@ -129,7 +129,9 @@ def _start_moto(cfg: StackConfig, logs: Path) -> Service:
 
 def _start_kinesis_mock(cfg: StackConfig, logs: Path) -> Service:
     log = logs / "kinesis-mock.log"
-    main = binaries.kinesis_mock([*cfg.npm_dirs, cfg.state_dir / "npm", Path.cwd()])
+    # scripts/install-deps.sh installs it under the checkout's .shardhouse/npm.
+    checkout_npm = Path(__file__).resolve().parents[2] / ".shardhouse" / "npm"
+    main = binaries.kinesis_mock([*cfg.npm_dirs, cfg.state_dir / "npm", checkout_npm, Path.cwd()])
     env = {
         **os.environ,
         "KINESIS_MOCK_CERT_PATH": str(main.parent / "server.json"),
