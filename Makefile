@@ -14,11 +14,8 @@ deps: $(BIN)/shardhouse
 	scripts/install-deps.sh
 	scripts/install-kcl.sh
 
-# Until `shardhouse demo` lands, the main job is: local stack up, provision, produce a load.
 demo: deps
-	$(BIN)/shardhouse up
-	$(BIN)/shardhouse provision
-	$(BIN)/shardhouse produce --count 100000 --customers 20 --duplicate-ratio 0.02 --invalid-ratio 0.005
+	$(BIN)/shardhouse demo
 
 test: deps
 	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
