@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.layout import EventObjectKey, UnsafeKeyComponent, dead_letter_key, parse_event_key
-from pipeline.manifest import FORMAT, BatchManifest, BatchObject, ManifestError, decode_manifest, encode_manifest
+from pipeline.manifest import (
+    FORMAT,
+    BatchManifest,
+    BatchObject,
+    ManifestError,
+    decode_manifest,
+    encode_manifest,
+)
 
 safe = st.from_regex(r"[a-z0-9][a-z0-9_]{0,47}", fullmatch=True)
 seq = st.from_regex(r"[0-9]{1,56}", fullmatch=True)
