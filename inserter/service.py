@@ -1,65 +1,102 @@
-"""The inserter loop: long-poll SQS, load each batch, delete its message only after commit.
+"""The inserter loop: long-poll the queue, load each batch, delete its message only after the
+load committed.
 
-A message whose load fails stays on the queue (visibility backs off with the receive count)
-and, after the queue's ``maxReceiveCount``, the redrive policy moves it to the dead-letter
-queue. A message that is not a manifest (poison) goes to the DLQ at once, with the reason.
+Per message, exactly one of:
+
+- **loaded** (or everything already in the ledger): delete the message.
+- **malformed** (:class:`~pipeline.manifest.ManifestError`): send it to the dead-letter queue
+  with the reason as a message attribute, then delete it — retrying cannot help.
+- **failed** (anything else, after in-process retries of transient errors): log the reason,
+  give the message back with a delay growing with its receive count; after the queue's
+  ``maxReceiveCount`` receives, SQS's redrive policy moves it to the dead-letter queue.
+
+Every received message is kept invisible by one heartbeat thread until it is deleted or given
+back. On SIGTERM (:meth:`Inserter.request_stop`) the current load finishes, messages received
+but not started are given back at once, and no more are received. Several inserter processes
+may run at once: the ledger and the per-table locks make that safe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from inserter.postgres import LoadResult, PostgresLoader
-from pipeline.aws_errors import is_transient_aws
+from inserter.errors import classify_pg
+from inserter.loader import Loader, LoadResult
+from inserter.plan import LoadPlan, plan_load
+from inserter.queue import BatchQueue, Heartbeat, Message
+from pipeline.errors import ShardhouseError, TransientError
 from pipeline.manifest import ManifestError, decode_manifest
 from pipeline.retry import Backoff, call_with_retry
-
-if TYPE_CHECKING:
-    from mypy_boto3_sqs import SQSClient
+from schemas import Registry
 
 log = logging.getLogger(__name__)
+Conn = psycopg.Connection[Any]
 
 
 @dataclass(frozen=True)
 class InserterConfig:
-    queue_url: str
-    dlq_url: str
-    wait_seconds: int = 10
-    visibility_seconds: int = 120
-    heartbeat_seconds: float = 30.0
+    bucket: str
+    max_messages: int = 10
+    wait_seconds: int = 20
+    #: What each heartbeat extends a held message's invisibility to; after a crash the message
+    #: is back on the queue within this many seconds.
+    visibility_timeout: int = 60
+    heartbeat_seconds: float = 20.0
+    #: In-process attempts of a load that fails with a transient error (connection lost,
+    #: serialization failure…) before the message is given back.
+    attempts: int = 3
+    #: A failed message is visible again after min(cap, base * 2**(receives-1)) seconds.
+    retry_base_seconds: int = 5
+    retry_cap_seconds: int = 600
+    #: The queue's redrive maxReceiveCount (for the log line that says a message is going).
+    max_receive_count: int = 5
+    #: Stop after a receive that returns nothing (tests, backfills).
+    exit_when_idle: bool = False
 
 
-class Heartbeat:
-    """Extends a message's visibility while its load runs."""
+def retry_delay(receive_count: int, base: int, cap: int) -> int:
+    """Seconds until a failed message is visible again: doubling per receive, capped (SQS allows
+    at most 12 hours)."""
+    return int(min(cap, 43_200, base * 2 ** max(0, receive_count - 1)))
 
-    def __init__(self, sqs: SQSClient, queue_url: str, receipt: str, every: float, extend_to: int) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(sqs, queue_url, receipt, every, extend_to), daemon=True
+
+class InserterMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.messages = Counter(
+            "shardhouse_inserter_messages", "Messages handled, by outcome", ["outcome"], registry=registry
         )
-
-    def _run(self, sqs: SQSClient, queue_url: str, receipt: str, every: float, extend_to: int) -> None:
-        while not self._stop.wait(every):
-            try:
-                sqs.change_message_visibility(
-                    QueueUrl=queue_url, ReceiptHandle=receipt, VisibilityTimeout=extend_to
-                )
-            except Exception:
-                log.warning("could not extend visibility", exc_info=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
+        self.rows_loaded = Counter("shardhouse_inserter_rows_loaded", "Rows inserted", registry=registry)
+        self.rows_skipped = Counter(
+            "shardhouse_inserter_rows_skipped", "Rows dropped as duplicates by the merge", registry=registry
+        )
+        self.objects_loaded = Counter(
+            "shardhouse_inserter_objects_loaded", "Objects loaded", registry=registry
+        )
+        self.objects_already = Counter(
+            "shardhouse_inserter_objects_already_loaded",
+            "Objects skipped: already in the ledger",
+            registry=registry,
+        )
+        self.load_seconds = Histogram(
+            "shardhouse_inserter_load_seconds",
+            "Duration of one load (staging + merge + commit)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=registry,
+        )
+        self.lag_seconds = Gauge(
+            "shardhouse_inserter_lag_seconds",
+            "Last load: commit time minus its newest occurred_at",
+            registry=registry,
+        )
 
 
 class Inserter:
@@ -67,111 +104,210 @@ class Inserter:
         self,
         config: InserterConfig,
         *,
-        sqs: SQSClient,
-        loader: PostgresLoader,
-        connect: Callable[[], psycopg.Connection[Any]],
-        on_load: Callable[[LoadResult, float], None] = lambda _r, _s: None,
+        queue: BatchQueue,
+        loader: Loader,
+        registry: Registry,
+        connect: Callable[[], Conn],
+        metrics: InserterMetrics | None = None,
+        backoff: Backoff | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
-        self.sqs = sqs
+        self.queue = queue
         self.loader = loader
+        self.registry = registry
         self.connect = connect
-        self.on_load = on_load
+        self.metrics = metrics or InserterMetrics(CollectorRegistry())
+        self.backoff = backoff or Backoff(base=0.5, cap=10.0, max_attempts=config.attempts)
+        self.clock = clock
         self.stop = threading.Event()
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn: Conn | None = None
+        self.heartbeat = Heartbeat(queue, every=config.heartbeat_seconds, extend_to=config.visibility_timeout)
 
-    def conn(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = self.connect()
-            self.loader.ensure_ledger(self._conn)
-        return self._conn
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if not self.stop.is_set():
+            log.info("stopping: the current load finishes, no new messages", extra={"reason": reason})
+        self.stop.set()
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            self.poll_once()
-        if self._conn is not None:
-            self._conn.close()
+        # Fail fast (after retries) when the warehouse is unreachable, before taking messages.
+        call_with_retry(self._connection, what="connect to warehouse", backoff=self.backoff)
+        with self.heartbeat:
+            try:
+                while not self.stop.is_set():
+                    if self.poll_once() == 0 and self.config.exit_when_idle:
+                        break
+            finally:
+                self._close()
+        log.info("inserter stopped")
 
     def poll_once(self) -> int:
-        resp = call_with_retry(
-            lambda: self.sqs.receive_message(
-                QueueUrl=self.config.queue_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=self.config.wait_seconds,
-                VisibilityTimeout=self.config.visibility_seconds,
-                AttributeNames=["ApproximateReceiveCount"],
-            ),
-            what="receive batch messages",
-            backoff=Backoff(base=0.5, cap=10.0, max_attempts=6),
-            retry_if=is_transient_aws,
+        """One receive and the loads of what it returned; the number of messages received."""
+        messages = self.queue.receive(
+            max_messages=self.config.max_messages,
+            wait_seconds=self.config.wait_seconds,
+            visibility_timeout=self.config.visibility_timeout,
         )
-        messages = resp.get("Messages", [])
-        for message in messages:
-            if self.stop.is_set():
-                break  # unprocessed messages become visible again after the timeout
-            self.handle(message)
+        self.heartbeat.hold(messages)
+        try:
+            for i, message in enumerate(messages):
+                if self.stop.is_set():
+                    self._give_back(messages[i:])
+                    break
+                self.handle(message)
+        finally:
+            for message in messages:
+                self.heartbeat.drop(message)
         return len(messages)
 
-    def handle(self, message: Any) -> None:
-        receipt = message["ReceiptHandle"]
+    def _give_back(self, messages: list[Message]) -> None:
+        for message in messages:
+            self.heartbeat.drop(message)
+            try:
+                self.queue.release(message, 0)
+            except Exception as exc:  # it comes back when its visibility runs out anyway
+                log.warning(
+                    "could not give a message back",
+                    extra={"message_id": message.message_id, "reason": str(exc)},
+                )
+
+    # -- one message ----------------------------------------------------------------------------
+
+    def handle(self, message: Message) -> str:
+        """Load one message; returns the outcome (loaded, duplicate, dead_lettered, failed)."""
         try:
-            manifest = decode_manifest(message["Body"])
+            manifest = decode_manifest(message.body)
+            plan = plan_load(manifest, self.registry, bucket=self.config.bucket)
         except ManifestError as exc:
-            log.error(
-                "poison message dead-lettered", extra={"reason": str(exc), "message_id": message["MessageId"]}
-            )
-            self.sqs.send_message(
-                QueueUrl=self.config.dlq_url,
-                MessageBody=message["Body"],
-                MessageAttributes={"reason": {"DataType": "String", "StringValue": str(exc)[:1000]}},
-            )
-            self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=receipt)
-            return
-        started = time.monotonic()
-        try:
-            with Heartbeat(
-                self.sqs,
-                self.config.queue_url,
-                receipt,
-                self.config.heartbeat_seconds,
-                self.config.visibility_seconds,
-            ):
-                result = self.loader.load(self.conn(), manifest)
+            return self._poison(message, str(exc))
         except Exception as exc:
-            receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-            log.error(
-                "load failed; the message returns to the queue",
+            return self._failed(message, None, exc)
+        try:
+            result = self._load(plan)
+        except Exception as exc:
+            return self._failed(message, plan.batch_id, exc)
+        self.heartbeat.drop(message)
+        self.queue.delete(message)
+        outcome = "loaded" if result.loaded else "duplicate"
+        self._record(message, result, outcome)
+        return outcome
+
+    def _load(self, plan: LoadPlan) -> LoadResult:
+        def attempt() -> LoadResult:
+            return self.loader.load(self._connection(), plan)
+
+        def on_retry(n: int, exc: BaseException, delay: float) -> None:
+            log.warning(
+                "load failed, retrying",
                 extra={
-                    "batch_id": manifest.batch_id,
-                    "reason": f"{type(exc).__name__}: {exc}",
-                    "receives": receives,
+                    "batch_id": plan.batch_id,
+                    "attempt": n,
+                    "reason": str(exc),
+                    "delay_s": round(delay, 2),
                 },
             )
-            if self._conn is not None and self._conn.broken:
-                self._conn = None
-            self._retry_later(receipt, receives)
-            return
-        self.sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=receipt)
-        seconds = time.monotonic() - started
-        self.on_load(result, seconds)
-        log.info(
-            "batch loaded",
+            self._drop_broken()
+
+        try:
+            return call_with_retry(
+                attempt, what=f"load {plan.batch_id}", backoff=self.backoff, on_retry=on_retry
+            )
+        finally:
+            self._drop_broken()
+
+    def _poison(self, message: Message, reason: str) -> str:
+        log.error(
+            "malformed message dead-lettered",
+            extra={"message_id": message.message_id, "reason": reason, "receives": message.receive_count},
+        )
+        self.heartbeat.drop(message)
+        self.queue.dead_letter(message, reason)
+        self.metrics.messages.labels("dead_lettered").inc()
+        return "dead_lettered"
+
+    def _failed(self, message: Message, batch_id: str | None, exc: BaseException) -> str:
+        delay = retry_delay(
+            message.receive_count, self.config.retry_base_seconds, self.config.retry_cap_seconds
+        )
+        final = message.receive_count >= self.config.max_receive_count
+        log.error(
+            "load failed; the redrive policy dead-letters the message"
+            if final
+            else "load failed; message given back",
             extra={
-                "batch_id": manifest.batch_id,
-                "objects_loaded": result.objects_loaded,
-                "objects_skipped": result.objects_skipped,
-                "rows_in": result.rows_in,
-                "rows_inserted": result.rows_inserted,
-                "seconds": round(seconds, 3),
+                "message_id": message.message_id,
+                "batch_id": batch_id,
+                "reason": f"{type(exc).__name__}: {exc}",
+                "transient": isinstance(exc, TransientError),
+                "receives": message.receive_count,
+                "max_receives": self.config.max_receive_count,
+                "retry_in_s": delay,
+            },
+            exc_info=not isinstance(exc, ShardhouseError),  # a traceback only for the unexpected
+        )
+        self.heartbeat.drop(message)
+        try:
+            self.queue.release(message, delay)
+        except Exception as release_exc:
+            log.warning(
+                "could not give a message back",
+                extra={"message_id": message.message_id, "reason": str(release_exc)},
+            )
+        self.metrics.messages.labels("failed").inc()
+        return "failed"
+
+    def _record(self, message: Message, result: LoadResult, outcome: str) -> None:
+        m = self.metrics
+        m.messages.labels(outcome).inc()
+        m.rows_loaded.inc(result.rows_loaded)
+        m.rows_skipped.inc(result.rows_skipped)
+        m.objects_loaded.inc(len(result.loaded))
+        m.objects_already.inc(len(result.already_loaded))
+        m.load_seconds.observe(result.duration_ms / 1000)
+        lag = None
+        if result.newest_event is not None:
+            lag = (self.clock() - result.newest_event).total_seconds()
+            m.lag_seconds.set(lag)
+        log.info(
+            "batch loaded" if result.loaded else "batch already loaded",
+            extra={
+                "batch_id": result.batch_id,
+                "load_id": result.load_id,
+                "message_id": message.message_id,
+                "receives": message.receive_count,
+                "objects_loaded": len(result.loaded),
+                "objects_already_loaded": len(result.already_loaded),
+                "rows_loaded": result.rows_loaded,
+                "rows_skipped": result.rows_skipped,
+                "tables": sorted({str(o.table) for o in result.loaded}),
+                "duration_ms": result.duration_ms,
+                "stage_ms": result.stage_ms,
+                "merge_ms": result.merge_ms,
+                "lag_s": None if lag is None else round(lag, 3),
             },
         )
 
-    def _retry_later(self, receipt: str, receives: int) -> None:
-        try:
-            self.sqs.change_message_visibility(
-                QueueUrl=self.config.queue_url,
-                ReceiptHandle=receipt,
-                VisibilityTimeout=min(300, 2 * receives),
-            )
-        except Exception:
-            log.warning("could not shorten visibility", exc_info=True)
+    # -- the connection -------------------------------------------------------------------------
+
+    def _connection(self) -> Conn:
+        if self._conn is None or self._conn.closed:
+            try:
+                conn = self.connect()
+            except psycopg.Error as exc:
+                raise classify_pg(exc, "connect to warehouse") from exc
+            self.loader.prepare(conn)
+            self._conn = conn
+        return self._conn
+
+    def _drop_broken(self) -> None:
+        conn = self._conn
+        if conn is not None and (conn.broken or conn.closed):
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None

@@ -25,6 +25,7 @@ def worker(
         str, typer.Option(help="batcher, projector, noop, recorder or package.module:factory.")
     ] = "batcher",
     worker_id: Annotated[str | None, typer.Option(help="Defaults to host name + random suffix.")] = None,
+    status_every: Annotated[float, typer.Option(help="Seconds between progress log lines.")] = 10.0,
 ) -> None:
     """Consume the stream with the native runtime: leases in DynamoDB, one thread per shard."""
     base = context.settings()
@@ -45,6 +46,7 @@ def worker(
         max_records=w.max_records,
         idle_between_reads_s=w.idle_between_reads_ms / 1000,
         parent_poll_s=w.parent_poll_ms / 1000,
+        status_log_s=status_every,
     )
     runtime = Worker(
         config,

@@ -155,12 +155,12 @@ class RecordingProcessor:
         self._event("shard_ended")
 
     def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
+        refused = None
         try:
             checkpoint_retrying_throttles(shutdown_requested_input.checkpointer, None, None)
         except CheckpointError as exc:
-            self._event("checkpoint_refused", value=exc.value, seq=None)
-            return
-        self._event("shutdown_requested")
+            refused = exc.value
+        self._event("shutdown_requested", refused=refused)
 
 
 def create_noop(clients: ClientFactory, settings: Settings) -> RecordProcessor:

@@ -186,3 +186,12 @@ def deletable_parent(lease: Lease, by_key: Mapping[str, Lease]) -> bool:
         child in by_key and not by_key[child].checkpoint.is_sentinel for child in lease.child_shard_ids
     )
     return children_moved and not any(parent in by_key for parent in lease.parent_shard_ids)
+
+
+def may_create_child(parents: frozenset[str], existing: Collection[str]) -> bool:
+    """KCL's merge rule (spec §2.5): create a child lease only if all of its parents' leases exist
+    or none does. With one merge parent's lease missing, the child would not wait for that parent
+    (a missing parent does not block); shard sync creates the missing parent's lease instead, and
+    that parent's own shard end creates the child."""
+    present = sum(1 for parent in parents if parent in existing)
+    return present in (0, len(parents))

@@ -16,7 +16,7 @@ from pipeline.aws_errors import error_code, is_transient_aws
 from pipeline.consumer.handle import LeaseHandle, ShardCheckpointer
 from pipeline.consumer.kpl import deaggregate
 from pipeline.consumer.lease_store import LeaseStore
-from pipeline.consumer.leases import Lease, parents_done
+from pipeline.consumer.leases import Lease, may_create_child, parents_done
 from pipeline.consumer.processor import (
     InitializeInput,
     LeaseLostInput,
@@ -188,14 +188,16 @@ class ShardConsumer(threading.Thread):
             lag = int(page.get("MillisBehindLatest", 0) or 0)
             self.stats.millis_behind_latest = lag
             self.stats.last_fetch_at = time.time()
+            if self._stopping():
+                # Fetched but never delivered: the largest-delivered bound (what checkpoint() with
+                # no argument writes in shutdown_requested) must not move past these records.
+                break
             if records:
                 last = records[-1]
                 last_delivered = ExtendedSequenceNumber(last.sequence_number, last.sub_sequence_number)
                 self.checkpointer.largest_delivered = last_delivered
                 self.stats.records += len(records)
             self.on_records(self.shard_id, len(records), lag)
-            if self._stopping():
-                break
             # Empty batches are delivered too, so processors can flush on age while idle.
             self._deliver(records, lag)
             iterator = page.get("NextShardIterator")
@@ -246,8 +248,15 @@ class ShardConsumer(threading.Thread):
                 starting_hash_key=hash_range.get("StartingHashKey"),
                 ending_hash_key=hash_range.get("EndingHashKey"),
             )
-            self.store.create_if_absent(lease)
             child_ids.append(child["ShardId"])
+            existing = {key for key in parents if key == self.shard_id or self.store.get(key) is not None}
+            if not may_create_child(parents, existing):
+                log.warning(
+                    "merge child not created yet: a parent lease is missing",
+                    extra={"shard_id": self.shard_id, "child": child["ShardId"], "parents": sorted(parents)},
+                )
+                continue
+            self.store.create_if_absent(lease)
         if child_ids:
             self.store.set_children(self.shard_id, child_ids)
         self.checkpointer.shard_ended = True

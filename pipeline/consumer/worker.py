@@ -49,6 +49,7 @@ class WorkerConfig:
     # A light scan for released (ownerless) leases between full taker runs: the handoff gap.
     release_scan_s: float = 1.0
     shard_sync_s: float = 60.0
+    status_log_s: float = 30.0  # a "progress" log line: leases held, records/s, max lag
 
     @property
     def renew_s(self) -> float:
@@ -98,6 +99,7 @@ class Worker:
         self.consumers: dict[str, ShardConsumer] = {}
         self.stop_event = threading.Event()
         self.rng = random.Random()
+        self._delivered_by_finished = 0  # records of consumers already reaped (for progress)
 
     # -- public ---------------------------------------------------------------------------
     def request_shutdown(self, reason: str = "requested") -> None:
@@ -113,6 +115,7 @@ class Worker:
         next_take = now
         next_release_scan = now + self.config.release_scan_s
         next_sync = now + self.config.shard_sync_s
+        next_status, delivered = now + self.config.status_log_s, 0
         while not self.stop_event.is_set():
             now = self.clock()
             if now >= next_renew:
@@ -128,7 +131,10 @@ class Worker:
                 self._sync()
                 next_sync = now + self.config.shard_sync_s
             self._step("reap", self._reap)
-            wake = min(next_renew, next_take, next_release_scan, next_sync)
+            if now >= next_status:
+                delivered = self._report(delivered, self.config.status_log_s + now - next_status)
+                next_status = now + self.config.status_log_s
+            wake = min(next_renew, next_take, next_release_scan, next_sync, next_status)
             self.stop_event.wait(max(0.05, min(0.5, wake - self.clock())))
         self._shutdown()
 
@@ -143,6 +149,22 @@ class Worker:
             step()
         except (ShardhouseError, BotoCoreError, ClientError):
             log.exception("coordinator step failed; retrying", extra={"step": what})
+
+    def _report(self, delivered_before: int, period_s: float) -> int:
+        """Log one progress line; returns the running total of records delivered."""
+        consumers = list(self.consumers.values())
+        delivered = self._delivered_by_finished + sum(c.stats.records for c in consumers)
+        log.info(
+            "progress",
+            extra={
+                "worker_id": self.config.worker_id,
+                "leases": sorted(self.handles),
+                "records_per_s": round((delivered - delivered_before) / max(period_s, 1e-3), 1),
+                "records_total": delivered,
+                "max_millis_behind_latest": max((c.stats.millis_behind_latest for c in consumers), default=0),
+            },
+        )
+        return delivered
 
     def _scan_for_released(self) -> None:
         """Between taker runs: take released (ownerless) leases at once — the handoff path."""
@@ -238,6 +260,7 @@ class Worker:
         for key, consumer in list(self.consumers.items()):
             if consumer.finished.is_set():
                 del self.consumers[key]
+                self._delivered_by_finished += consumer.stats.records
                 handle = self.handles.pop(key, None)
                 if handle is not None and consumer.reached_shard_end and not handle.lost.is_set():
                     with handle.lock:

@@ -185,7 +185,7 @@ def loaded_rows(run: DemoRun) -> int:
     try:
         with run.clients.warehouse() as conn:
             row = conn.execute(
-                "SELECT coalesce(sum(rows_inserted), 0) FROM shardhouse.load_ledger"
+                "SELECT coalesce(sum(rows_loaded), 0) FROM shardhouse.load_ledger"
             ).fetchone()
             return int(row[0]) if row else 0
     except Exception:

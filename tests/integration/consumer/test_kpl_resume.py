@@ -85,3 +85,21 @@ def test_aggregate_delivers_sub_sequences_and_resumes_after_checkpointed_sub_rec
     assert resumed is not None
     second = consume(clients, store, unique_name, LeaseHandle(replace(resumed)), 2)
     assert [(s, sub) for s, sub, _ in second.seen] == [(seq, 3), (seq, 4)]
+
+
+def test_aggregate_with_a_bad_md5_arrives_as_one_raw_record(clients: ClientFactory, unique_name: str) -> None:
+    ensure_stream(clients.kinesis(), unique_name, 1)
+    aggregator = agg.RecordAggregator()
+    for i in range(3):
+        aggregator.add_user_record(f"user-{i}", f"event-{i}".encode())
+    pk, _ehk, blob = aggregator.clear_and_get().get_contents()
+    broken = bytes(blob[:-1]) + bytes([blob[-1] ^ 0xFF])  # last byte of the MD5 trailer flipped
+    seq = clients.kinesis().put_record(StreamName=unique_name, Data=broken, PartitionKey=pk)["SequenceNumber"]
+    store = LeaseStore(clients.dynamodb(), unique_name)
+    store.ensure_table()
+    shard_id = clients.kinesis().list_shards(StreamName=unique_name)["Shards"][0]["ShardId"]
+    store.create_if_absent(Lease(shard_id))
+    lease = store.get(shard_id)
+    assert lease is not None and store.take(lease, "me")
+    seen = consume(clients, store, unique_name, LeaseHandle(store.get(shard_id)), expect=1)  # type: ignore[arg-type]
+    assert seen.seen == [(seq, 0, broken)]

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
-from consumer_fleet import Fleet, put, recorded_positions, settled, stream_positions, unexplained_repeats
+from consumer_fleet import (
+    Fleet,
+    explain,
+    put,
+    recorded_positions,
+    settled,
+    stream_positions,
+    unexplained_repeats,
+)
 
 
 def payloads(n: int, tag: str = "r") -> list[bytes]:
@@ -19,6 +29,7 @@ def test_two_workers_bootstrap_without_duplicate_leases_and_read_everything(flee
     fleet.start("w1")
     fleet.start("w2")
     fleet.wait_for("every record recorded", lambda: len(fleet.recorded()) >= len(sent))
+    fleet.wait_for("old consumers of stolen shards stopped", lambda: settled(fleet))
     leases = fleet.leases()
     assert sorted(lease.lease_key for lease in leases) == [f"shardId-00000000000{i}" for i in range(4)]
     assert all(lease.lease_owner in {"w1", "w2"} for lease in leases)
@@ -26,7 +37,24 @@ def test_two_workers_bootstrap_without_duplicate_leases_and_read_everything(flee
     assert set(got) == set(sent)
     # A steal while records flow (the second worker may steal on its first taker run, as KCL's
     # does) re-delivers the victim's batch; nothing else may repeat.
-    assert unexplained_repeats(fleet) == []
+    repeats = unexplained_repeats(fleet)
+    assert repeats == [], explain(fleet, repeats)
+    # `shardhouse leases` shows each lease: owner, counter, checkpoint, switches, lag.
+    out = subprocess.run(
+        [sys.executable, "-c", "from pipeline.cli import main; main()", "leases", "--app", fleet.app],
+        env=fleet.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0].split()[:3] == ["shard", "owner", "counter"]
+    rows = {line.split()[0]: line.split() for line in out[1:]}
+    assert set(rows) == {lease.lease_key for lease in leases}
+    for lease in fleet.leases():
+        _shard, owner, _counter, checkpoint, _switches, lag = rows[lease.lease_key][:6]
+        assert owner == lease.lease_owner and checkpoint.split("/")[0] == lease.checkpoint.sequence_number
+        assert lag.isdigit()
 
 
 def test_kill_9_one_of_two_other_takes_all_and_resumes_after_checkpoint(fleet: Fleet) -> None:
@@ -34,7 +62,7 @@ def test_kill_9_one_of_two_other_takes_all_and_resumes_after_checkpoint(fleet: F
     fleet.start("w2")
     # Balanced first, so no steal (which re-delivers the victim's uncheckpointed batch) muddies
     # the count: the only hand-over below is the kill.
-    fleet.wait_for("2/2", lambda: sorted(Counter(fleet.owners().values()).values()) == [2, 2])
+    fleet.wait_for("2/2", lambda: fleet.split() == [2, 2])
     fleet.wait_for("stolen leases' old consumers stopped", lambda: settled(fleet))
     first = payloads(1200, "a")
     put(fleet.clients, fleet.stream, first)
@@ -102,5 +130,5 @@ def test_balancing_six_leases_from_one_worker_to_two(fleet: Fleet) -> None:
     fleet.start("w2")
     # One steal per taker run (2 x (failover + epsilon), about 6 s here) until 3/3.
     fleet.wait_for(
-        "3/3", lambda: sorted(Counter(fleet.owners().values()).values()) == [3, 3], timeout=90
+        "3/3", lambda: fleet.split() == [3, 3], timeout=90
     )

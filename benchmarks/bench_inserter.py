@@ -1,0 +1,400 @@
+"""Inserter throughput and merge cost on real local servers (moto S3 + PostgreSQL).
+
+    .venv/bin/python benchmarks/bench_inserter.py                 # starts its own servers
+    .venv/bin/python benchmarks/bench_inserter.py --rows 200000 --sizes 1000000
+
+1. **staging**: rows/s from S3 Parquet into a PostgreSQL staging table — the shipped vectorized
+   COPY BINARY encoder (``inserter.pgbinary``) against psycopg's ``Copy.write_row`` with
+   ``set_types`` (``to_pylist`` per batch), on the same objects.
+2. **load**: a whole load (S3 → staging → dedupe → insert into the indexed target → ledger →
+   commit) of ``--rows`` rows in ``--objects`` objects, into an empty table.
+3. **merge**: the merge (lock, dedupe against the target, insert, ledger) of a batch into tables
+   that already hold ``--sizes`` rows spread over a year: the cost follows the batch, not the
+   table. Each batch is new events of the last day plus 10 % duplicates of rows already in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from psycopg import sql
+
+from inserter.dialect import PostgresDialect
+from inserter.loader import Loader
+from inserter.naming import TableRef
+from inserter.plan import plan_load
+from inserter.source import ObjectSource
+from inserter.stagers import PostgresCopyStager
+from pipeline.clients import ClientFactory
+from pipeline.layout import EventObjectKey
+from pipeline.manifest import BatchManifest, BatchObject
+from pipeline.provision import ensure_bucket, ensure_database
+from pipeline.servers import stack as local_stack
+from pipeline.servers.process import free_port
+from pipeline.settings import load_settings
+from schemas import load_registry
+
+REGISTRY = load_registry()
+ET = REGISTRY.get("page_view", 2)
+NOW = datetime(2024, 12, 31, 12, tzinfo=UTC)
+SHARD = "shardId-000000000000"
+
+
+@contextmanager
+def servers(env_file: str | None) -> Iterator[dict[str, str]]:
+    if env_file:
+        env = json.loads(Path(env_file).read_text())
+        os.environ.update(env)  # boto3 reads the (fake) credentials itself
+        yield env
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-inserter-") as tmp:
+        cfg = local_stack.StackConfig(
+            state_dir=Path(tmp),
+            aws_port=free_port(),
+            kinesis_mock_port=free_port(),
+            redis_port=free_port(),
+            pg_port=free_port(),
+        )
+        state, _ = local_stack.up(cfg)
+        os.environ.update(state.env)
+        try:
+            yield state.env
+        finally:
+            local_stack.down(Path(tmp))
+
+
+def page_views(
+    customer: str, n: int, start: int, *, ids: list[str] | None = None, at: datetime = NOW
+) -> pa.Table:
+    """``n`` page_view v2 rows (~230 bytes each in COPY form) built straight into Arrow."""
+    base = int(at.timestamp() * 1_000_000) - n * 1000
+    cols: dict[str, Any] = {
+        "event_id": ids if ids is not None else [str(uuid.uuid4()) for _ in range(n)],
+        "customer_id": [customer] * n,
+        "event_type": ["page_view"] * n,
+        "event_version": [2] * n,
+        "occurred_at": pa.array([base + i * 1000 for i in range(n)], pa.int64()).cast(
+            pa.timestamp("us", tz="UTC")
+        ),
+        "user_id": [f"user-{(start + i) % 5000}" for i in range(n)],
+        "url": [f"https://shop.example.com/products/{(start + i) % 20000}?ref=home" for i in range(n)],
+        "title": [None if i % 4 == 0 else f"Product {(start + i) % 20000} | Example Shop" for i in range(n)],
+        "duration_ms": [None if i % 5 == 0 else (start + i) % 60000 for i in range(n)],
+        "scroll_depth": [((start + i) % 100) / 100 for i in range(n)],
+        "referrer": [None if i % 3 else "https://search.example.org/?q=shoes" for i in range(n)],
+        "session_id": [f"sess-{(start + i) // 20}" for i in range(n)],
+        "_shard_id": [SHARD] * n,
+        "_sequence_number": [str(49_650_000_000_000_000_000_000_000_000_000 + start + i) for i in range(n)],
+        "_sub_sequence_number": [0] * n,
+    }
+    return pa.table(cols, schema=ET.arrow_schema)
+
+
+def put_objects(
+    s3: Any, bucket: str, customer: str, table: pa.Table, objects: int, first: int
+) -> list[BatchObject]:
+    out = []
+    per = -(-table.num_rows // objects)
+    for k in range(objects):
+        part = table.slice(k * per, per)
+        if part.num_rows == 0:
+            break
+        lo = first + k * per
+        key = str(
+            EventObjectKey(
+                customer, "page_view", 2, date(2024, 12, 31), SHARD, str(lo), str(lo + part.num_rows - 1)
+            )
+        )
+        sink = io.BytesIO()
+        pq.write_table(part, sink, compression="zstd")
+        s3.put_object(Bucket=bucket, Key=key, Body=sink.getvalue())
+        stamps = part.column("occurred_at")
+        out.append(
+            BatchObject(key, customer, "page_view", 2, part.num_rows, sink.tell(),
+                        _rfc(stamps[0].as_py()), _rfc(stamps[-1].as_py()))
+        )  # fmt: skip
+    return out
+
+
+def _rfc(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def manifest(bucket: str, objects: list[BatchObject], tag: str) -> BatchManifest:
+    return BatchManifest(1, f"bench/{tag}", "bench", SHARD, "0", "0", bucket, tuple(objects))
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=True)
+
+
+# -- 1. staging -------------------------------------------------------------------------------------
+
+
+def bench_staging(
+    url: str, source: ObjectSource, bucket: str, objects: list[BatchObject], repeat: int
+) -> dict[str, float]:
+    dialect = PostgresDialect(REGISTRY)
+    plan = plan_load(manifest(bucket, objects, "staging"), REGISTRY, bucket=bucket)
+    (table,) = plan.tables
+    columns = dialect.columns("page_view")
+    rows = sum(o.rows for o in objects)
+    results: dict[str, list[float]] = {"vectorized": [], "write_row": []}
+    with connect(url) as conn:
+        for _ in range(repeat):
+            for name in results:
+                with conn.transaction(), conn.cursor() as cur:
+                    for stmt in dialect.create_staging("_stage_0", columns):
+                        cur.execute(stmt)
+                    t0 = time.perf_counter()
+                    if name == "vectorized":
+                        PostgresCopyStager(source, dialect).stage(cur, "_stage_0", table, columns, bucket)
+                    else:
+                        stage_write_row(cur, dialect, source, bucket, table.objects, columns)
+                    elapsed = time.perf_counter() - t0
+                    (count,) = cur.execute("SELECT count(*) FROM _stage_0").fetchone()  # type: ignore[misc]
+                    assert count == rows, (count, rows)
+                results[name].append(rows / elapsed)
+    return {k: statistics.median(v) for k, v in results.items()}
+
+
+def stage_write_row(
+    cur: Any, dialect: PostgresDialect, source: ObjectSource, bucket: str, objects: Any, columns: Any
+) -> None:
+    """The alternative: psycopg's binary COPY with set_types, one Python tuple per row."""
+    types = {c.name: c.staging_type for c in columns}
+    for obj in objects:
+        pf = pq.ParquetFile(pa.BufferReader(source.read(bucket, obj.key)))
+        names = pf.schema_arrow.names
+        with cur.copy(dialect.copy_from_stdin("_stage_0", names)) as copy:
+            copy.set_types([types[n] for n in names] + ["integer"])
+            for batch in pf.iter_batches(batch_size=65_536):
+                cols = [batch.column(i).to_pylist() for i in range(batch.num_columns)]
+                cols[names.index("event_id")] = [uuid.UUID(v) for v in cols[names.index("event_id")]]
+                for row in zip(*cols, strict=True):
+                    copy.write_row((*row, obj.ordinal))
+
+
+# -- 2. whole load ----------------------------------------------------------------------------------
+
+
+def bench_load(url: str, source: ObjectSource, bucket: str, objects: list[BatchObject]) -> dict[str, Any]:
+    """Two shapes of the same rows, each into its own empty table: every object in one load
+    (several objects per table: the dedupe goes through a temp table to count per object), and
+    one load per object (the common case: one object per customer/type/version per batch)."""
+    dialect = PostgresDialect(REGISTRY)
+    loader = Loader(dialect, PostgresCopyStager(source, dialect))
+    rows = sum(o.rows for o in objects)
+    out: dict[str, Any] = {}
+    with connect(url) as conn:
+        loader.prepare(conn)
+        for shape, groups in (("one_load", [objects]), ("load_per_object", [[o] for o in objects])):
+            customer = f"load_{shape}"
+            moved = [_rekey(source, bucket, o, customer) for o in objects]
+            by_key = {o.key: m for o, m in zip(objects, moved, strict=True)}
+            stage_ms = merge_ms = 0
+            t0 = time.perf_counter()
+            for k, group in enumerate(groups):
+                plan = plan_load(
+                    manifest(bucket, [by_key[o.key] for o in group], f"{shape}-{k}"), REGISTRY, bucket=bucket
+                )
+                result = loader.load(conn, plan)
+                stage_ms += result.stage_ms
+                merge_ms += result.merge_ms
+            elapsed = time.perf_counter() - t0
+            (count,) = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}.page_view").format(sql.Identifier(f"c_{customer}"))
+            ).fetchone()  # type: ignore[misc]
+            assert count == rows, (count, rows)
+            out[shape] = {"loads": len(groups), "seconds": round(elapsed, 2), "rows_per_s": round(rows / elapsed),
+                          "stage_ms": stage_ms, "merge_ms": merge_ms}  # fmt: skip
+    return out
+
+
+def _rekey(source: ObjectSource, bucket: str, obj: BatchObject, customer: str) -> BatchObject:
+    """The same object under another customer (a table of its own), rows rewritten to match."""
+    table = pq.read_table(pa.BufferReader(source.read(bucket, obj.key)))
+    table = table.set_column(
+        table.schema.get_field_index("customer_id"), "customer_id", pa.array([customer] * table.num_rows)
+    )
+    key = obj.key.replace("customer=bench/", f"customer={customer}/")
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    source.put(bucket, key, sink.getvalue(), "application/octet-stream")
+    return BatchObject(
+        key, customer, obj.type, obj.version, obj.rows, sink.tell(), obj.min_occurred_at, obj.max_occurred_at
+    )
+
+
+# -- 3. merge cost vs table size --------------------------------------------------------------------
+
+
+def fill_table(conn: psycopg.Connection[Any], schema: str, rows: int) -> None:
+    """``rows`` page views spread over the year before NOW, generated server-side; the dedupe
+    index is built afterwards (as a bulk load would), then the table is analyzed."""
+    t = sql.SQL("{}.page_view").format(sql.Identifier(schema))
+    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.page_view__dedupe").format(sql.Identifier(schema)))
+    step = 1_000_000
+    for lo in range(0, rows, step):
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {t} (event_id, customer_id, event_type, event_version, occurred_at, user_id, url, "
+                "title, duration_ms, scroll_depth, referrer, session_id, _shard_id, _sequence_number, "
+                "_sub_sequence_number) "
+                "SELECT gen_random_uuid(), {c}, 'page_view', 2, "
+                "{now}::timestamptz - (g * (365 * 86400.0 / {n})) * interval '1 second', "
+                "'user-' || (g % 5000), 'https://shop.example.com/products/' || (g % 20000) || '?ref=home', "
+                "'Product ' || (g % 20000) || ' | Example Shop', g % 60000, (g % 100) / 100.0, NULL, "
+                "'sess-' || (g / 20), 'shardId-000000000000', (10^30 + g)::numeric::text, 0 "
+                "FROM generate_series({lo}, {hi}) AS g"
+            ).format(
+                t=t,
+                c=sql.Literal(schema.removeprefix("c_")),
+                now=sql.Literal(NOW.isoformat()),
+                n=sql.Literal(rows),
+                lo=sql.Literal(lo),
+                hi=sql.Literal(min(rows, lo + step) - 1),
+            )
+        )
+    conn.execute(sql.SQL("CREATE INDEX page_view__dedupe ON {t} (event_id, occurred_at)").format(t=t))
+    conn.execute(sql.SQL("VACUUM ANALYZE {t}").format(t=t))
+
+
+def recent_ids(conn: psycopg.Connection[Any], schema: str, n: int) -> list[str]:
+    rows = conn.execute(
+        sql.SQL("SELECT event_id::text FROM {}.page_view WHERE occurred_at > %s LIMIT %s").format(
+            sql.Identifier(schema)
+        ),
+        (NOW - timedelta(days=1), n),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def bench_merge(
+    url: str, s3: Any, source: ObjectSource, bucket: str, sizes: list[int], batches: list[int]
+) -> list[dict[str, Any]]:
+    dialect = PostgresDialect(REGISTRY)
+    loader = Loader(dialect, PostgresCopyStager(source, dialect))
+    out = []
+    with connect(url) as conn:
+        loader.prepare(conn)
+        for size in sizes:
+            customer = f"bench_{size}"
+            schema = f"c_{customer}"
+            # create the (empty) table through the loader, then fill it server-side
+            seed = put_objects(
+                s3, bucket, customer, page_views(customer, 1, 0, at=NOW - timedelta(days=200)), 1, 1
+            )
+            loader.load(conn, plan_load(manifest(bucket, seed, f"seed-{size}"), REGISTRY, bucket=bucket))
+            t0 = time.perf_counter()
+            fill_table(conn, schema, size)
+            fill_s = time.perf_counter() - t0
+            (table_rows,) = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}.page_view").format(sql.Identifier(schema))
+            ).fetchone()  # type: ignore[misc]
+            for k, batch in enumerate(batches):
+                dupes = recent_ids(conn, schema, batch // 10)
+                new = batch - len(dupes)
+                ids = [str(uuid.uuid4()) for _ in range(new)] + dupes
+                data = page_views(customer, batch, 10_000_000 * (k + 1), ids=ids, at=NOW)
+                objs = put_objects(
+                    s3, bucket, customer, data, 1, 10_000_000 * (k + 1)
+                )  # one object: the common case
+                plan = plan_load(manifest(bucket, objs, f"merge-{size}-{batch}"), REGISTRY, bucket=bucket)
+                result = loader.load(conn, plan)
+                assert result.rows_loaded == new and result.rows_skipped == len(dupes), result
+                out.append(
+                    {"table_rows": table_rows, "batch": batch, "duplicates": len(dupes), "stage_ms": result.stage_ms,
+                     "merge_ms": result.merge_ms, "total_ms": result.duration_ms, "fill_s": round(fill_s, 1)}
+                )  # fmt: skip
+                print(json.dumps(out[-1]), flush=True)
+            print(f"dedupe plan against {table_rows:,} rows:\n{explain_dedupe(conn, schema)}", flush=True)
+            if size == max(sizes):
+                print(f"without OFFSET 0:\n{explain_dedupe(conn, schema, fenced=False)}", flush=True)
+    return out
+
+
+def explain_dedupe(
+    conn: psycopg.Connection[Any], schema: str, *, fenced: bool = True, batch: int = 100_000
+) -> str:
+    """EXPLAIN ANALYZE of the shipped dedupe statement for ``batch`` fresh staged rows;
+    ``fenced=False``: the same without ``OFFSET 0``, i.e. what the planner does on its own."""
+    dialect = PostgresDialect(REGISTRY)
+    ref = TableRef(schema, "page_view")
+    with conn.transaction(), conn.cursor() as cur:
+        for stmt in [*dialect.merge_setup(), *dialect.create_staging("_probe", dialect.columns("page_view"))]:
+            cur.execute(stmt)
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO _probe (_obj, event_id, customer_id, event_type, event_version, occurred_at, user_id, "
+                "url, _shard_id, _sequence_number, _sub_sequence_number) SELECT 1, gen_random_uuid(), 'x', "
+                "'page_view', 2, {now}::timestamptz - g * interval '1 second', 'u', 'https://x', 's', g::text, 0 "
+                "FROM generate_series(1, {n}) AS g"
+            ).format(now=sql.Literal(NOW.isoformat()), n=sql.Literal(batch))
+        )
+        cur.execute("ANALYZE _probe")  # give the unfenced planner every chance
+        lo, hi = NOW - timedelta(days=8), NOW + timedelta(days=7)
+        text = dialect.dedupe("_probe", "_probe_fresh", ref, dialect.columns("page_view"), lo, hi).as_string(
+            conn
+        )
+        if not fenced:
+            text = text.replace(" OFFSET 0)", ")")
+        rows = cur.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {text}").fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument(
+        "--objects", type=int, default=20, help="objects the --rows are split into (batcher flushes ~50k)"
+    )
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--sizes", default="1000000,10000000", help="table sizes for the merge benchmark ('' = skip)"
+    )
+    ap.add_argument("--batches", default="10000,100000", help="batch sizes merged into each table")
+    ap.add_argument("--env", help="JSON file with a running stack's environment (default: start one)")
+    args = ap.parse_args()
+
+    with servers(args.env) as env:
+        settings = load_settings(env)
+        clients = ClientFactory(settings)
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        ensure_bucket(clients.s3(), bucket, settings.aws.region)
+        url = psycopg.conninfo.make_conninfo(settings.warehouse.url, dbname=bucket.replace("-", "_"))
+        ensure_database(url)
+        s3 = clients.s3()
+        source = ObjectSource(s3)
+
+        t0 = time.perf_counter()
+        data = page_views("bench", args.rows, 0)
+        objects = put_objects(s3, bucket, "bench", data, args.objects, 1)
+        print(f"prepared {args.rows:,} rows in {len(objects)} objects ({sum(o.bytes for o in objects) / 2**20:.1f} MiB zstd) "
+              f"in {time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
+
+        staging = bench_staging(url, source, bucket, objects, args.repeat)
+        print(json.dumps({"staging_rows_per_s": {k: round(v) for k, v in staging.items()}}), flush=True)
+        print(json.dumps({"load": bench_load(url, source, bucket, objects)}), flush=True)
+        sizes = [int(s) for s in args.sizes.split(",") if s]
+        if sizes:
+            bench_merge(url, s3, source, bucket, sizes, [int(b) for b in args.batches.split(",")])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The inserter's errors, classified where they enter (a SQL statement, an S3 read).
+
+The service asks one question of a failed load: ``isinstance(exc, TransientError)`` — retry it
+now, in-process — or not — give the message back to the queue, whose redrive policy
+dead-letters it after ``maxReceiveCount`` receives. A *malformed* message is neither: it is
+:class:`pipeline.manifest.ManifestError` and goes to the dead-letter queue at once.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from pipeline.errors import TerminalError, TransientError
+
+
+class LoadError(TerminalError):
+    """An object cannot be loaded as it is (missing, unreadable, wrong columns or values)."""
+
+
+class UnknownEventSchema(TerminalError):
+    """A manifest names a type/version this inserter's registry does not know: deploy the newer
+    definitions (the message waits in the queue, then the DLQ, until then)."""
+
+
+#: SQLSTATE classes worth retrying: connection exceptions, transaction rollback (serialization
+#: failure, deadlock), insufficient resources, operator intervention (admin shutdown, cancel,
+#: statement/lock timeout), system errors.
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_TRANSIENT_STATES = frozenset({"55P03", "55006"})  # lock_not_available, object_in_use
+
+
+def is_transient_pg(exc: BaseException) -> bool:
+    if isinstance(exc, TransientError):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        # No SQLSTATE: the connection broke (server gone, socket reset, client-side timeout).
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_STATES
+
+
+def classify_pg(exc: BaseException, what: str) -> TransientError | TerminalError:
+    """Wrap a psycopg error, keeping the SQLSTATE and the server's first message line."""
+    state = getattr(exc, "sqlstate", None) or type(exc).__name__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = f"{what}: {state}: {first}"
+    if is_transient_pg(exc):
+        return TransientError(msg)
+    return TerminalError(msg)

@@ -1,0 +1,144 @@
+"""What a batch manifest asks the warehouse to do — pure, no I/O.
+
+A manifest comes off a queue anyone with send rights can write to, so nothing in it is trusted:
+every object key must parse as an event key (:func:`pipeline.layout.parse_event_key`) and agree
+with the customer, type and version the manifest claims; the bucket must be the configured one.
+A manifest that fails these checks is *malformed* (:class:`~pipeline.manifest.ManifestError`:
+dead-lettered at once). A well-formed manifest naming a type or version this inserter does not
+know is not malformed — it needs newer definitions — and raises
+:class:`~inserter.errors.UnknownEventSchema` instead.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from inserter.errors import UnknownEventSchema
+from inserter.naming import TableRef, UnsafeName, target_table
+from pipeline.layout import UnsafeKeyComponent, parse_event_key
+from pipeline.manifest import BatchManifest, ManifestError
+from schemas import InvalidEvent, Registry
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectLoad:
+    """One Parquet object of a load. ``ordinal`` (1-based, unique within the load) tags its rows
+    in the staging table so the ledger can say how many of *its* rows were new."""
+
+    ordinal: int
+    key: str
+    customer_id: str
+    event_type: str
+    version: int
+    rows: int
+    bytes: int
+    min_occurred_at: datetime | None
+    max_occurred_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TableLoad:
+    """The objects of one load that go into one customer table."""
+
+    target: TableRef
+    customer_id: str
+    event_type: str
+    objects: tuple[ObjectLoad, ...]
+
+    def versions(self) -> tuple[int, ...]:
+        return tuple(sorted({o.version for o in self.objects}))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPlan:
+    """A manifest, checked and grouped: tables in lock order (sorted), objects in manifest order."""
+
+    batch_id: str
+    bucket: str
+    tables: tuple[TableLoad, ...]
+
+    @property
+    def objects(self) -> tuple[ObjectLoad, ...]:
+        return tuple(sorted((o for t in self.tables for o in t.objects), key=lambda o: o.ordinal))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(o.key for o in self.objects)
+
+    def without(self, keys: set[str] | frozenset[str]) -> LoadPlan:
+        """The plan minus objects already loaded (tables left empty are dropped)."""
+        tables = []
+        for t in self.tables:
+            kept = tuple(o for o in t.objects if o.key not in keys)
+            if kept:
+                tables.append(TableLoad(t.target, t.customer_id, t.event_type, kept))
+        return LoadPlan(self.batch_id, self.bucket, tuple(tables))
+
+
+def parse_time(value: str) -> datetime | None:
+    """A manifest timestamp (RFC 3339, ``Z``); '' → None. Raises ManifestError if malformed."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ManifestError(f"bad timestamp {value[:40]!r} in manifest") from exc
+    if parsed.tzinfo is None:
+        raise ManifestError(f"timestamp {value[:40]!r} in manifest has no offset")
+    return parsed.astimezone(UTC)
+
+
+def plan_load(manifest: BatchManifest, registry: Registry, *, bucket: str) -> LoadPlan:
+    """Check ``manifest`` and group its objects per target table (sorted: the lock order).
+
+    The same key listed twice is loaded once. Raises ManifestError (malformed) or
+    UnknownEventSchema (valid, but newer than this inserter's definitions)."""
+    if manifest.bucket != bucket:
+        raise ManifestError(f"manifest names bucket {manifest.bucket[:80]!r}; this inserter loads {bucket!r}")
+    seen: set[str] = set()
+    grouped: dict[TableRef, list[ObjectLoad]] = defaultdict(list)
+    owners: dict[TableRef, tuple[str, str]] = {}
+    for obj in manifest.objects:
+        if obj.key in seen:
+            continue
+        seen.add(obj.key)
+        try:
+            parsed = parse_event_key(obj.key)
+        except UnsafeKeyComponent as exc:
+            raise ManifestError(str(exc)) from exc
+        claimed = (obj.customer_id, obj.type, obj.version)
+        actual = (parsed.customer_id, parsed.event_type, parsed.version)
+        if claimed != actual:
+            raise ManifestError(
+                f"object {obj.key!r} claims customer/type/version {claimed}, its key says {actual}"
+            )
+        if obj.rows < 0 or obj.bytes < 0:
+            raise ManifestError(f"object {obj.key!r} has a negative size")
+        try:
+            registry.get(obj.type, obj.version)
+        except InvalidEvent as exc:
+            raise UnknownEventSchema(f"object {obj.key}: {exc.detail}") from exc
+        try:
+            ref = target_table(obj.customer_id, obj.type)
+        except UnsafeName as exc:
+            raise ManifestError(str(exc)) from exc
+        owners[ref] = (obj.customer_id, obj.type)
+        grouped[ref].append(
+            ObjectLoad(
+                ordinal=len(seen),
+                key=obj.key,
+                customer_id=obj.customer_id,
+                event_type=obj.type,
+                version=obj.version,
+                rows=obj.rows,
+                bytes=obj.bytes,
+                min_occurred_at=parse_time(obj.min_occurred_at),
+                max_occurred_at=parse_time(obj.max_occurred_at),
+            )
+        )
+    tables = tuple(
+        TableLoad(ref, owners[ref][0], owners[ref][1], tuple(objs)) for ref, objs in sorted(grouped.items())
+    )
+    return LoadPlan(manifest.batch_id, manifest.bucket, tables)

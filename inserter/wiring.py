@@ -1,0 +1,51 @@
+"""Build the inserter's parts from Settings and the client factory (the CLI, the demo and the
+benchmarks use this; tests build the parts directly when they need other knobs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from inserter.dialect import PostgresDialect, RedshiftDialect
+from inserter.loader import Loader
+from inserter.queue import BatchQueue
+from inserter.source import ObjectSource
+from inserter.stagers import PostgresCopyStager, RedshiftCopyStager, Stager
+from pipeline.clients import ClientFactory
+from pipeline.errors import ConfigError
+from pipeline.settings import Settings
+from schemas import Registry
+
+
+@dataclass(frozen=True)
+class CopyTuning:
+    batch_rows: int = 65_536
+    #: Seconds to sleep after each written COPY batch: a crash-test hook, 0 in production.
+    pause: float = 0.0
+
+
+def build_loader(
+    settings: Settings, clients: ClientFactory, registry: Registry, tuning: CopyTuning = CopyTuning()
+) -> Loader:
+    wh = settings.warehouse
+    source = ObjectSource(clients.s3())
+    dialect: PostgresDialect
+    stager: Stager
+    if wh.dialect == "redshift":
+        if not wh.redshift_iam_role:
+            raise ConfigError(
+                "SHARDHOUSE_WAREHOUSE_REDSHIFT_IAM_ROLE is required when the dialect is redshift"
+            )
+        rs = RedshiftDialect(registry, iam_role=wh.redshift_iam_role)
+        dialect, stager = rs, RedshiftCopyStager(source, rs, registry)
+    else:
+        dialect = PostgresDialect(registry)
+        stager = PostgresCopyStager(source, dialect, batch_rows=tuning.batch_rows, pause=tuning.pause)
+    if wh.dedupe_window_days < 0:
+        raise ConfigError("SHARDHOUSE_WAREHOUSE_DEDUPE_WINDOW_DAYS must be >= 0")
+    return Loader(dialect, stager, dedupe_window=timedelta(days=wh.dedupe_window_days))
+
+
+def build_queue(settings: Settings, clients: ClientFactory) -> BatchQueue:
+    r = settings.resources
+    return BatchQueue(clients.sqs(), r.queue, r.dead_letter_queue)

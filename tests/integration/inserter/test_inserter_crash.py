@@ -1,0 +1,104 @@
+"""The inserter as its own process (``shardhouse inserter``), killed with SIGKILL in the middle
+of a COPY and restarted, and stopped with SIGTERM in the middle of a load. ``--copy-pause`` (a
+hidden test hook) sleeps after each COPY batch so the COPY lasts long enough to be interrupted."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from inserter_harness import Env, make_events, wait_for
+
+pytestmark = pytest.mark.integration
+
+SLOW = ("--copy-pause", "0.25", "--copy-batch-rows", "200")
+
+
+def copying(env: Env) -> bool:
+    rows = env.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'shardhouse-inserter' AND state = 'active' AND query LIKE 'COPY %%'"
+    )
+    return bool(rows[0][0])
+
+
+def table_rows(env: Env, customer: str) -> int:
+    exists = env.query("SELECT to_regclass(%s) IS NOT NULL", (f'"c_{customer}"."page_view"',))[0][0]
+    if not exists:
+        return 0
+    return int(env.query(f'SELECT count(*) FROM "c_{customer}".page_view')[0][0])
+
+
+def log_lines(path: Path) -> list[dict[str, object]]:
+    out = []
+    for line in path.read_bytes().splitlines():
+        if line.startswith(b"{"):
+            out.append(orjson.loads(line))
+    return out
+
+
+def test_kill_9_mid_copy_then_restart_loads_exactly_once(env: Env, unique_name: str, tmp_path: Path) -> None:
+    events = make_events(unique_name, n=3000)
+    obj = env.put_object(events)
+    env.send(env.manifest([obj]))
+    args = ("inserter", "--wait-seconds", "1", "--visibility-timeout", "6")
+    first = env.spawn(tmp_path, "first.log", *args, *SLOW)
+    try:
+        wait_for(lambda: copying(env), "the first inserter to be in the middle of a COPY", timeout=60)
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            first.kill()
+    wait_for(lambda: not copying(env), "the server to abort the dead client's COPY", timeout=30)
+    assert table_rows(env, unique_name) == 0  # nothing of the interrupted load is visible
+    assert env.ledger() == []
+
+    second = env.spawn(tmp_path, "second.log", *args)
+    try:
+        # The message comes back once the visibility the dead process last extended runs out.
+        wait_for(lambda: len(env.ledger()) == 1, "the restarted inserter to load the batch", timeout=60)
+        wait_for(lambda: env.queue_depth() == 0, "the message to be deleted", timeout=30)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+
+    assert Counter(env.event_ids(unique_name)) == Counter({e.event_id: 1 for e in events})
+    (row,) = env.ledger()
+    assert (row["rows_loaded"], row["rows_skipped"]) == (3000, 0)
+    loaded = [line for line in log_lines(tmp_path / "second.log") if line.get("msg") == "batch loaded"]
+    assert loaded and loaded[0]["receives"] == 2 and loaded[0]["rows_loaded"] == 3000
+
+
+def test_sigterm_finishes_the_current_load_and_gives_the_rest_back(
+    env: Env, unique_name: str, tmp_path: Path
+) -> None:
+    a = env.put_object(make_events(unique_name, n=2000), first=1000)
+    b = env.put_object(make_events(unique_name, n=2000, start=10_000), first=5000)
+    env.send(env.manifest([a], first=1000, last=2999))
+    env.send(env.manifest([b], first=5000, last=6999))
+    proc = env.spawn(tmp_path, "inserter.log", "inserter", "--wait-seconds", "1", *SLOW)
+    try:
+        wait_for(lambda: copying(env), "a COPY in progress", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    ledger = env.ledger()
+    assert len(ledger) == 1 and ledger[0]["rows_loaded"] == 2000  # the load in progress committed
+    assert table_rows(env, unique_name) == 2000
+    # The other message is visible again right away (given back, or never received).
+    sqs = env.clients.sqs()
+    url = sqs.get_queue_url(QueueName=env.settings.resources.queue)["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "1"
+    messages = [line.get("msg") for line in log_lines(tmp_path / "inserter.log")]
+    assert "stopping: the current load finishes, no new messages" in messages
+    assert messages[-1] == "inserter stopped"

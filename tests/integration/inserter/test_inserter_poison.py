@@ -1,0 +1,92 @@
+"""Messages that cannot be loaded: a malformed one is dead-lettered at once with its reason; one
+that keeps failing reaches the dead-letter queue through the redrive policy after
+``maxReceiveCount`` receives, its reason logged on every failure."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from inserter_harness import Env, make_env, make_events
+
+from pipeline.clients import ClientFactory
+from pipeline.manifest import BatchObject, encode_manifest
+from pipeline.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_malformed_messages_are_dead_lettered_at_once_with_the_reason(env: Env, unique_name: str) -> None:
+    good = env.manifest([env.put_object(make_events(unique_name, n=3))])
+    lying = env.manifest(
+        [BatchObject(good.objects[0].key, f"{unique_name}_other", "page_view", 1, 3, 10, "", "")]
+    )
+    traversal = env.manifest(
+        [BatchObject("events/../../etc/passwd", unique_name, "page_view", 1, 1, 1, "", "")]
+    )
+    other_bucket = encode_manifest(good).replace(env.bucket, "someone-elses-bucket")
+    bodies = [
+        "not json at all",
+        '{"format": 2}',
+        encode_manifest(lying),
+        encode_manifest(traversal),
+        other_bucket,
+    ]
+    for body in bodies:
+        env.send(body)
+
+    ins = env.inserter()
+    ins.run()
+
+    letters = env.dead_letters()
+    assert sorted(d["body"] for d in letters) == sorted(bodies)
+    reasons = {d["body"]: d["attributes"]["reason"] for d in letters}
+    assert reasons["not json at all"].startswith("malformed batch manifest")
+    assert "claims customer/type/version" in reasons[encode_manifest(lying)]
+    assert "not an event object key" in reasons[encode_manifest(traversal)]
+    assert "someone-elses-bucket" in reasons[other_bucket]
+    assert all(d["attributes"]["source_queue"] == env.settings.resources.queue for d in letters)
+    assert env.queue_depth() == 0
+    assert env.ledger() == []
+
+
+def test_a_failing_message_reaches_the_dlq_after_max_receives(
+    clients: ClientFactory,
+    settings: Settings,
+    unique_name: str,
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = make_env(clients, settings, unique_name, db_url, max_receive_count=2)
+    obj = env.put_object(make_events(unique_name, n=3))
+    env.clients.s3().delete_object(Bucket=env.bucket, Key=obj.key)  # announced, then lost
+    body = encode_manifest(env.manifest([obj]))
+    env.send(body)
+    ins = env.inserter(wait_seconds=1, retry_base_seconds=1)
+
+    caplog.set_level(logging.INFO, logger="inserter")
+    deadline = time.monotonic() + 30
+    while env.queue_depth(env.settings.resources.dead_letter_queue) == 0:
+        assert time.monotonic() < deadline, "the message never reached the dead-letter queue"
+        ins.poll_once()
+
+    (letter,) = env.dead_letters()
+    assert letter["body"] == body
+    assert env.queue_depth() == 0
+    failures = [r for r in caplog.records if r.getMessage().startswith("load failed")]
+    assert [getattr(r, "receives", None) for r in failures] == [1, 2]
+    assert all("object not found" in getattr(r, "reason", "") for r in failures)
+    assert failures[-1].getMessage() == "load failed; the redrive policy dead-letters the message"
+
+
+def test_an_unknown_version_waits_for_newer_definitions(env: Env, unique_name: str) -> None:
+    """Not malformed: the message goes back to the queue (and, if no newer inserter comes,
+    through the redrive policy to the DLQ) instead of straight to the DLQ."""
+    obj = env.put_object(make_events(unique_name, n=3))
+    future = BatchObject(obj.key.replace("/v=1/", "/v=9/"), unique_name, "page_view", 9, 3, obj.bytes, "", "")
+    env.send(env.manifest([future]))
+    ins = env.inserter(retry_base_seconds=1)
+    assert ins.poll_once() == 1
+    assert env.queue_depth(env.settings.resources.dead_letter_queue) == 0
+    assert env.queue_depth() == 1

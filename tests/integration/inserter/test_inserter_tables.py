@@ -1,0 +1,148 @@
+"""Per-customer schemas and roles, and schema evolution, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+from inserter_harness import Env, make_events, parquet_bytes
+from psycopg import errors as pg_errors
+from psycopg import sql
+
+from schemas import builtin_definitions, load_registry
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_customer_role_reads_only_its_own_schema(env: Env, unique_name: str) -> None:
+    a, b = f"{unique_name}_a", f"{unique_name}_b"
+    env.send(env.manifest([env.put_object(make_events(a, n=7)), env.put_object(make_events(b, n=5))]))
+    env.drain()
+    stranger = f"stranger_{uuid.uuid4().hex[:8]}"
+
+    with env.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(stranger)))
+        try:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(f"c_{a}_reader")))
+            assert conn.execute(f'SELECT count(*) FROM "c_{a}".page_view').fetchone() == (7,)
+            with pytest.raises(pg_errors.InsufficientPrivilege):
+                conn.execute(f'SELECT count(*) FROM "c_{b}".page_view')
+            with pytest.raises(pg_errors.InsufficientPrivilege):
+                conn.execute("SELECT count(*) FROM shardhouse.load_ledger")  # names every customer
+            conn.execute("RESET ROLE")
+
+            conn.execute("SET ROLE shardhouse_admin")
+            assert conn.execute(f'SELECT count(*) FROM "c_{a}".page_view').fetchone() == (7,)
+            assert conn.execute(f'SELECT count(*) FROM "c_{b}".page_view').fetchone() == (5,)
+            assert conn.execute("SELECT count(*) >= 2 FROM shardhouse.load_ledger").fetchone() == (True,)
+            conn.execute("RESET ROLE")
+
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(stranger)))  # PUBLIC only
+            for customer in (a, b):
+                with pytest.raises(pg_errors.InsufficientPrivilege):
+                    conn.execute(f'SELECT 1 FROM "c_{customer}".page_view')
+            conn.execute("RESET ROLE")
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(stranger)))
+        roles = conn.execute(
+            "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = ANY(%s) ORDER BY 1",
+            ([f"c_{a}_reader", f"c_{b}_reader", "shardhouse_admin"],),
+        ).fetchall()
+    assert roles == [(f"c_{a}_reader", False), (f"c_{b}_reader", False), ("shardhouse_admin", False)]
+
+
+def test_v2_rows_load_next_to_v1_rows(env: Env, unique_name: str) -> None:
+    """A table created when only v1 existed gains v2's columns (ALTER TABLE ADD COLUMN) before
+    v2 rows load; v1 rows read NULL there."""
+    v1_only = load_registry(definitions=[d for d in builtin_definitions() if d.version == 1])
+    v1 = make_events(unique_name, "page_view", 1, 10)
+    env.send(env.manifest([env.put_object(v1)]))
+    env.drain(registry=v1_only)
+    table = f'"c_{unique_name}".page_view'
+
+    def columns() -> list[str]:
+        rows = env.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = "
+            "'page_view' ORDER BY ordinal_position",
+            (f"c_{unique_name}",),
+        )
+        return [r[0] for r in rows]
+
+    assert "referrer" not in columns() and "session_id" not in columns()
+
+    v2 = make_events(unique_name, "page_view", 2, 6, start=100)
+    env.send(env.manifest([env.put_object(v2, first=5000)], first=5000, last=5005))
+    env.drain()
+
+    assert columns()[-2:] == ["referrer", "session_id"]  # appended: order does not matter, names do
+    rows = env.query(
+        f"SELECT event_version, count(*), count(referrer), count(session_id) FROM {table} GROUP BY 1 ORDER BY 1"
+    )
+    assert rows == [(1, 10, 0, 0), (2, 6, 6, 6)]
+    assert env.query(f"SELECT url, session_id FROM {table} WHERE user_id = 'u3' AND event_version = 2") == [
+        ("https://example.com/p/100", "s9")
+    ]
+
+
+def test_columns_are_matched_by_name_never_by_position(env: Env, unique_name: str) -> None:
+    events = make_events(unique_name, "page_view", 2, 8)
+    original = pq.read_table(io.BytesIO(parquet_bytes(events)))
+    shuffled = original.select(list(reversed(original.column_names)))
+    sink = io.BytesIO()
+    pq.write_table(shuffled, sink)
+    env.send(env.manifest([env.put_object(events, body=sink.getvalue())]))
+    env.drain()
+
+    with env.connect() as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        got = cur.execute(
+            f'SELECT event_id::text, url, referrer, duration_ms, scroll_depth FROM "c_{unique_name}".page_view '
+            "ORDER BY duration_ms"
+        ).fetchall()
+    expected = sorted(
+        (
+            {
+                "event_id": e.event_id,
+                "url": e.payload.url,  # type: ignore[attr-defined]
+                "referrer": e.payload.referrer,  # type: ignore[attr-defined]
+                "duration_ms": e.payload.duration_ms,  # type: ignore[attr-defined]
+                "scroll_depth": e.payload.scroll_depth,  # type: ignore[attr-defined]
+            }
+            for e in events
+        ),
+        key=lambda r: r["duration_ms"],
+    )
+    assert got == expected
+
+
+def test_table_shape_index_and_grants(env: Env, unique_name: str) -> None:
+    env.send(env.manifest([env.put_object(make_events(unique_name, "order_placed", 2, 2))]))
+    env.drain()
+    schema = f"c_{unique_name}"
+    index = env.query(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = 'order_placed'", (schema,)
+    )
+    assert index == [
+        (f"CREATE INDEX order_placed__dedupe ON {schema}.order_placed USING btree (event_id, occurred_at)",)
+    ]
+    types = dict(
+        env.query(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = 'order_placed'",
+            (schema,),
+        )
+    )
+    assert (
+        types["event_id"] == "uuid"
+        and types["items"] == "jsonb"
+        and types["occurred_at"].startswith("timestamp")
+    )
+    grants = env.query(
+        "SELECT grantee, privilege_type FROM information_schema.role_table_grants "
+        "WHERE table_schema = %s AND table_name = 'order_placed' AND grantee <> current_user ORDER BY 1",
+        (schema,),
+    )
+    assert grants == [(f"{schema}_reader", "SELECT"), ("shardhouse_admin", "SELECT")]

@@ -1,0 +1,186 @@
+"""The inserter loop's decisions with in-memory collaborators: what happens to each message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+
+from inserter.errors import LoadError
+from inserter.loader import LoadResult, ObjectOutcome
+from inserter.naming import TableRef
+from inserter.plan import LoadPlan
+from inserter.queue import Heartbeat, Message
+from inserter.service import Inserter, InserterConfig, retry_delay
+from pipeline.errors import TransientError
+from pipeline.layout import EventObjectKey
+from pipeline.manifest import BatchManifest, BatchObject, encode_manifest
+from pipeline.retry import Backoff
+from schemas import load_registry
+
+REGISTRY = load_registry()
+KEY = str(EventObjectKey("acme", "page_view", 1, date(2024, 5, 1), "shardId-000000000000", "1", "9"))
+GOOD = encode_manifest(
+    BatchManifest(
+        1, "b1", "s", "shardId-000000000000", "1", "9", "bkt",
+        (BatchObject(KEY, "acme", "page_view", 1, 3, 10, "2024-05-01T12:00:00Z", "2024-05-01T12:00:02Z"),),
+    )
+)  # fmt: skip
+
+
+def message(body: str = GOOD, receives: int = 1, mid: str = "m1") -> Message:
+    return Message(mid, f"r-{mid}-{receives}", body, receives, 0)
+
+
+@dataclass
+class FakeQueue:
+    batches: list[list[Message]]
+    deleted: list[str] = field(default_factory=list)
+    released: list[tuple[str, int]] = field(default_factory=list)
+    dead: list[tuple[str, str]] = field(default_factory=list)
+    extended: list[list[str]] = field(default_factory=list)
+
+    def receive(self, **_: Any) -> list[Message]:
+        return self.batches.pop(0) if self.batches else []
+
+    def delete(self, m: Message) -> bool:
+        self.deleted.append(m.message_id)
+        return True
+
+    def release(self, m: Message, delay: int) -> bool:
+        self.released.append((m.message_id, delay))
+        return True
+
+    def dead_letter(self, m: Message, reason: str) -> None:
+        self.dead.append((m.message_id, reason))
+
+    def extend(self, messages: list[Message], visibility: int) -> list[str]:
+        self.extended.append([m.message_id for m in messages])
+        return []
+
+
+@dataclass
+class FakeConn:
+    closed: bool = False
+    broken: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FakeLoader:
+    outcomes: list[Any]
+    calls: list[LoadPlan] = field(default_factory=list)
+    prepared: int = 0
+
+    def prepare(self, conn: Any) -> None:
+        self.prepared += 1
+
+    def load(self, conn: Any, plan: LoadPlan) -> LoadResult:
+        self.calls.append(plan)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            if isinstance(outcome, TransientError):
+                conn.broken = True  # a dropped connection: the next attempt reconnects
+            raise outcome
+        return outcome  # type: ignore[no-any-return]
+
+
+def loaded(rows: int = 3) -> LoadResult:
+    at = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    return LoadResult(
+        "b1", "l1", (ObjectOutcome(KEY, TableRef("c_acme", "page_view"), rows, 0, at, at),), (), 12
+    )
+
+
+def inserter(queue: FakeQueue, loader: FakeLoader, **config: Any) -> tuple[Inserter, list[FakeConn]]:
+    conns: list[FakeConn] = []
+
+    def connect() -> FakeConn:
+        conns.append(FakeConn())
+        return conns[-1]
+
+    settings: dict[str, Any] = {"bucket": "bkt", "exit_when_idle": True, "max_receive_count": 3}
+    ins = Inserter(
+        InserterConfig(**(settings | config)),
+        queue=queue,  # type: ignore[arg-type]
+        loader=loader,  # type: ignore[arg-type]
+        registry=REGISTRY,
+        connect=connect,  # type: ignore[arg-type]
+        backoff=Backoff(base=0.0, cap=0.0, max_attempts=3),
+    )
+    return ins, conns
+
+
+def test_a_loaded_message_is_deleted_after_the_load() -> None:
+    q = FakeQueue([[message()]])
+    ins, _ = inserter(q, FakeLoader([loaded()]))
+    ins.run()
+    assert q.deleted == ["m1"] and q.released == [] and q.dead == []
+
+
+def test_malformed_messages_go_to_the_dlq_with_the_reason() -> None:
+    q = FakeQueue([[message("{}", mid="bad"), message(GOOD.replace('"bkt"', '"other"'), mid="wrong-bucket")]])
+    loader = FakeLoader([])
+    ins, _ = inserter(q, loader)
+    ins.run()
+    assert [m for m, _ in q.dead] == ["bad", "wrong-bucket"]
+    assert q.dead[0][1].startswith("malformed batch manifest") and "this inserter loads" in q.dead[1][1]
+    assert loader.calls == [] and q.deleted == []  # dead_letter deletes it itself
+
+
+def test_transient_failures_retry_in_process_on_a_new_connection() -> None:
+    q = FakeQueue([[message()]])
+    loader = FakeLoader([TransientError("connection reset"), TransientError("again"), loaded()])
+    ins, conns = inserter(q, loader)
+    ins.run()
+    assert len(loader.calls) == 3 and q.deleted == ["m1"]
+    assert len(conns) == 3 and loader.prepared == 3
+
+
+def test_a_failed_load_is_given_back_with_a_growing_delay() -> None:
+    q = FakeQueue([[message(receives=1)], [message(receives=2)], [message(receives=3)]])
+    loader = FakeLoader([LoadError("object not found")] * 3)
+    ins, _ = inserter(q, loader, retry_base_seconds=5)
+    ins.run()
+    assert q.released == [("m1", 5), ("m1", 10), ("m1", 20)]
+    assert q.deleted == [] and q.dead == []  # the redrive policy dead-letters it, not us
+    assert len(loader.calls) == 3  # terminal: no in-process retries
+
+
+def test_stop_finishes_the_current_load_and_gives_back_the_rest() -> None:
+    q = FakeQueue([[message(mid="a"), message(mid="b"), message(mid="c")], [message(mid="d")]])
+    loader = FakeLoader([loaded()])
+    ins, _ = inserter(q, loader, exit_when_idle=False)
+    original = loader.load
+
+    def load_then_stop(conn: Any, plan: LoadPlan) -> LoadResult:
+        ins.request_stop("SIGTERM")  # arrives while "a" loads
+        return original(conn, plan)
+
+    loader.load = load_then_stop  # type: ignore[method-assign]
+    ins.run()
+    assert q.deleted == ["a"]
+    assert q.released == [("b", 0), ("c", 0)]
+    assert q.batches == [[message(mid="d")]]  # no new receive
+
+
+def test_retry_delay_doubles_and_is_capped() -> None:
+    assert [retry_delay(n, 5, 600) for n in (1, 2, 3, 4, 8, 20)] == [5, 10, 20, 40, 600, 600]
+    assert retry_delay(30, 5, 10**9) == 43_200  # SQS's maximum visibility timeout
+
+
+def test_the_heartbeat_extends_every_held_message() -> None:
+    q = FakeQueue([])
+    hb = Heartbeat(q, every=1, extend_to=30)  # type: ignore[arg-type]
+    hb.beat()
+    assert q.extended == []
+    hb.hold([message(mid="a"), message(mid="b")])
+    hb.drop(message(mid="a"))
+    hb.beat()
+    assert q.extended == [["b"]]
+    with pytest.raises(ValueError, match="cannot keep"):
+        Heartbeat(q, every=30, extend_to=30)  # type: ignore[arg-type]

@@ -1,0 +1,191 @@
+"""In-memory stand-ins for the projector's unit tests (no servers): synthetic records with a
+fixed clock, a recording checkpointer, and a store that records messages and can be told to fail.
+The same scenarios against real Redis live in tests/integration/projector/."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import redis
+
+from pipeline.consumer.processor import (
+    CheckpointError,
+    InitializeInput,
+    ProcessRecordsInput,
+    Record,
+)
+from pipeline.errors import TransientError
+from pipeline.retry import Backoff
+from pipeline.settings import Settings
+from pipeline.synthetic import SyntheticConfig, SyntheticRecord, generate
+from schemas import Event, encode_event, load_registry
+from workers.projector import keys
+from workers.projector.context import ProjectorContext
+from workers.projector.plan import GateConfig, Message
+from workers.projector.processor import ProjectorProcessor
+from workers.projector.store import ApplyResult, ProjectionStore
+
+SHARD = "shardId-000000000000"
+REGISTRY = load_registry()
+#: A recent, fixed origin: inside every retention, so counts are never cut.
+T0 = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+
+
+def synthetic(
+    n: int, *, seed: int = 7, customers: int = 3, step_ms: int = 50, **kw: Any
+) -> list[SyntheticRecord]:
+    ticks = iter(range(10**9))
+    return list(
+        generate(
+            SyntheticConfig(seed=seed, customers=customers, **kw),
+            n,
+            now=lambda: T0 + timedelta(milliseconds=next(ticks) * step_ms),
+        )
+    )
+
+
+def records_of(items: Sequence[SyntheticRecord], first_seq: int = 10**20) -> list[Record]:
+    return [Record(s.data, s.partition_key, str(first_seq + i), 0, 0) for i, s in enumerate(items)]
+
+
+def decoded(items: Sequence[SyntheticRecord]) -> list[Event]:
+    return [REGISTRY.decode(s.data) for s in items if s.valid]
+
+
+def decode_message(message: Message) -> dict[str, Any]:
+    header, events, effects, entities = msgspec.msgpack.decode(message.body)
+    return {
+        "header": header,
+        "gate": [message.gate[i : i + 24] for i in range(0, len(message.gate), 24)],
+        "events": [events[i : i + 5] for i in range(0, len(events), 5)],
+        "effects": [effects[i : i + 4] for i in range(0, len(effects), 4)],
+        "entities": [entities[i : i + 8] for i in range(0, len(entities), 8)],
+    }
+
+
+@dataclass
+class Checkpoints:
+    calls: list[tuple[str | None, int | None]] = field(default_factory=list)
+    log: list[str] | None = None
+    fail: list[str] = field(default_factory=list)  # CheckpointError values to raise, in order
+
+    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
+        if self.fail:
+            raise CheckpointError(self.fail.pop(0))
+        self.calls.append((sequence_number, sub_sequence_number))
+        if self.log is not None:
+            self.log.append(f"checkpoint {sequence_number}")
+
+
+class FakeStore:
+    """Records applied messages; ``down`` makes every apply fail as Redis being away would."""
+
+    def __init__(self, log: list[str] | None = None) -> None:
+        self.applied: list[Message] = []
+        self.down = False
+        self.calls = 0
+        self.log = log
+
+    def apply(self, messages: Sequence[Message]) -> list[ApplyResult]:
+        self.calls += 1
+        if self.down:
+            raise TransientError("apply read models: ConnectionError: gone")
+        self.applied.extend(messages)
+        if self.log is not None:
+            self.log.append(f"apply {len(messages)}")
+        return [ApplyResult(len(m.gate) // 24, len(m.gate) // 24, ("1",)) for m in messages]
+
+    def applied_ids(self) -> list[bytes]:
+        return [m.gate[i + 8 : i + 24] for m in self.applied for i in range(0, len(m.gate), 24)]
+
+
+def context(store: FakeStore, *, max_pending: int = 64, chunk_events: int = 4096) -> ProjectorContext:
+    ctx = ProjectorContext(
+        settings=Settings(),
+        registry=REGISTRY,
+        namespace=keys.Namespace("rm:unit:"),
+        store=ProjectionStore(redis.Redis(port=1), keys.Namespace("rm:unit:")),
+        gate=GateConfig(),
+        entity_ttl=3600,
+        chunk_events=chunk_events,
+        prom=None,
+        max_pending_batches=max_pending,
+    )
+    ctx.store = store  # type: ignore[assignment]
+    return ctx
+
+
+def processor(store: FakeStore, **kw: Any) -> ProjectorProcessor:
+    proc = ProjectorProcessor(
+        context(store, **kw), checkpoint_backoff=Backoff(base=0.0, cap=0.0, max_attempts=4)
+    )
+    proc.initialize(InitializeInput(SHARD, "TRIM_HORIZON", 0))
+    return proc
+
+
+def deliver(
+    proc: ProjectorProcessor, records: Sequence[Record], ckpt: Checkpoints, *, behind_ms: int = 0
+) -> None:
+    proc.process_records(ProcessRecordsInput(list(records), behind_ms, ckpt))
+
+
+def batches(records: Sequence[Record], size: int) -> Iterator[list[Record]]:
+    for i in range(0, len(records), size):
+        yield list(records[i : i + size])
+
+
+# -- hand-made events -------------------------------------------------------------------------
+
+AT = datetime(2024, 5, 31, 23, 59, 58, 123456, tzinfo=UTC)
+
+
+def event(
+    etype: str, version: int, payload: dict[str, Any], *, at: datetime = AT, eid: str | None = None
+) -> Event:
+    return REGISTRY.decode(
+        encode_event(
+            {
+                "event_id": eid or str(uuid.uuid4()),
+                "customer_id": "cust_0001",
+                "type": etype,
+                "version": version,
+                "occurred_at": at,
+                "payload": payload,
+            }
+        )
+    )
+
+
+def order(status: str, **extra: Any) -> Event:
+    payload = {
+        "order_id": "ord_1",
+        "user_id": "user_7",
+        "status": status,
+        "currency": "EUR",
+        "total_cents": 5000,
+        "item_count": 2,
+        "items": [{"sku": "sku-1", "qty": 2, "price_cents": 2500}],
+    }
+    payload.update(extra)
+    return event("order_placed", 2 if "coupon_code" in extra else 1, payload)
+
+
+def appointment(status: str, starts_at: datetime) -> Event:
+    return event(
+        "appointment_booked",
+        1,
+        {
+            "appointment_id": "appt_1",
+            "provider_id": "prov:9",
+            "patient_id": "pat_1",
+            "starts_at": starts_at,
+            "duration_minutes": 30,
+            "status": status,
+            "fee": "60.5",
+        },
+    )

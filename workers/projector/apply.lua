@@ -1,0 +1,222 @@
+-- shardhouse projector: apply one chunk of events to the read models, idempotently.
+-- ARGV[1]: msgpack [header, events, effects, entities]; ARGV[2]: gate records, 24 bytes per event
+-- (format: workers/projector/plan.py).
+--
+-- For each target generation (live: <ns>current, created if missing, plus <ns>building while a
+-- rebuild runs; or exactly the generation a rebuild names):
+--   1. gate: which events are new to this generation. Check-and-insert into the applied set in
+--      one walk over the batcher's self-sizing layout (workers/batcher/dedupe.py): hash
+--      <gen>ap:<bucket>:<level>:<id hash mod slots(level)>, field = binary UUID, plus the field
+--      "#" = how many ids it holds. Ids go into the first hash on their path that has room; a
+--      hash at capacity is full for good, and only then do ids spill one level down, so a lookup
+--      that meets a hash with room and without the id knows the id is new. Every hash written
+--      to, and every full hash passed on the way down to it, gets its TTL refreshed: a parent
+--      never expires before its children.
+--   2. increments of the new events, summed per target, one HINCRBY/ZINCRBY each;
+--   3. entities (one MGET for all): the chunk's highest version replaces the stored state only
+--      if higher (versions are fixed-width digit/hex strings: string order is (occurred_at,
+--      event_id) order); first-seen is a min; the event count adds the new events. The index
+--      (calendar) follows the winning state: out of the old state's index key, into the new one.
+-- A script runs alone, and Redis refuses one for OOM only before its first write, so a chunk is
+-- applied entirely or not at all (a Redis crash mid-script loses the models anyway: rebuild).
+--
+-- Entity value: version(50) first-seen(18) count(10) len(type tag)(3) len(index key)(5)
+--               type tag, index key, state JSON.
+-- Returns {new events in the first target, events, target generations...}; {-1} when a rebuild's
+-- generation is no longer the one being built.
+local m = cmsgpack.unpack(ARGV[1])
+local hdr, ev, eff, ents = m[1], m[2], m[3], m[4]
+local gate = ARGV[2]
+local ns, target, shard, seq = hdr[1], hdr[2], hdr[3], hdr[4]
+local gate_ttl, cap, base, fan, max_level, ent_ttl = hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10]
+local call = redis.call
+local byte, sub, fmt, floor, tonumber = string.byte, string.sub, string.format, math.floor, tonumber
+local TWO32 = 4294967296
+local n = #gate / 24
+-- numbers become strings at every redis.call (sprintf): convert the constant ones once
+local gate_ttl_s, ent_ttl_s = tostring(gate_ttl), tostring(ent_ttl)
+
+local gens = {}
+if target == '' then
+  local cur = call('GET', ns .. 'current')
+  if not cur then
+    cur = tostring(call('INCR', ns .. 'genseq'))
+    call('SET', ns .. 'current', cur)
+    call('SET', ns .. 'origin', 'live:' .. call('TIME')[1])
+  end
+  gens[1] = cur
+  local building = call('GET', ns .. 'building')
+  if building and building ~= cur then gens[2] = building end
+else
+  if call('GET', ns .. 'building') ~= target then return {-1} end
+  gens[1] = target
+end
+
+local buckets, hashes, ids = {}, {}, {}
+for i = 1, n do
+  local o = (i - 1) * 24 + 1
+  local b1, b2, b3, b4, h1, h2, h3, h4 = byte(gate, o, o + 7)
+  buckets[i] = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+  hashes[i] = ((h1 * 256 + h2) * 256 + h3) * 256 + h4
+  ids[i] = sub(gate, o + 8, o + 23)
+end
+
+-- 1. the gate: fresh[i] = true for the events not applied to this generation before.
+local function admit(gp)
+  local fresh = {}
+  local pending = {}
+  for i = 1, n do pending[i] = i end
+  local slots = base
+  for level = 0, max_level do
+    if #pending == 0 then break end
+    local groups, order = {}, {}
+    for _, i in ipairs(pending) do
+      local g = buckets[i] * TWO32 + hashes[i] % slots
+      local members = groups[g]
+      if members == nil then
+        groups[g] = {i}
+        order[#order + 1] = g
+      else
+        members[#members + 1] = i
+      end
+    end
+    local nxt = {}
+    for _, g in ipairs(order) do
+      local members = groups[g]
+      local key = fmt('%s%d:%d:%d', gp, floor(g / TWO32), level, g % TWO32)
+      local held = nil
+      local missing = {}
+      for s = 1, #members, 4000 do
+        local e = #members
+        if e > s + 3999 then e = s + 3999 end
+        local fields = {'#'}
+        for j = s, e do fields[#fields + 1] = ids[members[j]] end
+        local vals = call('HMGET', key, unpack(fields))
+        if held == nil then held = tonumber(vals[1]) or 0 end
+        for j = s, e do
+          if not vals[j - s + 2] then missing[#missing + 1] = members[j] end
+        end
+      end
+      if #missing > 0 then
+        local take = #missing
+        if level < max_level then
+          if cap - held < take then take = cap - held end
+          if take < 0 then take = 0 end
+        end
+        for s = 1, take, 2000 do
+          local e = take
+          if e > s + 1999 then e = s + 1999 end
+          local args = {'#', held + e}
+          for j = s, e do
+            local i = missing[j]
+            args[#args + 1] = ids[i]
+            args[#args + 1] = ''
+            fresh[i] = true
+          end
+          call('HSET', key, unpack(args))
+        end
+        for j = take + 1, #missing do nxt[#nxt + 1] = missing[j] end
+        call('EXPIRE', key, gate_ttl_s)
+      end
+    end
+    pending = nxt
+    slots = slots * fan
+  end
+  return fresh
+end
+
+local function apply(g)
+  local fresh = admit(g .. 'ap:')
+  -- 2. increments of the new events
+  local acc, entn = {}, {}
+  local new = 0
+  for i = 1, n do
+    if fresh[i] then
+      new = new + 1
+      local o = (i - 1) * 5
+      local h, d, t, e = ev[o + 1], ev[o + 2], ev[o + 3], ev[o + 5]
+      if h > 0 then acc[h] = (acc[h] or 0) + 1 end
+      if d > 0 then acc[d] = (acc[d] or 0) + 1 end
+      if t > 0 then acc[t] = (acc[t] or 0) + ev[o + 4] end
+      entn[e] = (entn[e] or 0) + 1
+    end
+  end
+  local expiring = {}
+  for idx, amount in pairs(acc) do
+    local o = (idx - 1) * 4
+    local key = g .. eff[o + 2]
+    if eff[o + 1] == 1 then
+      call('HINCRBY', key, eff[o + 3], amount)
+    else
+      call('ZINCRBY', key, amount, eff[o + 3])
+    end
+    local at = eff[o + 4]
+    if at > 0 and not expiring[key] then
+      expiring[key] = true
+      call('EXPIREAT', key, at)
+    end
+  end
+  -- 3. entities
+  local count = #ents / 8
+  for s = 1, count, 4000 do
+    local e = count
+    if e > s + 3999 then e = s + 3999 end
+    local names = {}
+    for j = s, e do names[#names + 1] = g .. ents[(j - 1) * 8 + 1] end
+    local stored = call('MGET', unpack(names))
+    for j = s, e do
+      local o = (j - 1) * 8
+      local cur = stored[j - s + 1]
+      local ver, first, added = ents[o + 2], ents[o + 5], entn[j] or 0
+      local tag, ix, state = ents[o + 3], ents[o + 6], ents[o + 4]
+      local win, changed, events = true, true, added
+      if cur then
+        -- cur starts with its 50-char version, so comparing with the whole value compares versions
+        win = ver > cur
+        local cur_first = sub(cur, 51, 68)
+        events = tonumber(sub(cur, 69, 78)) + added
+        local xlen = tonumber(sub(cur, 82, 86))
+        if win then
+          if xlen > 0 then
+            local ylen = tonumber(sub(cur, 79, 81))
+            local cur_ix = sub(cur, 87 + ylen, 86 + ylen + xlen)
+            if cur_ix ~= ix then call('ZREM', g .. cur_ix, ents[o + 8]) end
+          end
+        else
+          local ylen = tonumber(sub(cur, 79, 81))
+          ver, tag = sub(cur, 1, 50), sub(cur, 87, 86 + ylen)
+          ix, state = sub(cur, 87 + ylen, 86 + ylen + xlen), sub(cur, 87 + ylen + xlen)
+        end
+        changed = win or added > 0 or first < cur_first
+        if cur_first < first then first = cur_first end
+      end
+      if changed then
+        local value = ver .. first .. fmt('%010d%03d%05d', events, #tag, #ix) .. tag .. ix .. state
+        if ent_ttl > 0 then
+          call('SET', names[j - s + 1], value, 'EX', ent_ttl_s)
+        else
+          call('SET', names[j - s + 1], value)
+        end
+        if win and ix ~= '' then
+          call('ZADD', g .. ix, ents[o + 7], ents[o + 8])
+          if ent_ttl > 0 then call('EXPIRE', g .. ix, ent_ttl_s) end
+        end
+      end
+    end
+  end
+  return new
+end
+
+local result = {0, n}
+for k, g in ipairs(gens) do
+  local new = apply(ns .. g .. ':')
+  if k == 1 then result[1] = new end
+  result[#result + 1] = g
+end
+
+if target == '' and shard ~= '' and seq ~= '' then
+  local pos = ns .. 'pos'
+  local cur = call('HGET', pos, shard)
+  if not cur or #seq > #cur or (#seq == #cur and seq > cur) then call('HSET', pos, shard, seq) end
+end
+return result
