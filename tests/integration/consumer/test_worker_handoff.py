@@ -14,6 +14,7 @@ import pytest
 from consumer_fleet import Fleet, explain, recorded_positions, settled, stream_positions, unexplained_repeats
 
 from pipeline.clients import ClientFactory
+from pipeline.consumer.sequence import ExtendedSequenceNumber as E
 
 
 @dataclass
@@ -179,6 +180,7 @@ def test_sigstopped_zombie_wakes_after_takeover_and_its_old_consumers_deliver_no
     moved = {k for k, owner in fleet.owners().items() if owner == "w1"}
     start_load(load)
     time.sleep(1.5)
+    stopped_at = time.time()
     fleet.signal("w1", signal.SIGSTOP)
     # w2 sees w1's counters stand still for > failover (3 s) and takes them at its next taker run.
     fleet.wait_for("w2 holds every lease", lambda: set(fleet.owners().values()) == {"w2"}, timeout=40)
@@ -195,8 +197,8 @@ def test_sigstopped_zombie_wakes_after_takeover_and_its_old_consumers_deliver_no
     time.sleep(1)
     finish(fleet, load)
     # Awake, w1 is a healthy worker again and may steal a lease back (balancing) — a new tenure
-    # that starts with initialize. Until then, its old consumers deliver and checkpoint nothing:
-    # they found their leases expired locally before touching the next batch.
+    # that starts with initialize. Until then, its old consumers deliver nothing, and no write of
+    # theirs lands after the takeover: they found their leases expired locally first.
     events = fleet.events()
     for shard in moved:
         new_tenure = min(
@@ -209,12 +211,16 @@ def test_sigstopped_zombie_wakes_after_takeover_and_its_old_consumers_deliver_no
             if doc["worker"] == "w1" and doc["shard"] == shard and woke_at < float(str(doc["at"])) < new_tenure
         ]  # fmt: skip
         assert stale == [], shard
-        late = [
+        # A checkpoint w1 reports after waking can only be a write that landed *before* it froze
+        # (the reply was in flight): w2 must have started at or after it. A zombie write after
+        # the takeover would put the stored checkpoint ahead of where w2 started.
+        takeover = next(
             e for e in events
-            if e["event"] == "checkpoint" and e["worker"] == "w1" and e["shard"] == shard
-            and woke_at < float(str(e["at"])) < new_tenure
-        ]  # fmt: skip
-        assert late == [], shard
+            if e["event"] == "initialize" and e["worker"] == "w2" and e["shard"] == shard and float(str(e["at"])) > stopped_at
+        )  # fmt: skip
+        for e in events:
+            if e["event"] == "checkpoint" and e["worker"] == "w1" and e["shard"] == shard and woke_at < float(str(e["at"])) < new_tenure:
+                assert E(str(e["seq"])) <= E(str(takeover["seq"])), (shard, e, takeover)
     # A batch w1 had delivered but not checkpointed when it froze comes again from w2; nothing else.
     repeats = unexplained_repeats(fleet)
     assert repeats == [], explain(fleet, repeats)
