@@ -31,7 +31,6 @@ local ns, target, shard, seq = hdr[1], hdr[2], hdr[3], hdr[4]
 local gate_ttl, cap, base, fan, max_level, ent_ttl = hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10]
 local call = redis.call
 local byte, sub, fmt, floor, tonumber = string.byte, string.sub, string.format, math.floor, tonumber
-local TWO32 = 4294967296
 local n = #gate / 24
 -- numbers become strings at every redis.call (sprintf): convert the constant ones once
 local gate_ttl_s, ent_ttl_s = tostring(gate_ttl), tostring(ent_ttl)
@@ -71,7 +70,8 @@ local function admit(gp)
     if #pending == 0 then break end
     local groups, order = {}, {}
     for _, i in ipairs(pending) do
-      local g = buckets[i] * TWO32 + hashes[i] % slots
+      -- exact: bucket < 2^32 and slots <= 2^20 (GateConfig), so g < 2^52 (Lua numbers are doubles)
+      local g = buckets[i] * slots + hashes[i] % slots
       local members = groups[g]
       if members == nil then
         groups[g] = {i}
@@ -83,7 +83,7 @@ local function admit(gp)
     local nxt = {}
     for _, g in ipairs(order) do
       local members = groups[g]
-      local key = fmt('%s%d:%d:%d', gp, floor(g / TWO32), level, g % TWO32)
+      local key = fmt('%s%d:%d:%d', gp, floor(g / slots), level, g % slots)
       local held = nil
       local missing = {}
       for s = 1, #members, 4000 do

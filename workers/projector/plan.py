@@ -67,6 +67,11 @@ class GateConfig:
     level_bits: int = 2
     max_level: int = 6
 
+    def __post_init__(self) -> None:
+        # apply.lua groups ids by bucket * slots + slot in a double: exact below 2^53 only.
+        if self.base_bits + self.level_bits * self.max_level > 20:
+            raise ValueError("gate: at most 2**20 slots per level (base_bits + level_bits * max_level <= 20)")
+
     def layout(self, prefix: str = keys.GATE) -> DedupeLayout:
         return DedupeLayout(
             prefix=prefix,
@@ -118,26 +123,35 @@ class Chunk:
         return h, d
 
     def entity(self, p: Projection) -> int:
+        """The entity's index in this chunk; its entry keeps the highest version and the lowest
+        first-seen of the chunk's events."""
         key = keys.entity_key(p.customer_id, p.kind, p.entity_id)
         index = self.entities.get(key)
-        if p.indexed is None:
-            ix_key, score = "", 0
-        else:
-            ix_key, score = keys.index_key(p.customer_id, p.indexed[0], p.indexed[1]), p.indexed[2]
-        first = p.version[:18]
+        version, ix = p.version, p.indexed
         if index is None:
             index = self.entities[key] = len(self.entities) + 1
             self.entity_args.extend(
-                (key, p.version, p.type_tag, p.state.decode(), first, ix_key, score, p.entity_id)
+                (
+                    key,
+                    version,
+                    p.type_tag,
+                    p.state.decode(),
+                    version[:18],
+                    "" if ix is None else keys.index_key(p.customer_id, ix[0], ix[1]),
+                    0 if ix is None else ix[2],
+                    p.entity_id,
+                )
             )
             return index
         o = (index - 1) * 8
         args = self.entity_args
-        if p.version > args[o + 1]:
-            args[o + 1 : o + 4] = (p.version, p.type_tag, p.state.decode())
-            args[o + 5 : o + 7] = (ix_key, score)
-        if first < args[o + 4]:
-            args[o + 4] = first
+        if version > args[o + 1]:
+            args[o + 1 : o + 4] = (version, p.type_tag, p.state.decode())
+            args[o + 5 : o + 7] = (
+                ("", 0) if ix is None else (keys.index_key(p.customer_id, ix[0], ix[1]), ix[2])
+            )
+        if version[:18] < args[o + 4]:
+            args[o + 4] = version[:18]
         return index
 
     def encode(self, header: Sequence[Any]) -> Message:

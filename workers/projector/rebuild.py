@@ -30,8 +30,9 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -310,10 +311,19 @@ class Rebuild:
             self._beat = now
 
     def _load(self, gen: str, loaded: set[str], report: RebuildReport) -> None:
+        """Load the objects not loaded yet; downloads run ahead of the apply by at most
+        ``2 * download_threads`` objects, so memory stays bounded however big the archive."""
         todo = [k for k in self.archive.object_keys() if k not in loaded]
         with ThreadPoolExecutor(self.threads, thread_name_prefix="rebuild-s3") as pool:
-            for key, data in zip(todo, pool.map(self.archive.download, todo), strict=True):
-                events = self.archive.events(key, data, report.invalid.append)
+            ahead: deque[tuple[str, Future[bytes]]] = deque()
+            keys = iter(todo)
+            while True:
+                while len(ahead) < 2 * self.threads and (key := next(keys, None)) is not None:
+                    ahead.append((key, pool.submit(self.archive.download, key)))
+                if not ahead:
+                    return
+                key, future = ahead.popleft()
+                events = self.archive.events(key, future.result(), report.invalid.append)
                 plan = self.planner.plan_events(events, now=int(self.clock()), target=gen)
                 results = self.store.apply(plan.messages)
                 new = sum(r.new for r in results)

@@ -1,0 +1,56 @@
+"""The applied set on a real redis-server: apply.lua files ids exactly where the batcher's layout
+(DedupeLayout, mirrored in Python) says, keeps hashes compact, and spills only full ones."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from projector_harness import REGISTRY, T0, Checkpoints, Env, chunks, deliver, make_env, records_of
+
+from pipeline.consumer.processor import Record
+from pipeline.settings import Settings
+from pipeline.synthetic import SyntheticConfig, generate
+from workers.projector.plan import GateConfig
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("per_second", [50, 5000])
+def test_ids_live_on_their_layout_path_in_compact_hashes(
+    settings: Settings, unique_name: str, per_second: int
+) -> None:
+    env: Env = make_env(settings, unique_name)
+    step = timedelta(seconds=1) / per_second
+    ticks = iter(range(10**9))
+    items = list(
+        generate(
+            SyntheticConfig(seed=3, customers=2, duplicate_ratio=0.0, invalid_ratio=0.0),
+            6000,
+            now=lambda: T0 + next(ticks) * step,
+        )
+    )
+    records: list[Record] = records_of(items)
+    deliver(env.processor(), chunks(records, [1000]), Checkpoints())
+
+    gen = env.store.status().current
+    layout = GateConfig().layout(prefix=f"{env.namespace.generation(gen)}ap:")  # type: ignore[arg-type]
+    r = env.clients.redis()
+    for record in records[::37]:
+        ev = REGISTRY.decode(record.binary_data)
+        blob = layout.pack(ev.event_id, ev.occurred_at)
+        homes = [key for key in layout.path(blob) if r.hexists(key, blob[8:])]
+        assert len(homes) == 1, (ev.event_id, homes)
+
+    gate_keys = env.keys(f"{gen}:ap:*")
+    levels = Counter(key.split(":")[-2] for key in gate_keys)
+    seconds = len({int(REGISTRY.decode(rec.binary_data).occurred_at.timestamp()) for rec in records})
+    assert levels["0"] == pytest.approx(16 * seconds, rel=0.1)  # every slot of every second in use
+    for key in gate_keys:
+        held = int(r.hget(key, "#"))  # type: ignore[arg-type]
+        assert held == r.hlen(key) - 1 <= 126
+        assert r.object("encoding", key) == b"listpack"
+        if key.split(":")[-2] != "0":  # a deeper hash exists only below a full one
+            assert per_second > 2016
+    assert sum(int(r.hget(k, "#")) for k in gate_keys) == 6000  # type: ignore[arg-type]
