@@ -368,6 +368,15 @@ class PostgresDialect:
         ).format(ledger=_table(ledger_table()), where=where)
 
 
+    def customer_freshness(self) -> Statement:
+        """Per customer: newest load, newest event loaded, rows and loads so far (portable SQL:
+        ``shardhouse status`` runs it against Redshift too)."""
+        return sql.SQL(
+            "SELECT customer_id, max(loaded_at), max(max_occurred_at), sum(rows_loaded), "
+            "count(DISTINCT load_id) FROM {ledger} GROUP BY customer_id ORDER BY customer_id"
+        ).format(ledger=_table(ledger_table()))
+
+
 class RedshiftDialect(PostgresDialect):
     """Redshift: staging filled by ``COPY … FROM 's3://…manifest' IAM_ROLE … FORMAT AS PARQUET
     MANIFEST``; the target is ``DISTKEY(event_id) SORTKEY(occurred_at)`` (see docs/inserter.md)

@@ -46,6 +46,13 @@ def build_loader(
     return Loader(dialect, stager, dedupe_window=timedelta(days=wh.dedupe_window_days))
 
 
+def reporting_dialect(settings: Settings, registry: Registry) -> PostgresDialect:
+    """The dialect for read-only ledger queries (``loads``, ``status``): no IAM role needed."""
+    if settings.warehouse.dialect == "redshift":
+        return RedshiftDialect(registry, iam_role=settings.warehouse.redshift_iam_role or "")
+    return PostgresDialect(registry)
+
+
 def build_queue(settings: Settings, clients: ClientFactory) -> BatchQueue:
     r = settings.resources
     return BatchQueue(clients.sqs(), r.queue, r.dead_letter_queue)

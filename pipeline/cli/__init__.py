@@ -25,6 +25,7 @@ from pipeline.cli import kcl as _kcl  # noqa: F401
 from pipeline.cli import produce as _produce  # noqa: F401
 from pipeline.cli import projector as _projector  # noqa: F401
 from pipeline.cli import stack as _stack  # noqa: F401
+from pipeline.cli import status as _status  # noqa: F401
 from pipeline.cli import worker as _worker  # noqa: F401
 
 

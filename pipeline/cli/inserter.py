@@ -10,11 +10,10 @@ from typing import Annotated, Any
 import psycopg
 import typer
 
-from inserter.dialect import PostgresDialect, RedshiftDialect
 from inserter.replay import Replayer, parse_location
 from inserter.service import Inserter, InserterConfig, InserterMetrics
 from inserter.source import ObjectSource
-from inserter.wiring import CopyTuning, build_loader, build_queue
+from inserter.wiring import CopyTuning, build_loader, build_queue, reporting_dialect
 from pipeline.cli import context
 from pipeline.cli.app import app
 from pipeline.errors import ConfigError
@@ -75,11 +74,7 @@ def loads(
     the newest and the oldest occurred_at of the load)."""
     settings = context.settings()
     registry = load_registry()
-    dialect = (
-        RedshiftDialect(registry, iam_role="")
-        if settings.warehouse.dialect == "redshift"
-        else PostgresDialect(registry)
-    )
+    dialect = reporting_dialect(settings, registry)
     params: tuple[Any, ...] = (customer, limit) if customer else (limit,)
     with context.clients().warehouse() as conn:
         try:

@@ -1,0 +1,1 @@
+"""``shardhouse status``: collect (I/O), model (pure decisions), render (pure text)."""
