@@ -367,7 +367,6 @@ class PostgresDialect:
             "ORDER BY max(loaded_at) DESC, customer_id LIMIT %s"
         ).format(ledger=_table(ledger_table()), where=where)
 
-
     def customer_freshness(self) -> Statement:
         """Per customer: newest load, newest event loaded, rows and loads so far (portable SQL:
         ``shardhouse status`` runs it against Redshift too)."""

@@ -293,7 +293,7 @@ class Loader:
             params.extend(
                 (
                     out.key,
-                    plan.batch_id,
+                    obj.batch_id or plan.batch_id,
                     load_id,
                     obj.customer_id,
                     obj.event_type,

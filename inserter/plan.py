@@ -12,7 +12,8 @@ know is not malformed — it needs newer definitions — and raises
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from inserter.errors import UnknownEventSchema
@@ -36,6 +37,8 @@ class ObjectLoad:
     bytes: int
     min_occurred_at: datetime | None
     max_occurred_at: datetime | None
+    #: The batch that announced it (the ledger records it; a combined load holds several).
+    batch_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +139,37 @@ def plan_load(manifest: BatchManifest, registry: Registry, *, bucket: str) -> Lo
                 bytes=obj.bytes,
                 min_occurred_at=parse_time(obj.min_occurred_at),
                 max_occurred_at=parse_time(obj.max_occurred_at),
+                batch_id=manifest.batch_id,
             )
         )
     tables = tuple(
         TableLoad(ref, owners[ref][0], owners[ref][1], tuple(objs)) for ref, objs in sorted(grouped.items())
     )
     return LoadPlan(manifest.batch_id, manifest.bucket, tables)
+
+
+def combine_plans(plans: Sequence[LoadPlan]) -> LoadPlan:
+    """Several batches as one load: one merge per target table instead of one per batch and
+    table, which is what keeps a busy inserter ahead of many small batches. Ordinals are
+    renumbered across the whole load; a key announced twice is loaded once; tables stay sorted
+    (the lock order). The combined ``batch_id`` names every batch, for logs."""
+    if not plans:
+        raise ValueError("combine_plans needs at least one plan")
+    if len({p.bucket for p in plans}) > 1:
+        raise ValueError("plans of different buckets cannot share a load")
+    if len(plans) == 1:
+        return plans[0]
+    seen: set[str] = set()
+    grouped: dict[TableRef, list[ObjectLoad]] = defaultdict(list)
+    owners: dict[TableRef, tuple[str, str]] = {}
+    for plan in plans:
+        for table in plan.tables:
+            owners[table.target] = (table.customer_id, table.event_type)
+            for obj in table.objects:
+                if obj.key not in seen:
+                    seen.add(obj.key)
+                    grouped[table.target].append(replace(obj, ordinal=len(seen)))
+    tables = tuple(
+        TableLoad(ref, owners[ref][0], owners[ref][1], tuple(objs)) for ref, objs in sorted(grouped.items())
+    )
+    return LoadPlan("+".join(p.batch_id for p in plans), plans[0].bucket, tables)

@@ -1,5 +1,5 @@
-"""The inserter loop: long-poll the queue, load each batch, delete its message only after the
-load committed.
+"""The inserter loop: long-poll the queue, load the batches of each receive together (one
+transaction, one merge per table), delete their messages only after the load committed.
 
 Per message, exactly one of:
 
@@ -31,7 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from inserter.errors import classify_pg
 from inserter.loader import Loader, LoadResult
-from inserter.plan import LoadPlan, plan_load
+from inserter.plan import LoadPlan, combine_plans, plan_load
 from inserter.queue import BatchQueue, Heartbeat, Message
 from pipeline.errors import ShardhouseError, TransientError
 from pipeline.manifest import ManifestError, decode_manifest
@@ -144,7 +144,11 @@ class Inserter:
         log.info("inserter stopped")
 
     def poll_once(self) -> int:
-        """One receive and the loads of what it returned; the number of messages received."""
+        """One receive and the loads of what it returned; the number of messages received.
+
+        The well-formed messages of one receive are loaded together, in one transaction (one
+        merge per table, not per batch); if that combined load fails, each is loaded on its own,
+        so one bad batch never holds the others back and failures are counted per message."""
         messages = self.queue.receive(
             max_messages=self.config.max_messages,
             wait_seconds=self.config.wait_seconds,
@@ -152,11 +156,17 @@ class Inserter:
         )
         self.heartbeat.hold(messages)
         try:
-            for i, message in enumerate(messages):
-                if self.stop.is_set():
-                    self._give_back(messages[i:])
-                    break
-                self.handle(message)
+            ready: list[tuple[Message, LoadPlan]] = []
+            for message in messages:
+                plan = self._plan(message)
+                if plan is not None:
+                    ready.append((message, plan))
+            if self.stop.is_set():
+                self._give_back([m for m, _ in ready])
+            elif len(ready) > 1:
+                self._load_together(ready)
+            elif ready:
+                self._load_one(*ready[0])
         finally:
             for message in messages:
                 self.heartbeat.drop(message)
@@ -177,22 +187,50 @@ class Inserter:
 
     def handle(self, message: Message) -> str:
         """Load one message; returns the outcome (loaded, duplicate, dead_lettered, failed)."""
+        plan = self._plan(message)
+        return "dead_lettered" if plan is None else self._load_one(message, plan)
+
+    def _plan(self, message: Message) -> LoadPlan | None:
+        """The message's plan; None when it was dead-lettered or given back (already handled)."""
         try:
             manifest = decode_manifest(message.body)
-            plan = plan_load(manifest, self.registry, bucket=self.config.bucket)
+            return plan_load(manifest, self.registry, bucket=self.config.bucket)
         except ManifestError as exc:
-            return self._poison(message, str(exc))
+            self._poison(message, str(exc))
         except Exception as exc:
-            return self._failed(message, None, exc)
+            self._failed(message, None, exc)
+        return None
+
+    def _load_one(self, message: Message, plan: LoadPlan) -> str:
         try:
             result = self._load(plan)
         except Exception as exc:
             return self._failed(message, plan.batch_id, exc)
-        self.heartbeat.drop(message)
-        self.queue.delete(message)
-        outcome = "loaded" if result.loaded else "duplicate"
-        self._record(message, result, outcome)
-        return outcome
+        self._done([message], result)
+        return "loaded" if result.loaded else "duplicate"
+
+    def _load_together(self, ready: list[tuple[Message, LoadPlan]]) -> None:
+        try:
+            result = self._load(combine_plans([plan for _, plan in ready]))
+        except Exception as exc:
+            log.warning(
+                "combined load failed; loading its batches one by one",
+                extra={
+                    "batches": [plan.batch_id for _, plan in ready],
+                    "reason": f"{type(exc).__name__}: {exc}",
+                },
+            )
+            for message, plan in ready:
+                self._load_one(message, plan)
+            return
+        self._done([message for message, _ in ready], result)
+
+    def _done(self, messages: list[Message], result: LoadResult) -> None:
+        """Committed: the messages can go, and the load is counted and logged."""
+        for message in messages:
+            self.heartbeat.drop(message)
+            self.queue.delete(message)
+        self._record(messages, result, "loaded" if result.loaded else "duplicate")
 
     def _load(self, plan: LoadPlan) -> LoadResult:
         def attempt() -> LoadResult:
@@ -258,9 +296,9 @@ class Inserter:
         self.metrics.messages.labels("failed").inc()
         return "failed"
 
-    def _record(self, message: Message, result: LoadResult, outcome: str) -> None:
+    def _record(self, messages: list[Message], result: LoadResult, outcome: str) -> None:
         m = self.metrics
-        m.messages.labels(outcome).inc()
+        m.messages.labels(outcome).inc(len(messages))
         m.rows_loaded.inc(result.rows_loaded)
         m.rows_skipped.inc(result.rows_skipped)
         m.objects_loaded.inc(len(result.loaded))
@@ -275,13 +313,13 @@ class Inserter:
             extra={
                 "batch_id": result.batch_id,
                 "load_id": result.load_id,
-                "message_id": message.message_id,
-                "receives": message.receive_count,
+                "message_ids": [message.message_id for message in messages],
+                "receives": max(message.receive_count for message in messages),
                 "objects_loaded": len(result.loaded),
                 "objects_already_loaded": len(result.already_loaded),
                 "rows_loaded": result.rows_loaded,
                 "rows_skipped": result.rows_skipped,
-                "tables": sorted({str(o.table) for o in result.loaded}),
+                "tables": len({str(o.table) for o in result.loaded}),
                 "duration_ms": result.duration_ms,
                 "stage_ms": result.stage_ms,
                 "merge_ms": result.merge_ms,

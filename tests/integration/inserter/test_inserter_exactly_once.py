@@ -31,7 +31,20 @@ def test_duplicate_deliveries_load_once(env: Env, unique_name: str) -> None:
     assert [(r["rows_loaded"], r["rows_skipped"]) for r in ledger] == [(300, 0)]
     assert ledger[0]["batch_id"] == manifest.batch_id
     assert ledger[0]["target_table"] == f"c_{unique_name}.page_view"
-    assert env.queue_depth() == 0  # all three deleted: two of them found the ledger
+    assert env.queue_depth() == 0  # all three deleted: loaded together, or found in the ledger
+    assert sum(outcomes(ins).values()) == 3
+
+
+def test_duplicate_deliveries_in_separate_receives_find_the_ledger(env: Env, unique_name: str) -> None:
+    events = make_events(unique_name, n=300)
+    manifest = env.manifest([env.put_object(events)])
+    for _ in range(3):
+        env.send(manifest)
+
+    ins = env.drain(max_messages=1)
+
+    assert counts(env, unique_name) == Counter({e.event_id: 1 for e in events})
+    assert [(r["rows_loaded"], r["rows_skipped"]) for r in env.ledger()] == [(300, 0)]
     assert outcomes(ins) == Counter({"loaded": 1, "duplicate": 2})
 
 

@@ -17,7 +17,7 @@ from inserter.naming import (
     reader_role,
     target_table,
 )
-from inserter.plan import parse_time, plan_load
+from inserter.plan import combine_plans, parse_time, plan_load
 from pipeline.layout import EventObjectKey
 from pipeline.manifest import BatchManifest, BatchObject, ManifestError
 from schemas import CUSTOMER_ID_PATTERN, is_safe_sql_name, load_registry
@@ -150,3 +150,53 @@ def test_unknown_versions_need_newer_definitions_not_the_dlq() -> None:
 def test_timestamps_parse_to_utc() -> None:
     assert parse_time("") is None
     assert parse_time("2024-05-01T14:00:00+02:00") == datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+
+# -- several batches in one load ------------------------------------------------------------------
+
+
+def batch(batch_id: str, *objects: BatchObject) -> BatchManifest:
+    return BatchManifest(1, batch_id, "s", "shardId-000000000000", "1", "9", BUCKET, objects)
+
+
+def test_combined_plans_merge_per_table_and_keep_each_objects_batch() -> None:
+    a = plan_load(batch("s/a", obj("acme", first="1"), obj("beta", first="1")), REGISTRY, bucket=BUCKET)
+    b = plan_load(batch("s/b", obj("acme", first="2"), obj("acme", "order_placed", first="2")), REGISTRY,
+                  bucket=BUCKET)  # fmt: skip
+    combined = combine_plans([a, b])
+    assert combined.batch_id == "s/a+s/b"
+    assert [t.target for t in combined.tables] == sorted(t.target for t in combined.tables)
+    acme_views = next(t for t in combined.tables if t.customer_id == "acme" and t.event_type == "page_view")
+    assert [(o.key, o.batch_id) for o in acme_views.objects] == [(key("acme", first="1"), "s/a"),
+                                                                 (key("acme", first="2"), "s/b")]  # fmt: skip
+    assert sorted(o.ordinal for o in combined.objects) == [1, 2, 3, 4]
+
+
+@given(
+    st.lists(
+        st.lists(st.sampled_from(["acme", "beta", "gamma"]), min_size=1, max_size=4), min_size=1, max_size=5
+    )
+)
+def test_combining_loads_every_distinct_object_once(batches: list[list[str]]) -> None:
+    plans = [
+        plan_load(
+            batch(f"s/{i}", *(obj(c, first=str(j)) for j, c in enumerate(customers))), REGISTRY, bucket=BUCKET
+        )
+        for i, customers in enumerate(batches)
+    ]
+    combined = combine_plans(plans)
+    keys = [o.key for o in combined.objects]
+    assert sorted(keys) == sorted({k for p in plans for k in p.keys})
+    assert sorted(o.ordinal for o in combined.objects) == list(range(1, len(keys) + 1))
+    first_batch = {}
+    for p in plans:
+        for o in p.objects:
+            first_batch.setdefault(o.key, o.batch_id)
+    assert {o.key: o.batch_id for o in combined.objects} == first_batch
+
+
+def test_plans_of_different_buckets_do_not_combine() -> None:
+    a = plan_load(batch("s/a", obj("acme")), REGISTRY, bucket=BUCKET)
+    other = BatchManifest(1, "s/b", "s", "shardId-000000000000", "1", "9", "other", (obj("acme"),))
+    with pytest.raises(ValueError, match="different buckets"):
+        combine_plans([a, plan_load(other, REGISTRY, bucket="other")])

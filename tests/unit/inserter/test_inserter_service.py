@@ -151,21 +151,67 @@ def test_a_failed_load_is_given_back_with_a_growing_delay() -> None:
     assert len(loader.calls) == 3  # terminal: no in-process retries
 
 
-def test_stop_finishes_the_current_load_and_gives_back_the_rest() -> None:
+def test_stop_finishes_the_current_load_and_receives_no_more() -> None:
     q = FakeQueue([[message(mid="a"), message(mid="b"), message(mid="c")], [message(mid="d")]])
     loader = FakeLoader([loaded()])
     ins, _ = inserter(q, loader, exit_when_idle=False)
     original = loader.load
 
     def load_then_stop(conn: Any, plan: LoadPlan) -> LoadResult:
-        ins.request_stop("SIGTERM")  # arrives while "a" loads
+        ins.request_stop("SIGTERM")  # arrives while a, b and c load (together)
         return original(conn, plan)
 
     loader.load = load_then_stop  # type: ignore[method-assign]
     ins.run()
-    assert q.deleted == ["a"]
-    assert q.released == [("b", 0), ("c", 0)]
+    assert q.deleted == ["a", "b", "c"] and q.released == []
     assert q.batches == [[message(mid="d")]]  # no new receive
+
+
+def test_a_stop_before_the_load_gives_every_received_message_back() -> None:
+    q = FakeQueue([[message(mid="a"), message(mid="b")]])
+    loader = FakeLoader([])
+    ins, _ = inserter(q, loader, exit_when_idle=False)
+    original = q.receive
+
+    def receive_then_stop(**kw: Any) -> list[Message]:
+        got = original(**kw)
+        ins.request_stop("SIGTERM")
+        return got
+
+    q.receive = receive_then_stop  # type: ignore[method-assign]
+    ins.run()
+    assert loader.calls == [] and q.deleted == []
+    assert q.released == [("a", 0), ("b", 0)]
+
+
+def second_batch() -> str:
+    other = str(EventObjectKey("beta", "page_view", 1, date(2024, 5, 1), "shardId-000000000001", "5", "7"))
+    return encode_manifest(
+        BatchManifest(
+            1, "b2", "s", "shardId-000000000001", "5", "7", "bkt",
+            (BatchObject(other, "beta", "page_view", 1, 2, 10, "2024-05-01T12:00:00Z", "2024-05-01T12:00:01Z"),),
+        )
+    )  # fmt: skip
+
+
+def test_one_receive_is_loaded_in_one_transaction() -> None:
+    q = FakeQueue([[message(mid="a"), message(second_batch(), mid="b"), message("{}", mid="bad")]])
+    loader = FakeLoader([loaded()])
+    ins, _ = inserter(q, loader)
+    ins.run()
+    assert len(loader.calls) == 1
+    assert loader.calls[0].batch_id == "b1+b2"
+    assert sorted(o.batch_id for o in loader.calls[0].objects) == ["b1", "b2"]
+    assert q.deleted == ["a", "b"] and [m for m, _ in q.dead] == ["bad"]
+
+
+def test_a_failed_combined_load_falls_back_to_one_load_per_message() -> None:
+    q = FakeQueue([[message(mid="a"), message(second_batch(), mid="b")]])
+    loader = FakeLoader([LoadError("one object is corrupt"), LoadError("object not found"), loaded()])
+    ins, _ = inserter(q, loader, retry_base_seconds=5)
+    ins.run()
+    assert [p.batch_id for p in loader.calls] == ["b1+b2", "b1", "b2"]
+    assert q.released == [("a", 5)] and q.deleted == ["b"]
 
 
 def test_retry_delay_doubles_and_is_capped() -> None:
