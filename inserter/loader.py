@@ -170,12 +170,16 @@ class Loader:
             todo = plan.without(done)
             stages: list[tuple[TableLoad, str, list[WarehouseColumn]]] = []
             staging_started = time.monotonic()
-            for i, table in enumerate(todo.tables):
-                stage, columns = f"_stage_{i}", d.columns(table.event_type)
-                for stmt in d.create_staging(stage, columns):
-                    cur.execute(stmt)
-                self.stager.stage(cur, stage, table, columns, plan.bucket)
-                stages.append((table, stage, columns))
+            self.stager.begin(plan.bucket, [o for t in todo.tables for o in t.objects])
+            try:
+                for i, table in enumerate(todo.tables):
+                    stage, columns = f"_stage_{i}", d.columns(table.event_type)
+                    for stmt in d.create_staging(stage, columns):
+                        cur.execute(stmt)
+                    self.stager.stage(cur, stage, table, columns, plan.bucket)
+                    stages.append((table, stage, columns))
+            finally:
+                self.stager.end()
             merge_started = time.monotonic()
             late: set[str] = set()
             if not d.lock_before_staging:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import orjson
@@ -22,6 +23,7 @@ from inserter.dialect import PostgresDialect, RedshiftDialect, WarehouseColumn
 from inserter.errors import LoadError
 from inserter.pgbinary import HEADER, TRAILER, Column, EncodeError, constant_piece, encode_batch
 from inserter.plan import ObjectLoad, TableLoad
+from inserter.prefetch import Prefetcher
 from inserter.source import ObjectSource
 from schemas import Registry
 from schemas.definition import ENVELOPE_COLUMNS, METADATA_COLUMNS
@@ -30,6 +32,14 @@ REQUIRED_COLUMNS = (*ENVELOPE_COLUMNS, *METADATA_COLUMNS)
 
 
 class Stager(Protocol):
+    def begin(self, bucket: str, objects: Sequence[ObjectLoad]) -> None:
+        """The objects the next ``stage`` calls will stage, in that order (to read ahead)."""
+        ...
+
+    def end(self) -> None:
+        """The load's staging is over (or failed): drop anything read ahead."""
+        ...
+
     def stage(
         self,
         cur: psycopg.Cursor[Any],
@@ -78,6 +88,17 @@ class PostgresCopyStager:
         self.batch_rows = batch_rows
         self.pause = pause
         self.sleep = sleep
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="s3-read")
+        self._ahead: Prefetcher | None = None
+
+    def begin(self, bucket: str, objects: Sequence[ObjectLoad]) -> None:
+        self.end()
+        self._ahead = Prefetcher(lambda key: self.source.read(bucket, key), self._pool, objects)
+
+    def end(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
 
     def stage(
         self,
@@ -89,7 +110,7 @@ class PostgresCopyStager:
     ) -> None:
         types = {c.name: c.staging_type for c in columns}
         for obj in table.objects:
-            body = self.source.read(bucket, obj.key)
+            body = self._ahead.get(obj.key) if self._ahead is not None else self.source.read(bucket, obj.key)
             try:
                 parquet = pq.ParquetFile(pa.BufferReader(body))
             except (pa.ArrowInvalid, OSError) as exc:
@@ -133,6 +154,12 @@ class RedshiftCopyStager:
         self.dialect = dialect
         self.registry = registry
         self.prefix = prefix
+
+    def begin(self, bucket: str, objects: Sequence[ObjectLoad]) -> None:
+        """Nothing to read ahead: the cluster reads S3 itself."""
+
+    def end(self) -> None:
+        pass
 
     def manifest_key(self, obj: ObjectLoad) -> str:
         """Derived from the object key: a retried load overwrites its own manifest."""

@@ -27,12 +27,26 @@ def demo(
     ] = 600,
     keep: Annotated[bool, typer.Option(help="Leave the local stack running afterwards.")] = False,
     state_dir: Annotated[Path, typer.Option()] = Path(".shardhouse/demo"),
+    rate: Annotated[
+        float | None,
+        typer.Option(min=0, help="Records/s to produce (0: unthrottled) [default: 0, 2500 with --chaos]."),
+    ] = None,
+    chaos: Annotated[
+        bool,
+        typer.Option(
+            help="kill -9 a random worker every few seconds, the inserter once, Redis once (then "
+            "rebuild the read models), while the load runs."
+        ),
+    ] = False,
+    chaos_seed: Annotated[int, typer.Option()] = 7,
 ) -> None:
     """Provision, start 2 batchers + projector + inserter, produce a seeded load, show progress
-    until warehouse and read models caught up, print a summary."""
+    until warehouse and read models caught up, print a summary checked against the stores.
+    Exits 1 if any event is missing, doubled, or not dead-lettered."""
     console = Console()
     config = DemoConfig(
         events=events, customers=customers, duplicate_ratio=duplicate_ratio, invalid_ratio=invalid_ratio,
         seed=seed, timeout=timeout, keep=keep, state_dir=state_dir,
+        rate=rate if rate is not None else (2500.0 if chaos else 0.0), chaos=chaos, chaos_seed=chaos_seed,
     )  # fmt: skip
     raise typer.Exit(run_demo(config, console, lambda m: console.print(f"[dim]{m}[/dim]", highlight=False)))

@@ -13,24 +13,26 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from pipeline.demo.chaos import ChaosDriver, ChaosLog, ChaosPlan
 from pipeline.demo.expected import Observed, caught_up
-from pipeline.demo.metrics_scrape import merged, scrape
 from pipeline.demo.roles import Role
 from pipeline.demo.run import (
     DemoConfig,
     DemoRun,
-    dead_lettered,
     demo_settings,
-    duplicate_rows,
     loaded_rows,
     new_run,
     observe,
+    projected_events,
     provision,
-    rows_per_customer,
+    read_model_latency,
+    restart_redis,
+    rows_skipped,
     start_producing,
     start_stack,
     warehouse_latency,
 )
+from pipeline.demo.verify import Verdict, verify
 from pipeline.errors import TerminalError
 from pipeline.servers import stack as local_stack
 from pipeline.servers.process import free_port
@@ -41,6 +43,8 @@ class Outcome:
     run: DemoRun
     observed: Observed
     seconds: float
+    verdict: Verdict
+    chaos: ChaosLog | None = None
 
 
 def _roles(config: DemoConfig) -> list[Role]:
@@ -53,16 +57,11 @@ def _roles(config: DemoConfig) -> list[Role]:
     if importlib.util.find_spec("workers.projector") is not None:
         roles.append(Role("projector", ["worker", "--app", "shardhouse-demo-projector", "--processor", "projector",
                                         "--worker-id", "projector-1"], free_port(), logs / "projector.log"))  # fmt: skip
-    roles.append(Role("inserter", ["inserter", "--wait-seconds", "1"], free_port(), logs / "inserter.log"))
+    # Under chaos a killed inserter's messages come back after this visibility, not a minute.
+    visibility = ["--visibility-timeout", "15"] if config.chaos else []
+    roles.append(Role("inserter", ["inserter", "--wait-seconds", "1", *visibility], free_port(),
+                      logs / "inserter.log"))  # fmt: skip
     return roles
-
-
-def projected_count(run: DemoRun) -> int:
-    roles = [r for r in run.roles if r.name == "projector"]
-    if not roles:
-        return run.expected.unique_valid  # no projector in this build: nothing to wait for
-    metrics = merged([scrape(r.metrics_port) for r in roles])
-    return int(metrics.get("shardhouse_projector_events_applied_total", 0))
 
 
 def progress_table(run: DemoRun, obs: Observed) -> Table:
@@ -81,11 +80,11 @@ def progress_table(run: DemoRun, obs: Observed) -> Table:
     return table
 
 
-def watch(run: DemoRun, console: Console) -> Observed:
+def watch(run: DemoRun, console: Console, chaos: ChaosDriver | None = None) -> Observed:
     deadline = time.monotonic() + run.config.timeout
 
     def sample() -> Observed:
-        return observe(run, lambda: loaded_rows(run), lambda: projected_count(run))
+        return observe(run, lambda: loaded_rows(run), lambda: projected_events(run))
 
     obs = sample()
     live_ok = console.is_terminal
@@ -110,10 +109,12 @@ def watch(run: DemoRun, console: Console) -> Observed:
                 last_line = time.monotonic()
             if run.producing_error is not None:
                 raise TerminalError(f"producing failed: {run.producing_error}")
-            if caught_up(run.expected, obs, producing_done=run.producing_done):
+            settled = chaos is None or chaos.done
+            if settled and caught_up(run.expected, obs, producing_done=run.producing_done):
                 run.caught_up_seconds = time.monotonic() - run.started_at
                 return obs
-            dead = [r.name for r in run.roles if not r.alive]
+            with run.roles_lock:
+                dead = [r.name for r in run.roles if not r.alive]
             if dead:
                 raise TerminalError(f"role(s) exited: {', '.join(dead)}; see {run.config.state_dir / 'logs'}")
             if time.monotonic() > deadline:
@@ -135,64 +136,104 @@ class _Null:
 
 
 def summary(outcome: Outcome, console: Console, state: local_stack.StackState) -> None:
-    run, obs = outcome.run, outcome.observed
+    run, obs, verdict = outcome.run, outcome.observed, outcome.verdict
     exp = run.expected
-    per_customer = rows_per_customer(run)
+    per_customer = verdict.rows_per_customer
     p50, p99 = warehouse_latency(run)
-    dl = dead_lettered(run)
-    dups = duplicate_rows(run)
-    mismatched = {
-        c: (per_customer.get(c, 0), n) for c, n in exp.per_customer.items() if per_customer.get(c, 0) != n
-    }
+    merge_skipped = rows_skipped(run)
     console.print()
     console.print("[bold]summary[/bold]")
     console.print(f"  produced            {exp.sent:>10,} records in {run.produce_seconds:.1f}s "
                   f"({exp.sent / max(run.produce_seconds, 1e-9):,.0f}/s)")  # fmt: skip
     console.print(f"  unique valid events {exp.unique_valid:>10,}")
     console.print(
-        f"  duplicates dropped  {obs.duplicates_dropped:>10,}   (producer retries sent: {exp.duplicates:,})"
+        f"  duplicates dropped  {obs.duplicates_dropped:>10,}   by the batchers (producer retries sent: "
+        f"{exp.duplicates:,}); {merge_skipped:,} more rows collapsed by the warehouse merge"
     )
-    console.print(f"  dead-lettered       {dl:>10,}   (invalid sent: {exp.invalid:,}; in S3 dead-letter/)")
-    console.print(f"  warehouse rows      {sum(per_customer.values()):>10,}   duplicate rows: {dups}")
-    console.print(f"  read models applied {obs.projected:>10,}")
+    repeated = verdict.dead.lines - verdict.dead.records
+    console.print(
+        f"  dead-lettered       {verdict.dead.records:>10,}   (invalid sent: {exp.invalid:,}; in S3 dead-letter/"
+        + (f", {repeated} written twice by replays)" if repeated else ")")
+    )
+    console.print(
+        f"  warehouse rows      {sum(per_customer.values()):>10,}   duplicate rows: {verdict.duplicate_rows}"
+    )
+    models = "not checked" if verdict.model_diff is None else ("= fold of the unique events" if not
+                                                               verdict.model_diff else "DIFFER from the fold")  # fmt: skip
+    console.print(f"  read models         {obs.projected:>10,}   events counted; {models}")
     console.print(f"  produce → warehouse latency p50 {p50:.1f}s, p99 {p99:.1f}s")
+    r50, r99 = read_model_latency(run)
+    if r50 is not None and r99 is not None:
+        console.print(f"  produce → read model latency p50 {r50:.2f}s, p99 {r99:.2f}s")
     console.print(
         f"  end to end          {outcome.seconds:.1f}s ({exp.unique_valid / max(outcome.seconds, 1e-9):,.0f} events/s)"
     )
     console.print("  rows per customer:  " + ", ".join(f"{c}={n:,}" for c, n in sorted(per_customer.items())))
-    verdict = "[green]exactly once: every unique valid event is in the warehouse once[/green]"
-    if mismatched or dups or dl != exp.invalid:
-        verdict = f"[red]MISMATCH: customers {mismatched}, duplicate rows {dups}, dead letters {dl}/{exp.invalid}[/red]"
-    console.print("  " + verdict)
+    if outcome.chaos is not None:
+        log = outcome.chaos
+        console.print(
+            f"  chaos               {log.worker_kills} workers killed and replaced, inserter killed "
+            f"{log.inserter_kills} time(s), Redis restarted {log.redis_restarts} time(s) (rebuild exit {log.rebuild_exit})"
+        )
+    if verdict.ok:
+        console.print("  [green]exactly once: every unique valid event is in the warehouse once, "
+                      "every invalid one dead-lettered, read models equal the fold[/green]")  # fmt: skip
+    else:
+        console.print("  [red]MISMATCH: " + "; ".join(verdict.problems()) + "[/red]")
     console.print()
-    console.print("[bold]look at the results[/bold]")
+    console.print("[bold]look at the results[/bold]" + ("" if run.config.keep else " (run with --keep to leave "
+                                                        "the servers up for these)"))  # fmt: skip
     console.print(
         f"  psql '{state.pg_url}' -c 'SELECT customer_id, event_type, count(*) FROM shardhouse.load_ledger GROUP BY 1, 2'"  # noqa: S608
     )
     first = sorted(per_customer)[0] if per_customer else "cust_0001"
     console.print(f"  psql '{state.pg_url}' -c 'SELECT * FROM c_{first}.page_view LIMIT 5'")  # noqa: S608
-    console.print(f'  eval "$(shardhouse env --state-dir {run.config.state_dir})"; shardhouse loads')
+    console.print(f'  eval "$(shardhouse env --state-dir {run.config.state_dir})"; export '
+                  f'SHARDHOUSE_STREAM={run.settings.resources.stream}')  # fmt: skip
+    console.print("  shardhouse status; shardhouse loads")
+    console.print(f"  shardhouse query counts -c {first} -t page_view --by hour")
+    console.print("  shardhouse serve-api --port 8080 &  curl -s "
+                  f"'http://127.0.0.1:8080/v1/customers/{first}/counts/page_view?by=day'")  # fmt: skip
 
 
 def run_demo(config: DemoConfig, console: Console, say: Callable[[str], None]) -> int:
-    state = start_stack(config, say)
+    """The demo; exit status 0 only when the stores show every event exactly once."""
+    return 0 if execute(config, console, say).verdict.ok else 1
+
+
+def execute(config: DemoConfig, console: Console, say: Callable[[str], None]) -> Outcome:
+    cfg, state = start_stack(config, say)
     env = demo_settings(state, config)
     os.environ.update({k: v for k, v in state.env.items() if k.startswith("AWS_")})  # boto3 reads these
     run = new_run(config, env)
+    chaos: ChaosDriver | None = None
     try:
-        say("provisioning a 4-shard stream, bucket, queue + DLQ, warehouse")
+        say(f"provisioning a {config.shards}-shard stream, bucket, queue + DLQ, warehouse")
         provision(run)
         run.roles = _roles(config)
         for role in run.roles:
             role.start(env)
         say(f"started {', '.join(r.name for r in run.roles)} (logs in {config.state_dir / 'logs'})")
+        if config.chaos:
+            chaos = ChaosDriver(
+                run,
+                ChaosPlan(seed=config.chaos_seed),
+                restart_redis=lambda: restart_redis(cfg, say),
+                env=env,
+                say=say,
+            )
+            chaos.start()
         start_producing(run)
         started = time.monotonic()
-        obs = watch(run, console)
-        outcome = Outcome(run, obs, time.monotonic() - started)
+        obs = watch(run, console, chaos)
+        seconds = time.monotonic() - started
+        say("checking the warehouse, dead letters and read models against what was produced")
+        outcome = Outcome(run, obs, seconds, verify(run), chaos.log if chaos else None)
         summary(outcome, console, state)
-        return 0
+        return outcome
     finally:
+        if chaos is not None:
+            chaos.stop()
         for role in run.roles:
             role.stop()
         if not config.keep:

@@ -35,3 +35,42 @@ def merged(samples: list[dict[str, float]]) -> dict[str, float]:
             else:
                 total[key] += value
     return dict(total)
+
+
+def histogram_buckets(ports: list[int], name: str, *, timeout: float = 1.0) -> dict[float, float]:
+    """Cumulative bucket counts (upper bound → count) of histogram ``name``, summed over the
+    roles at ``ports``; {} when none exposes it."""
+    out: dict[float, float] = defaultdict(float)
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+                text = resp.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == f"{name}_bucket":
+                    out[float(sample.labels["le"])] += sample.value
+    return dict(out)
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The ``q`` quantile of a cumulative histogram, interpolated linearly inside its bucket (as
+    PromQL's histogram_quantile does); None when empty. Above the last finite bound: that bound."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            span = count - below
+            return lower + (bound - lower) * ((rank - below) / span if span else 0.0)
+        lower, below = bound, count
+    return lower

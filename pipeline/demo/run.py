@@ -7,7 +7,10 @@ asks the stores themselves (warehouse, S3, Redis) for the figures of the summary
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,19 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from psycopg import sql
+import orjson
 
 from pipeline.clients import ClientFactory
 from pipeline.demo.expected import Expected, Observed
-from pipeline.demo.metrics_scrape import merged, scrape
+from pipeline.demo.metrics_scrape import bucket_quantile, histogram_buckets, merged, scrape
 from pipeline.demo.roles import Role
 from pipeline.errors import TerminalError
 from pipeline.producer import Producer
 from pipeline.provision import provision_all
+from pipeline.ratelimit import throttle
 from pipeline.servers import stack as local_stack
-from pipeline.servers.process import free_port, port_open
+from pipeline.servers.process import free_port, pid_alive, port_open
 from pipeline.settings import Settings, load_settings
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.synthetic import SyntheticConfig, SyntheticRecord, generate
+from workers.projector.keys import Namespace
+from workers.projector.store import ProjectionStore
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,11 @@ class DemoConfig:
     timeout: float = 600.0
     keep: bool = False
     state_dir: Path = Path(".shardhouse/demo")
+    #: Records per second the producer may send (0: as fast as the stream takes them).
+    rate: float = 0.0
+    #: Kill and restart roles while the load runs (see pipeline.demo.chaos).
+    chaos: bool = False
+    chaos_seed: int = 7
 
 
 @dataclass
@@ -52,7 +63,11 @@ class DemoRun:
     settings: Settings
     clients: ClientFactory
     roles: list[Role] = field(default_factory=list)
+    #: Held while a role is being replaced, so the watcher does not mistake it for a crash.
+    roles_lock: threading.Lock = field(default_factory=threading.Lock)
     expected: Expected = field(default_factory=Expected)
+    #: Everything produced, for the final check of the read models against a fold.
+    records: list[SyntheticRecord] = field(default_factory=list)
     produced: int = 0
     producing_done: bool = False
     producing_error: BaseException | None = None
@@ -65,7 +80,9 @@ def _port(preferred: int) -> int:
     return preferred if not port_open("127.0.0.1", preferred) else free_port()
 
 
-def start_stack(config: DemoConfig, say: Callable[[str], None]) -> local_stack.StackState:
+def start_stack(
+    config: DemoConfig, say: Callable[[str], None]
+) -> tuple[local_stack.StackConfig, local_stack.StackState]:
     cfg = local_stack.StackConfig(
         state_dir=config.state_dir,
         aws_port=_port(4566),
@@ -74,13 +91,27 @@ def start_stack(config: DemoConfig, say: Callable[[str], None]) -> local_stack.S
         npm_dirs=(Path(".shardhouse/npm"),),
     )
     state, _ = local_stack.up(cfg, on_event=say)
-    return state
+    return cfg, state
+
+
+def restart_redis(cfg: local_stack.StackConfig, say: Callable[[str], None]) -> None:
+    """kill -9 the stack's redis-server and start an empty one on the same port (no
+    persistence: every dedupe id, batch marker and read model is gone)."""
+    state = local_stack.read_state(cfg.state_dir)
+    if state is None or "redis" not in state.services:
+        raise TerminalError("no redis-server recorded for this stack")
+    pid = state.services["redis"].pid
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    local_stack.up(cfg, on_event=say)
 
 
 def demo_settings(state: local_stack.StackState, config: DemoConfig) -> dict[str, str]:
     """The environment every role of the demo runs with."""
-    import os
-
+    chaos = {"SHARDHOUSE_FAILOVER_MS": "3000"} if config.chaos else {}  # replaced workers take over fast
     return {
         **os.environ,
         **state.env,
@@ -97,6 +128,7 @@ def demo_settings(state: local_stack.StackState, config: DemoConfig) -> dict[str
         "SHARDHOUSE_IDLE_BETWEEN_READS_MS": "250",
         "SHARDHOUSE_LOG_LEVEL": "INFO",
         "SHARDHOUSE_STATE_DIR": str(config.state_dir),
+        **chaos,
     }
 
 
@@ -111,8 +143,9 @@ def produce(run: DemoRun) -> None:
     )
 
     def tallied() -> Iterator[tuple[bytes, str]]:
-        for record in generate(synthetic, cfg.events):
+        for record in throttle(generate(synthetic, cfg.events), cfg.rate):
             run.expected.add(record)
+            run.records.append(record)
             yield record.data, record.partition_key
 
     def progress(total: object) -> None:
@@ -184,45 +217,20 @@ def warehouse_tables(conn: Any) -> list[tuple[str, str]]:
 def loaded_rows(run: DemoRun) -> int:
     try:
         with run.clients.warehouse() as conn:
-            row = conn.execute(
-                "SELECT coalesce(sum(rows_loaded), 0) FROM shardhouse.load_ledger"
-            ).fetchone()
+            row = conn.execute("SELECT coalesce(sum(rows_loaded), 0) FROM shardhouse.load_ledger").fetchone()
             return int(row[0]) if row else 0
     except Exception:
         return 0
 
 
-def rows_per_customer(run: DemoRun) -> dict[str, int]:
-    out: dict[str, int] = {}
-    with run.clients.warehouse() as conn:
-        for schema, table in warehouse_tables(conn):
-            query = sql.SQL("SELECT count(*) FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table)
-            )
-            row = conn.execute(query).fetchone()
-            out[schema[2:]] = out.get(schema[2:], 0) + (int(row[0]) if row else 0)
-    return out
-
-
-def duplicate_rows(run: DemoRun) -> int:
-    total = 0
-    with run.clients.warehouse() as conn:
-        for schema, table in warehouse_tables(conn):
-            query = sql.SQL("SELECT count(*) - count(DISTINCT event_id) FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table)
-            )
-            row = conn.execute(query).fetchone()
-            total += int(row[0]) if row else 0
-    return total
-
-
 def warehouse_latency(run: DemoRun) -> tuple[float, float]:
-    """p50/p99 seconds from event time (stamped at produce) to load, per loaded object, weighted
-    by its rows: the ledger's load time against the object's newest event (a lower bound per row)."""
+    """p50/p99 seconds from event time (stamped at produce) to load, weighted by rows: per loaded
+    object, its load time against the middle of its events' occurred_at range (the object's rows
+    were produced within that range, at most a flush age wide)."""
     query = (
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.99) WITHIN GROUP (ORDER BY s)"
-        " FROM (SELECT extract(epoch FROM loaded_at - max_occurred_at) AS s"
-        " FROM shardhouse.load_ledger, generate_series(1, greatest(rows_loaded, 1))) x"
+        " FROM (SELECT extract(epoch FROM loaded_at - (min_occurred_at + (max_occurred_at - min_occurred_at) / 2))"
+        " AS s FROM shardhouse.load_ledger, generate_series(1, greatest(rows_loaded, 1))) x"
     )
     try:
         with run.clients.warehouse() as conn:
@@ -232,13 +240,62 @@ def warehouse_latency(run: DemoRun) -> tuple[float, float]:
     return (float(row[0] or 0), float(row[1] or 0)) if row else (0.0, 0.0)
 
 
-def dead_lettered(run: DemoRun) -> int:
-    """Lines in the dead-letter objects: what S3 holds, not what a metric said."""
+def rows_skipped(run: DemoRun) -> int:
+    """Rows the warehouse merge dropped as already present (duplicates that got past Redis)."""
+    try:
+        with run.clients.warehouse() as conn:
+            row = conn.execute("SELECT coalesce(sum(rows_skipped), 0) FROM shardhouse.load_ledger").fetchone()
+            return int(row[0]) if row else 0
+    except Exception:
+        return 0
+
+
+def read_model_latency(run: DemoRun) -> tuple[float | None, float | None]:
+    """p50/p99 seconds from event time to its apply, from the projectors' histogram (None when
+    no projector exposes it)."""
+    roles = [r for r in run.roles if r.name == "projector"]
+    buckets = histogram_buckets([r.metrics_port for r in roles], "shardhouse_projector_event_age_seconds")
+    return bucket_quantile(buckets, 0.5), bucket_quantile(buckets, 0.99)
+
+
+@dataclass(frozen=True)
+class DeadLetters:
+    lines: int
+    #: Distinct records (shard, sequence, sub-sequence): a batch replayed with different cuts
+    #: after a crash can write a record's dead letter twice, under two keys.
+    records: int
+
+
+def dead_letters(run: DemoRun) -> DeadLetters:
+    """What S3's dead-letter objects hold, not what a metric said."""
     s3 = run.clients.s3()
-    total = 0
+    lines, seen = 0, set()
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=run.settings.resources.bucket, Prefix="dead-letter/"):
         for obj in page.get("Contents", []):
             body = s3.get_object(Bucket=run.settings.resources.bucket, Key=obj["Key"])["Body"].read()
-            total += sum(1 for line in body.splitlines() if line.strip())
-    return total
+            for line in body.splitlines():
+                if line.strip():
+                    doc = orjson.loads(line)
+                    lines += 1
+                    seen.add((doc["shard_id"], doc["sequence_number"], doc["sub_sequence_number"]))
+    return DeadLetters(lines, len(seen))
+
+
+def projection_store(run: DemoRun) -> ProjectionStore:
+    return ProjectionStore(run.clients.redis(), Namespace.for_stream(run.settings.resources.stream))
+
+
+def projected_events(run: DemoRun) -> int:
+    """Events counted by the current read models (their daily counters): what a reader sees,
+    whichever projector process applied them."""
+    try:
+        store = projection_store(run)
+        gen = store.status().current
+        if gen is None:
+            return 0
+        client = run.clients.redis()
+        pattern = f"{store.namespace.generation_pattern(gen)[:-1]}cd:*"
+        return sum(int(v) for key in client.scan_iter(match=pattern, count=1000) for v in client.hvals(key))
+    except Exception:
+        return 0
