@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: deps demo test test-unit lint bench clean
+.PHONY: deps demo test test-unit chaos lint bench clean
 
 $(BIN)/shardhouse: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: deps
 
 test-unit: $(BIN)/shardhouse
 	$(BIN)/pytest -q tests/unit
+
+# The exactly-once acceptance test alone (also part of `make test`); run it three times in a row
+# with `make chaos CHAOS_RUNS=3`.
+CHAOS_RUNS ?= 1
+chaos: deps
+	for i in $$(seq $(CHAOS_RUNS)); do $(BIN)/pytest -q -m chaos -p no:randomly || exit 1; done
 
 lint: $(BIN)/shardhouse
 	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks

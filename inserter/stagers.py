@@ -109,31 +109,41 @@ class PostgresCopyStager:
         bucket: str,
     ) -> None:
         types = {c.name: c.staging_type for c in columns}
-        for obj in table.objects:
-            body = self._ahead.get(obj.key) if self._ahead is not None else self.source.read(bucket, obj.key)
-            try:
-                parquet = pq.ParquetFile(pa.BufferReader(body))
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise LoadError(f"{obj.key}: not a Parquet file: {exc}") from exc
-            names = file_columns(parquet.schema_arrow, columns, obj.key)
-            self._copy(cur, stage, obj, parquet, [Column(n, types[n]) for n in names])
+        opened = (self._open(obj, columns, bucket) for obj in table.objects)
+        pending = next(opened, None)
+        # One COPY for consecutive objects with the same columns (one version, as a rule): a
+        # busy table gets many small objects, and a COPY round trip each would dominate.
+        while pending is not None:
+            names = pending[2]
+            wire = [Column(n, types[n]) for n in names]
+            with cur.copy(self.dialect.copy_from_stdin(stage, names)) as copy:
+                copy.write(HEADER)
+                while pending is not None and pending[2] == names:
+                    self._write(copy, pending[0], pending[1], wire)
+                    pending = next(opened, None)
+                copy.write(TRAILER)
 
-    def _copy(
-        self, cur: psycopg.Cursor[Any], stage: str, obj: ObjectLoad, parquet: Any, wire: list[Column]
-    ) -> None:
+    def _open(
+        self, obj: ObjectLoad, columns: Sequence[WarehouseColumn], bucket: str
+    ) -> tuple[ObjectLoad, Any, list[str]]:
+        body = self._ahead.get(obj.key) if self._ahead is not None else self.source.read(bucket, obj.key)
+        try:
+            parquet = pq.ParquetFile(pa.BufferReader(body))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise LoadError(f"{obj.key}: not a Parquet file: {exc}") from exc
+        return obj, parquet, file_columns(parquet.schema_arrow, columns, obj.key)
+
+    def _write(self, copy: Any, obj: ObjectLoad, parquet: Any, wire: list[Column]) -> None:
         tag = [constant_piece(obj.ordinal)]
-        with cur.copy(self.dialect.copy_from_stdin(stage, [c.name for c in wire])) as copy:
-            copy.write(HEADER)
-            try:
-                for batch in parquet.iter_batches(batch_size=self.batch_rows, columns=[c.name for c in wire]):
-                    copy.write(encode_batch(batch, wire, tag))
-                    if self.pause:
-                        self.sleep(self.pause)
-            except EncodeError as exc:
-                raise LoadError(f"{obj.key}: {exc}") from exc
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise LoadError(f"{obj.key}: unreadable Parquet data: {exc}") from exc
-            copy.write(TRAILER)
+        try:
+            for batch in parquet.iter_batches(batch_size=self.batch_rows, columns=[c.name for c in wire]):
+                copy.write(encode_batch(batch, wire, tag))
+                if self.pause:
+                    self.sleep(self.pause)
+        except EncodeError as exc:
+            raise LoadError(f"{obj.key}: {exc}") from exc
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise LoadError(f"{obj.key}: unreadable Parquet data: {exc}") from exc
 
 
 class RedshiftCopyStager:
