@@ -29,7 +29,7 @@ test-unit: $(BIN)/shardhouse
 # with `make chaos CHAOS_RUNS=3`.
 CHAOS_RUNS ?= 1
 chaos: deps
-	for i in $$(seq $(CHAOS_RUNS)); do $(BIN)/pytest -q -m chaos -p no:randomly || exit 1; done
+	for i in $$(seq $(CHAOS_RUNS)); do $(BIN)/pytest -q -m chaos || exit 1; done
 
 lint: $(BIN)/shardhouse
 	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
