@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from psycopg import sql
 
 from pipeline.clients import ClientFactory
 from pipeline.demo.expected import Expected, Observed
@@ -214,13 +215,26 @@ def warehouse_tables(conn: Any) -> list[tuple[str, str]]:
     ]
 
 
-def loaded_rows(run: DemoRun) -> int:
+def _ledger_total(run: DemoRun, column: str) -> int:
+    """sum(column) over the load ledger; 0 while no inserter has created it yet."""
     try:
         with run.clients.warehouse() as conn:
-            row = conn.execute("SELECT coalesce(sum(rows_loaded), 0) FROM shardhouse.load_ledger").fetchone()
+            query = sql.SQL("SELECT coalesce(sum({}), 0) FROM shardhouse.load_ledger").format(
+                sql.Identifier(column)
+            )
+            row = conn.execute(query).fetchone()
             return int(row[0]) if row else 0
     except Exception:
         return 0
+
+
+def loaded_rows(run: DemoRun) -> int:
+    return _ledger_total(run, "rows_loaded")
+
+
+def rows_skipped(run: DemoRun) -> int:
+    """Rows the warehouse merge dropped as already present (duplicates that got past Redis)."""
+    return _ledger_total(run, "rows_skipped")
 
 
 def warehouse_latency(run: DemoRun) -> tuple[float, float]:
@@ -238,16 +252,6 @@ def warehouse_latency(run: DemoRun) -> tuple[float, float]:
     except Exception:
         return 0.0, 0.0
     return (float(row[0] or 0), float(row[1] or 0)) if row else (0.0, 0.0)
-
-
-def rows_skipped(run: DemoRun) -> int:
-    """Rows the warehouse merge dropped as already present (duplicates that got past Redis)."""
-    try:
-        with run.clients.warehouse() as conn:
-            row = conn.execute("SELECT coalesce(sum(rows_skipped), 0) FROM shardhouse.load_ledger").fetchone()
-            return int(row[0]) if row else 0
-    except Exception:
-        return 0
 
 
 def read_model_latency(run: DemoRun) -> tuple[float | None, float | None]:
