@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import shlex
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -60,6 +62,11 @@ def _config(
     return settings, cfg
 
 
+def _config_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The command's options that :func:`_config` takes (both commands share them)."""
+    return {name: options[name] for name in inspect.signature(_config).parameters}
+
+
 ProcessorOpt = typer.Option(
     ..., "--processor", "-p", help="batcher, projector, recorder, noop or package.module:factory"
 )
@@ -101,19 +108,7 @@ def kcl_daemon_command(
     skip_preflight: bool = typer.Option(False, "--skip-preflight", help="don't probe the Kinesis endpoint"),
 ) -> None:
     """Run the Java KCL MultiLangDaemon with PROCESSOR as the per-shard child (Ctrl-C stops it gracefully)."""
-    settings, cfg = _config(
-        processor=processor,
-        app_name=app_name,
-        stream=stream,
-        kinesis_endpoint=kinesis_endpoint,
-        dynamodb_endpoint=dynamodb_endpoint,
-        initial_position=initial_position,
-        failover_ms=failover_ms,
-        worker_id=worker_id,
-        client_version=client_version,
-        cbor=cbor,
-        properties=properties,
-    )
+    settings, cfg = _config(**_config_options(locals()))
     launch = kcl_daemon.prepare(cfg, workdir=workdir, settings=settings, java=java)
     if not skip_preflight:
         kcl_daemon.preflight(cfg)
@@ -141,18 +136,6 @@ def kcl_command(
     java: str | None = JavaOpt,
 ) -> None:
     """Render the properties file and print the java command that runs the daemon (for systemd, Docker…)."""
-    settings, cfg = _config(
-        processor=processor,
-        app_name=app_name,
-        stream=stream,
-        kinesis_endpoint=kinesis_endpoint,
-        dynamodb_endpoint=dynamodb_endpoint,
-        initial_position=initial_position,
-        failover_ms=failover_ms,
-        worker_id=worker_id,
-        client_version=client_version,
-        cbor=cbor,
-        properties=properties,
-    )
+    settings, cfg = _config(**_config_options(locals()))
     launch = kcl_daemon.prepare(cfg, workdir=workdir, settings=settings, java=java)
     typer.echo(shlex.join(launch.command))
