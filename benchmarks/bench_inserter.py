@@ -8,6 +8,10 @@
    ``set_types`` (``to_pylist`` per batch), on the same objects.
 2. **load**: a whole load (S3 → staging → dedupe → insert into the indexed target → ledger →
    commit) of ``--rows`` rows in ``--objects`` objects, into an empty table.
+4. **small objects** (``--small``): the shape a low-latency pipeline produces — many batches of
+   many small objects (one per customer/type/shard per flush). ``--small-batches`` batches of
+   ``--small-objects`` objects of ``--small-rows`` rows over as many customers, loaded one batch
+   per load and as one combined load of all the batches (what the inserter does with a receive).
 3. **merge**: the merge (lock, dedupe against the target, insert, ledger) of a batch into tables
    that already hold ``--sizes`` rows spread over a year: the cost follows the batch, not the
    table. Each batch is new events of the last day plus 10 % duplicates of rows already in it.
@@ -37,7 +41,7 @@ from psycopg import sql
 from inserter.dialect import PostgresDialect
 from inserter.loader import Loader
 from inserter.naming import TableRef
-from inserter.plan import plan_load
+from inserter.plan import combine_plans, plan_load
 from inserter.source import ObjectSource
 from inserter.stagers import PostgresCopyStager
 from pipeline.clients import ClientFactory
@@ -358,6 +362,45 @@ def explain_dedupe(
     return "\n".join(r[0] for r in rows)
 
 
+# -- 4. many small objects --------------------------------------------------------------------------
+
+
+def bench_small(
+    url: str, s3: Any, source: ObjectSource, bucket: str, batches: int, per_batch: int, rows: int
+) -> dict[str, Any]:
+    dialect = PostgresDialect(REGISTRY)
+    loader = Loader(dialect, PostgresCopyStager(source, dialect))
+    out: dict[str, Any] = {}
+    with connect(url) as conn:
+        loader.prepare(conn)
+        for shape in ("load_per_batch", "combined"):
+            plans = []
+            for b in range(batches):
+                objs = []
+                for k in range(per_batch):
+                    customer = f"small_{shape}_{k}"
+                    objs += put_objects(
+                        s3, bucket, customer, page_views(customer, rows, b * rows), 1, 1 + b * rows
+                    )
+                plans.append(plan_load(manifest(bucket, objs, f"{shape}-{b}"), REGISTRY, bucket=bucket))
+            for plan in plans:  # tables exist before timing: the steady state of a running inserter
+                for table in plan.tables:
+                    loader.ensure_table(conn, table)
+            loads = [combine_plans(plans)] if shape == "combined" else plans
+            stage_ms = merge_ms = 0
+            t0 = time.perf_counter()
+            for plan in loads:
+                result = loader.load(conn, plan)
+                stage_ms += result.stage_ms
+                merge_ms += result.merge_ms
+            elapsed = time.perf_counter() - t0
+            n_objects = batches * per_batch
+            out[shape] = {"loads": len(loads), "objects": n_objects, "seconds": round(elapsed, 2),
+                          "objects_per_s": round(n_objects / elapsed), "rows_per_s": round(n_objects * rows / elapsed),
+                          "stage_ms": stage_ms, "merge_ms": merge_ms}  # fmt: skip
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -370,6 +413,10 @@ def main() -> None:
     )
     ap.add_argument("--batches", default="10000,100000", help="batch sizes merged into each table")
     ap.add_argument("--env", help="JSON file with a running stack's environment (default: start one)")
+    ap.add_argument("--small", action="store_true", help="only the many-small-objects benchmark")
+    ap.add_argument("--small-batches", type=int, default=10)
+    ap.add_argument("--small-objects", type=int, default=80, help="objects (= customer tables) per batch")
+    ap.add_argument("--small-rows", type=int, default=12)
     args = ap.parse_args()
 
     with servers(args.env) as env:
@@ -381,6 +428,12 @@ def main() -> None:
         ensure_database(url)
         s3 = clients.s3()
         source = ObjectSource(s3)
+        if args.small:
+            small = bench_small(
+                url, s3, source, bucket, args.small_batches, args.small_objects, args.small_rows
+            )
+            print(json.dumps({"small_objects": small}), flush=True)
+            return
 
         t0 = time.perf_counter()
         data = page_views("bench", args.rows, 0)

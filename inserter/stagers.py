@@ -136,7 +136,9 @@ class PostgresCopyStager:
     def _write(self, copy: Any, obj: ObjectLoad, parquet: Any, wire: list[Column]) -> None:
         tag = [constant_piece(obj.ordinal)]
         try:
-            for batch in parquet.iter_batches(batch_size=self.batch_rows, columns=[c.name for c in wire]):
+            for batch in parquet.iter_batches(
+                batch_size=self.batch_rows, columns=[c.name for c in wire], use_threads=False
+            ):
                 copy.write(encode_batch(batch, wire, tag))
                 if self.pause:
                     self.sleep(self.pause)
