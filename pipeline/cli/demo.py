@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -43,7 +44,7 @@ def demo(
     """Provision, start 2 batchers + projector + inserter, produce a seeded load, show progress
     until warehouse and read models caught up, print a summary checked against the stores.
     Exits 1 if any event is missing, doubled, or not dead-lettered."""
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # logs and CI: no 80-column wrap
     config = DemoConfig(
         events=events, customers=customers, duplicate_ratio=duplicate_ratio, invalid_ratio=invalid_ratio,
         seed=seed, timeout=timeout, keep=keep, state_dir=state_dir,
