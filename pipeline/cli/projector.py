@@ -5,6 +5,7 @@ The projector itself runs as ``shardhouse worker --app <projector_app> --process
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -127,7 +128,9 @@ def serve_api(
     configure_logging(settings.log_level, role="readapi")
     serve_metrics(settings.worker.metrics_port)
     server = ReadApiServer((host, port), reader_for(ClientFactory(settings), settings))
-    typer.echo(f"shardhouse: read API on http://{host}:{server.port}", err=True)
+    logging.getLogger("pipeline.readapi").info(
+        "read API listening", extra={"url": f"http://{host}:{server.port}"}
+    )
 
     def stop(_signum: int, _frame: object) -> None:
         # shutdown() waits for serve_forever, which runs in this thread: do it from another one.
