@@ -13,6 +13,8 @@ Run it alone: ``make chaos`` (or ``pytest -m chaos``).
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_every_valid_event_lands_exactly_once_through_kills_and_a_redis_restart(tmp_path: Path) -> None:
+    # A new fault schedule each run (which worker, when); SHARDHOUSE_CHAOS_SEED replays one.
+    seed = int(os.environ.get("SHARDHOUSE_CHAOS_SEED") or random.randrange(1_000_000))
+    print(f"chaos seed {seed} (SHARDHOUSE_CHAOS_SEED={seed} replays this schedule)")
     config = DemoConfig(
         events=100_000,
         duplicate_ratio=0.05,
@@ -32,7 +37,7 @@ def test_every_valid_event_lands_exactly_once_through_kills_and_a_redis_restart(
         seed=2026,
         rate=2500,
         chaos=True,
-        chaos_seed=11,
+        chaos_seed=seed,
         timeout=900,
         state_dir=tmp_path / "demo",
     )
@@ -44,6 +49,7 @@ def test_every_valid_event_lands_exactly_once_through_kills_and_a_redis_restart(
     chaos = outcome.chaos
     assert chaos is not None
     actions = "\n".join(chaos.actions)
+    actions = f"chaos seed {seed}\n{actions}"
     assert chaos.worker_kills >= 6, actions
     assert (chaos.inserter_kills, chaos.redis_restarts, chaos.rebuild_exit) == (1, 1, 0), chaos.rebuild_output
 
