@@ -147,8 +147,8 @@ def summary(outcome: Outcome, console: Console, state: local_stack.StackState) -
                   f"({exp.sent / max(run.produce_seconds, 1e-9):,.0f}/s)")  # fmt: skip
     console.print(f"  unique valid events {exp.unique_valid:>10,}")
     console.print(
-        f"  duplicates dropped  {obs.duplicates_dropped:>10,}   by the batchers (producer retries sent: "
-        f"{exp.duplicates:,}); {merge_skipped:,} more rows collapsed by the warehouse merge"
+        f"  duplicates dropped  {obs.duplicates_dropped:>10,}   by the batchers, {merge_skipped:,} more by the "
+        f"warehouse merge (producer retries sent: {exp.duplicates:,})"
     )
     repeated = verdict.dead.lines - verdict.dead.records
     console.print(
