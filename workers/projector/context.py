@@ -31,6 +31,7 @@ class PromMetrics:
     duplicates: PromCounter
     invalid: PromCounter
     apply_seconds: Histogram
+    event_age_seconds: Histogram
     pending: Gauge
 
 
@@ -71,6 +72,13 @@ def _new_metrics(registry: CollectorRegistry) -> PromMetrics:
             "shardhouse_projector_apply_seconds",
             "Time to apply one batch to Redis",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        ),
+        event_age_seconds=Histogram(
+            "shardhouse_projector_event_age_seconds",
+            "Per applied batch: apply time minus the middle of its records' arrival on the stream "
+            "(produce to read model)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
             registry=registry,
         ),
         pending=Gauge(

@@ -65,6 +65,8 @@ class _Throttled(TransientError):
 class _Batch:
     plan: BatchPlan
     started: float
+    #: Middle of the batch's stream arrival times (epoch ms): the age of its events at apply.
+    arrived_ms: float = 0.0
     futures: list[Future[list[ApplyResult]]] = field(default_factory=list)
     failed: ShardhouseError | None = None  # a send failed: retry the whole plan (idempotent)
 
@@ -157,7 +159,8 @@ class ProjectorProcessor:
         plan = self.planner.plan_records(
             records, self.shard_id, int(self.clock()), emit=emit if send else None
         )
-        batch = _Batch(plan, started, futures)
+        arrived = (records[0].approximate_arrival_timestamp + records[-1].approximate_arrival_timestamp) / 2
+        batch = _Batch(plan, started, arrived, futures)
         if not send:
             batch.failed = ShardhouseError("not sent: an earlier batch is waiting for Redis")
         self._count(plan)
@@ -227,6 +230,8 @@ class ProjectorProcessor:
         prom = self.ctx.prom
         if prom is not None:
             prom.apply_seconds.observe(time.perf_counter() - batch.started)
+            if new and batch.arrived_ms > 0:
+                prom.event_age_seconds.observe(max(0.0, self.clock() - batch.arrived_ms / 1000))
             prom.applied.inc(new)
             prom.duplicates.inc(plan.events - new)
             prom.pending.set(len(self._batches))

@@ -3,6 +3,8 @@ an unapplied batch, lease loss stops everything, Redis outages are ridden out.""
 
 from __future__ import annotations
 
+from dataclasses import replace as dc_replace
+
 import pytest
 from projector_fakes import (
     REGISTRY,
@@ -10,14 +12,22 @@ from projector_fakes import (
     Checkpoints,
     FakeStore,
     batches,
+    context,
     deliver,
     processor,
     records_of,
     synthetic,
 )
+from prometheus_client import CollectorRegistry
 
-from pipeline.consumer.processor import LeaseLostInput, ShardEndedInput, ShutdownRequestedInput
-from workers.projector import ShardFailed
+from pipeline.consumer.processor import (
+    InitializeInput,
+    LeaseLostInput,
+    ShardEndedInput,
+    ShutdownRequestedInput,
+)
+from workers.projector import ProjectorProcessor, ShardFailed
+from workers.projector.context import prom_metrics
 
 RECORDS = records_of(synthetic(120, duplicate_ratio=0.0, invalid_ratio=0.0))
 CHUNKS = list(batches(RECORDS, 40))
@@ -149,3 +159,19 @@ def test_invalid_records_are_counted_and_skipped() -> None:
     assert sum(proc.stats.invalid.values()) == sum(not s.valid for s in items)
     assert len(store.applied_ids()) == sum(s.valid for s in items)
     assert proc.shard_id == SHARD
+
+
+def test_the_age_of_each_applied_batch_is_observed_from_its_stream_arrival() -> None:
+
+    registry = CollectorRegistry()
+    ctx = context(FakeStore())
+    ctx.prom = prom_metrics(registry)
+    proc = ProjectorProcessor(ctx, clock=lambda: 1_000.0)
+    proc.initialize(InitializeInput(SHARD, "TRIM_HORIZON", 0))
+    arrived = [dc_replace(r, approximate_arrival_timestamp=996_000 + i * 10) for i, r in enumerate(CHUNKS[0])]
+    deliver(proc, arrived, Checkpoints())
+    age = registry.get_sample_value("shardhouse_projector_event_age_seconds_sum")
+    count = registry.get_sample_value("shardhouse_projector_event_age_seconds_count")
+    assert count == 1 and age == pytest.approx(1_000.0 - (996_000 + 996_390) / 2 / 1000)
+    deliver(proc, CHUNKS[0], Checkpoints())  # all duplicates: nothing new applied, nothing observed
+    assert registry.get_sample_value("shardhouse_projector_event_age_seconds_count") == 1
