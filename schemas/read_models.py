@@ -195,6 +195,9 @@ def epoch_seconds(ts: datetime) -> int:
 
 
 _STATE_ENCODER: Final = msgspec.json.Encoder(decimal_format="string")
+#: ``tuple.__new__``: builds a Projection without NamedTuple's Python-level ``__new__`` (one
+#: Projection per event on the projector's hot path).
+_NEW_PROJECTION: Final = tuple.__new__
 
 
 _Spec = tuple[EntityModel, "TopModel | None", str]
@@ -224,18 +227,21 @@ def project(ev: Event) -> Projection | None:
         index = (ix.name, owner, epoch_seconds(getattr(payload, ix.score_field)))
     top = None if model is None else model.contribution(ev)
     event_id = ev.event_id
-    return Projection(
-        ev.customer_id,
-        ev.type,
-        event_id,
-        micros,
-        f"{micros:018d}{event_id.replace('-', '')}",
-        entity.kind,
-        str(getattr(payload, entity.id_field)),
-        tag,
-        _STATE_ENCODER.encode(payload),
-        index,
-        top,
+    return _NEW_PROJECTION(
+        Projection,
+        (
+            ev.customer_id,
+            ev.type,
+            event_id,
+            micros,
+            f"{micros:018d}{event_id.replace('-', '')}",
+            entity.kind,
+            str(getattr(payload, entity.id_field)),
+            tag,
+            _STATE_ENCODER.encode(payload),
+            index,
+            top,
+        ),
     )
 
 

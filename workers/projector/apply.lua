@@ -16,12 +16,15 @@
 --   3. entities (one MGET for all): the chunk's highest version replaces the stored state only
 --      if higher (versions are fixed-width digit/hex strings: string order is (occurred_at,
 --      event_id) order); first-seen is a min; the event count adds the new events. The index
---      (calendar) follows the winning state: out of the old state's index key, into the new one.
+--      (calendar) follows the winning state: out of the old state's index key, into the new one,
+--      collected per index key and sent as one ZREM / ZADD (+ PEXPIREAT) per key.
+-- Every string that reaches Lua is hashed byte by byte (Redis' Lua interns strings), so the state
+-- travels once, inside the entity's tail, and is stored without being taken apart.
 -- A script runs alone, and Redis refuses one for OOM only before its first write, so a chunk is
 -- applied entirely or not at all (a Redis crash mid-script loses the models anyway: rebuild).
 --
--- Entity value: version(50) first-seen(18) count(10) len(type tag)(3) len(index key)(5)
---               type tag, index key, state JSON.
+-- Entity value: version(50) first-seen(18) count(10), then the tail built by plan.py:
+--               len(type tag)(3) len(index key)(5) type tag, index key, state JSON.
 -- Returns {new events in the first target, events, target generations...}; {-1} when a rebuild's
 -- generation is no longer the one being built.
 local m = cmsgpack.unpack(ARGV[1])
@@ -32,8 +35,11 @@ local gate_ttl, cap, base, fan, max_level, ent_ttl = hdr[5], hdr[6], hdr[7], hdr
 local call = redis.call
 local byte, sub, fmt, floor, tonumber = string.byte, string.sub, string.format, math.floor, tonumber
 local n = #gate / 24
--- numbers become strings at every redis.call (sprintf): convert the constant ones once
-local gate_ttl_s, ent_ttl_s = tostring(gate_ttl), tostring(ent_ttl)
+-- numbers become strings at every redis.call (sprintf): convert the constant ones once, as
+-- absolute expiry times (ms, SET … PXAT / PEXPIREAT) taken from the server clock
+local now = call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + floor(tonumber(now[2]) / 1000)
+local gate_at, ent_at = fmt('%d', now_ms + gate_ttl * 1000), fmt('%d', now_ms + ent_ttl * 1000)
 
 local gens = {}
 if target == '' then
@@ -41,7 +47,7 @@ if target == '' then
   if not cur then
     cur = tostring(call('INCR', ns .. 'genseq'))
     call('SET', ns .. 'current', cur)
-    call('SET', ns .. 'origin', 'live:' .. call('TIME')[1])
+    call('SET', ns .. 'origin', 'live:' .. now[1])
   end
   gens[1] = cur
   local building = call('GET', ns .. 'building')
@@ -116,7 +122,7 @@ local function admit(gp)
           call('HSET', key, unpack(args))
         end
         for j = take + 1, #missing do nxt[#nxt + 1] = missing[j] end
-        call('EXPIRE', key, gate_ttl_s)
+        call('PEXPIREAT', key, gate_at)
       end
     end
     pending = nxt
@@ -157,52 +163,67 @@ local function apply(g)
     end
   end
   -- 3. entities
-  local count = #ents / 8
+  local count = #ents / 7
+  local zrem, zadd = {}, {} -- index key -> members to remove / score, member pairs to add
   for s = 1, count, 4000 do
     local e = count
     if e > s + 3999 then e = s + 3999 end
     local names = {}
-    for j = s, e do names[#names + 1] = g .. ents[(j - 1) * 8 + 1] end
+    for j = s, e do names[#names + 1] = g .. ents[(j - 1) * 7 + 1] end
     local stored = call('MGET', unpack(names))
     for j = s, e do
-      local o = (j - 1) * 8
+      local o = (j - 1) * 7
       local cur = stored[j - s + 1]
-      local ver, first, added = ents[o + 2], ents[o + 5], entn[j] or 0
-      local tag, ix, state = ents[o + 3], ents[o + 6], ents[o + 4]
+      local ver, first, tail, ix = ents[o + 2], ents[o + 3], ents[o + 4], ents[o + 5]
+      local added = entn[j] or 0
       local win, changed, events = true, true, added
       if cur then
         -- cur starts with its 50-char version, so comparing with the whole value compares versions
         win = ver > cur
         local cur_first = sub(cur, 51, 68)
         events = tonumber(sub(cur, 69, 78)) + added
-        local xlen = tonumber(sub(cur, 82, 86))
         if win then
+          local xlen = tonumber(sub(cur, 82, 86))
           if xlen > 0 then
             local ylen = tonumber(sub(cur, 79, 81))
             local cur_ix = sub(cur, 87 + ylen, 86 + ylen + xlen)
-            if cur_ix ~= ix then call('ZREM', g .. cur_ix, ents[o + 8]) end
+            if cur_ix ~= ix then
+              cur_ix = g .. cur_ix
+              local out = zrem[cur_ix]
+              if out == nil then zrem[cur_ix] = {ents[o + 7]} else out[#out + 1] = ents[o + 7] end
+            end
           end
         else
-          local ylen = tonumber(sub(cur, 79, 81))
-          ver, tag = sub(cur, 1, 50), sub(cur, 87, 86 + ylen)
-          ix, state = sub(cur, 87 + ylen, 86 + ylen + xlen), sub(cur, 87 + ylen + xlen)
+          ver, tail = sub(cur, 1, 50), sub(cur, 79)
         end
         changed = win or added > 0 or first < cur_first
         if cur_first < first then first = cur_first end
       end
       if changed then
-        local value = ver .. first .. fmt('%010d%03d%05d', events, #tag, #ix) .. tag .. ix .. state
+        local value = ver .. first .. fmt('%010d', events) .. tail
         if ent_ttl > 0 then
-          call('SET', names[j - s + 1], value, 'EX', ent_ttl_s)
+          call('SET', names[j - s + 1], value, 'PXAT', ent_at)
         else
           call('SET', names[j - s + 1], value)
         end
         if win and ix ~= '' then
-          call('ZADD', g .. ix, ents[o + 7], ents[o + 8])
-          if ent_ttl > 0 then call('EXPIRE', g .. ix, ent_ttl_s) end
+          local key = g .. ix
+          local into = zadd[key]
+          if into == nil then into = {}; zadd[key] = into end
+          into[#into + 1] = ents[o + 6]
+          into[#into + 1] = ents[o + 7]
         end
       end
     end
+  end
+  -- index moves, one call per index key: an entity is in one chunk entry, and its old and new
+  -- index keys differ, so removals and additions of different members commute
+  for key, members in pairs(zrem) do
+    for s = 1, #members, 4000 do call('ZREM', key, unpack(members, s, math.min(s + 3999, #members))) end
+  end
+  for key, pairs_ in pairs(zadd) do
+    for s = 1, #pairs_, 4000 do call('ZADD', key, unpack(pairs_, s, math.min(s + 3999, #pairs_))) end
+    if ent_ttl > 0 then call('PEXPIREAT', key, ent_at) end
   end
   return new
 end

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from projector_harness import REGISTRY, T0, Checkpoints, Env, chunks, deliver, make_env, records_of
@@ -54,3 +54,35 @@ def test_ids_live_on_their_layout_path_in_compact_hashes(
         if key.split(":")[-2] != "0":  # a deeper hash exists only below a full one
             assert per_second > 2016
     assert sum(int(r.hget(k, "#")) for k in gate_keys) == 6000  # type: ignore[arg-type]
+
+
+def test_every_written_key_gets_its_lifetime(settings: Settings, unique_name: str) -> None:
+    """The script sets absolute expiry times (PXAT / PEXPIREAT / EXPIREAT): entities and calendars
+    30 days, the applied set the dedupe window, counts their retention; rankings are kept."""
+    env: Env = make_env(settings, unique_name)
+    ticks = iter(range(10**9))
+    items = list(
+        generate(
+            SyntheticConfig(seed=5, customers=2, duplicate_ratio=0.0, invalid_ratio=0.0),
+            3000,
+            now=lambda: datetime.now(UTC) - timedelta(hours=1) + next(ticks) * timedelta(milliseconds=1),
+        )
+    )
+    deliver(env.processor(), chunks(records_of(items), [1000]), Checkpoints())
+    gen = env.store.status().current
+    r = env.clients.redis()
+    day, window = 86400, settings.redis.dedupe_window_seconds
+    families: Counter[str] = Counter()
+    for key in env.keys(f"{gen}:*"):
+        family = key.split(":")[3]
+        families[family] += 1
+        ttl = r.ttl(key)
+        if family in ("e", "x"):
+            assert 30 * day - 60 <= ttl <= 30 * day, key
+        elif family == "ap":
+            assert window - 60 <= ttl <= window, key
+        elif family in ("ch", "cd"):
+            assert ttl > 30 * day, key
+        else:
+            assert (family, ttl) == ("t", -1), key
+    assert {"e", "x", "ap", "ch", "cd", "t"} <= set(families)

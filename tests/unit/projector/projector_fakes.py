@@ -64,7 +64,7 @@ def decode_message(message: Message) -> dict[str, Any]:
         "gate": [message.gate[i : i + 24] for i in range(0, len(message.gate), 24)],
         "events": [events[i : i + 5] for i in range(0, len(events), 5)],
         "effects": [effects[i : i + 4] for i in range(0, len(effects), 4)],
-        "entities": [entities[i : i + 8] for i in range(0, len(entities), 8)],
+        "entities": [entities[i : i + 7] for i in range(0, len(entities), 7)],
     }
 
 

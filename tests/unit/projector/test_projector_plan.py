@@ -6,12 +6,15 @@ import time
 from datetime import timedelta
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from projector_fakes import REGISTRY, SHARD, decode_message, decoded, event, records_of, synthetic
 
 from schemas.read_models import ENTITY_RETENTION, project
 from workers.batcher.dedupe import DedupeLayout
 from workers.projector import keys
-from workers.projector.plan import HINCRBY, ZINCRBY, GateConfig, Planner
+from workers.projector.plan import HINCRBY, ZINCRBY, GateConfig, Planner, _tail
+from workers.projector.store import parse_entity
 
 NS = keys.Namespace("rm:plan:")
 NOW = int(time.time())
@@ -84,19 +87,19 @@ def test_an_entity_is_sent_once_per_chunk_with_its_highest_version() -> None:
     plan = planner().plan_events([late, early], now=NOW, target="")
     msg = decode_message(plan.messages[0])
     assert len(msg["entities"]) == 1
-    key, version, tag, state, first, ix, score, entity_id = msg["entities"][0]
+    key, version, first, tail, ix, score, entity_id = msg["entities"][0]
     p_late, p_early = project(late), project(early)
     assert p_late is not None and p_early is not None
-    assert (key, version, tag, first, ix, score, entity_id) == (
+    assert (key, version, first, ix, score, entity_id) == (
         keys.entity_key("cust_0001", "user", "u1"),
         p_late.version,
-        "page_view/1",
         p_early.version[:18],
         "",
         0,
         "u1",
     )
-    assert msgspec.json.decode(state)["title"] == "late"
+    assert tail.startswith("01100000page_view/1{")
+    assert msgspec.json.decode(tail[len("01100000page_view/1") :])["title"] == "late"
     assert [row[4] for row in msg["events"]] == [1, 1]  # both events point at it
 
 
@@ -136,3 +139,47 @@ def test_big_batches_are_cut_into_chunks() -> None:
     plan = planner(chunk_events=100).plan_events(events, now=NOW, target="", emit=sent.append)
     assert [len(decode_message(m)["gate"]) for m in plan.messages] == [100, 100, 50]
     assert sent == plan.messages
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tag=st.text(min_size=1, max_size=40),
+    index=st.text(max_size=300),
+    # JSON states are UTF-8; sizes around the msgpack str8/str16/str32 limits
+    state=st.one_of(
+        st.text(max_size=300), st.integers(0, 70_000).map(lambda n: "é" * (n // 2) + "x" * (n % 2))
+    ),
+)
+def test_a_tail_is_a_msgpack_string_of_the_value_after_the_counters(tag: str, index: str, state: str) -> None:
+    """The script stores the tail as it is: parse_entity must read tag, index key and state back."""
+    raw = _tail(tag, index, state.encode())
+    [tail] = msgspec.msgpack.decode(msgspec.msgpack.encode([raw]), type=list[str])
+    value = b"9" * 50 + b"1" * 18 + b"%010d" % 3 + tail.encode()
+    state_back, index_back = parse_entity(value)
+    assert (state_back.type_tag, index_back, state_back.state, state_back.events) == (
+        tag,
+        index,
+        state.encode(),
+        3,
+    )
+
+
+def test_an_indexed_entity_carries_its_index_key_in_the_tail() -> None:
+    booked = event(
+        "appointment_booked",
+        1,
+        {
+            "appointment_id": "a1",
+            "provider_id": "dr_ünal",
+            "patient_id": "pat_1",
+            "starts_at": "2024-06-01T09:00:00Z",
+            "duration_minutes": 30,
+            "status": "booked",
+        },
+    )
+    msg = decode_message(planner().plan_events([booked], now=NOW, target="").messages[0])
+    _key, _version, _first, tail, ix, score, entity_id = msg["entities"][0]
+    assert ix == keys.index_key("cust_0001", "calendar", "dr_ünal") and entity_id == "a1"
+    assert score == 1717232400
+    state, index = parse_entity(b"0" * 78 + tail.encode())
+    assert (state.type_tag, index) == ("appointment_booked/1", ix)
