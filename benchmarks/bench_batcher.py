@@ -252,11 +252,11 @@ def hotpath(args: argparse.Namespace) -> None:
                         buf.add_valid(record, event)
             batch = buf.seal(FlushReason.RECORDS)
             with stages.time("2 dedupe pack (uuid, hour, crc)"):
-                ids = layout.pack_rows(batch.rows)
+                ids = layout.pack_rows(batch.rows())
             with stages.time("3 redis check (1 round trip)"):
                 checked = dedupe.check("b" + batch.last.sequence_number, ids)
             with stages.time("4 arrow build"):
-                tables = build_tables(registry, batch.rows)
+                tables = build_tables(registry, batch)
             with stages.time("5 parquet encode (zstd)"):
                 writes = encode_objects(batch, tables, checked.seen)
             with stages.time("6 write files"):
@@ -376,8 +376,8 @@ def memory(args: argparse.Namespace) -> None:
     tracemalloc.stop()
     raw = sum(len(r.binary_data) for r in records) / len(records)
     print(
-        f"  one buffered event: {held / len(records):.0f} bytes allocated (tracemalloc: decoded Event, "
-        f"row tuple, list/set slots; mean record {raw:.0f} bytes, not kept), budget estimate "
+        f"  one buffered event: {held / len(records):.0f} bytes allocated (tracemalloc: decoded values, "
+        f"flat row tuple, list/set slots; mean record {raw:.0f} bytes, not kept), budget estimate "
         f"{buf.memory / len(records):.0f} bytes"
     )
 

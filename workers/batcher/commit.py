@@ -26,20 +26,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.consumer.processor import Checkpointer, CheckpointError
 from pipeline.errors import ShardhouseError, TerminalError, TransientError
 from pipeline.manifest import BatchObject
 from pipeline.retry import Backoff, call_with_retry
 from workers.batcher import parquet, plan
-from workers.batcher.buffer import Batch, Row
+from workers.batcher.buffer import Batch
 from workers.batcher.dedupe import DedupeCheck, DedupeLayout
 from workers.batcher.sinks import Announcer, DedupeStore, ObjectStore, StoredObject
 
@@ -125,8 +126,7 @@ def commit(batch: Batch, deps: FlushDeps, *, shard_end: bool = False) -> Pending
     """
     timer = _Timer()
     bid = plan.batch_id_of(deps.stream, batch)
-    rows = batch.rows
-    ids = deps.layout.pack_rows(rows)
+    ids = deps.layout.pack_rows(batch.rows())
     invalid_by_reason: dict[str, int] = {}
     for rejected in batch.rejected:
         invalid_by_reason[rejected.reason] = invalid_by_reason.get(rejected.reason, 0) + 1
@@ -140,7 +140,7 @@ def commit(batch: Batch, deps: FlushDeps, *, shard_end: bool = False) -> Pending
 
     if checked.batch_committed:
         result.outcome = "skipped"
-        result.duplicates_redis = len(rows)
+        result.duplicates_redis = len(ids)
     else:
         result.duplicates_redis = sum(checked.seen)
         kept_ids = [i for i, dup in zip(ids, checked.seen, strict=True) if not dup]
@@ -180,7 +180,7 @@ def commit(batch: Batch, deps: FlushDeps, *, shard_end: bool = False) -> Pending
             )
     result.step_seconds = timer.laps
     # The pending commit outlives this call by a batch: keep the position, not the rows.
-    slim = dataclasses.replace(batch, rows=[], rejected=[])
+    slim = dataclasses.replace(batch, types=[], rejected=[])
     return PendingCommit(slim, result, mark, shard_end, timer.total)
 
 
@@ -208,26 +208,18 @@ def _retry(deps: FlushDeps, fn: Callable[[], T], what: str) -> T:
 
 
 Encoded = tuple[plan.GroupKey, str, bytes, plan.ObjectMeta]  # group, key, Parquet bytes, metadata
+# A group's rows: (indexes of its rows among the batch's dedupe ids, its Arrow table).
+Tables = dict[plan.GroupKey, tuple[Any, Any]]
 
 
-def group_positions(rows: Sequence[Row]) -> dict[plan.GroupKey, list[int]]:
-    """Indexes of the batch's rows per (customer, type, version), in first-seen order."""
-    positions: dict[plan.GroupKey, list[int]] = {}
-    for index, row in enumerate(rows):
-        ev = row[0]
-        positions.setdefault((ev.customer_id, ev.type, ev.version), []).append(index)
-    return positions
-
-
-def encode_group(
-    batch: Batch, group: plan.GroupKey, where: Sequence[int], table: Any, seen: Sequence[bool]
-) -> Encoded | None:
-    """The group's table without the rows Redis has seen, as Parquet (None if nothing is left)."""
-    mask = [not seen[i] for i in where]
-    if not any(mask):
-        return None
-    if not all(mask):
-        table = table.filter(pa.array(mask, type=pa.bool_()))
+def encode_group(batch: Batch, group: plan.GroupKey, where: Any, table: Any, seen: Any) -> Encoded | None:
+    """The group's table without the rows Redis has seen, as Parquet (None if nothing is left).
+    ``seen``: one bool per dedupe id of the batch (an Arrow array); ``where``: the group's ids."""
+    dup = seen.take(where)
+    if dup.true_count:
+        if dup.true_count == len(dup):
+            return None
+        table = table.filter(pc.invert(dup))
     body, meta = parquet.encode(table)
     return group, plan.object_key(batch, group), body, meta
 
@@ -235,39 +227,65 @@ def encode_group(
 def _check_and_encode(
     batch: Batch, deps: FlushDeps, bid: str, ids: Sequence[bytes]
 ) -> tuple[DedupeCheck, list[Encoded]]:
-    """Redis answers while this thread builds the Arrow tables; then the groups are encoded on
-    the pool (pyarrow's Parquet writer releases the GIL). Measured: encoding while still building
-    loses to this order — the builders' Python and the encoders' fight over the GIL."""
-    rows = batch.rows
-    if not rows:  # only dead letters: their write-once key is all the idempotence they need
+    """Redis answers while this thread builds the Arrow tables, one event type at a time; once the
+    answer is in, each type's groups go to the pool to be encoded (pyarrow's Parquet writer
+    releases the GIL) while the next type is built."""
+    if not ids:  # only dead letters: their write-once key is all the idempotence they need
         return DedupeCheck(batch_committed=False, seen=[]), []
     pool = deps.executor
     pending = pool.submit(_retry, deps, lambda: deps.dedupe.check(bid, ids), f"dedupe check {bid}")
-    tables = build_tables(deps.registry, rows)
+    built: list[tuple[plan.GroupKey, Any, Any]] = []
+    encodes: list[Future[Encoded | None]] = []
+    seen: Any = None
+    for type_tables in iter_tables(deps.registry, batch):
+        built += type_tables
+        if seen is None and pending.done():
+            checked = pending.result()
+            if checked.batch_committed:
+                return checked, []
+            seen = seen_array(checked.seen, len(ids))
+        if seen is not None:
+            encodes += [pool.submit(encode_group, batch, g, where, table, seen) for g, where, table in built]
+            built = []
     checked = pending.result()
     if checked.batch_committed:
         return checked, []
-    encodes = [
-        pool.submit(encode_group, batch, group, where, table, checked.seen)
-        for group, (where, table) in tables.items()
-    ]
+    if seen is None:
+        seen = seen_array(checked.seen, len(ids))
+    encodes += [pool.submit(encode_group, batch, g, where, table, seen) for g, where, table in built]
     return checked, [enc for enc in (f.result() for f in encodes) if enc is not None]
 
 
-def build_tables(registry: Registry, rows: Sequence[Row]) -> dict[plan.GroupKey, tuple[list[int], Any]]:
-    """One Arrow table per group over *all* rows, with each row's index in the batch (the dedupe
-    answer filters them afterwards)."""
-    return {
-        group: (where, parquet.build_table(registry.get(group[1], group[2]), [rows[i] for i in where]))
-        for group, where in group_positions(rows).items()
-    }
+def seen_array(seen: Sequence[bool], count: int) -> Any:
+    if len(seen) != count:
+        raise TerminalError(f"dedupe check: {len(seen)} answers for {count} ids")
+    return pa.array(seen, type=pa.bool_())
 
 
-def encode_objects(
-    batch: Batch, tables: dict[plan.GroupKey, tuple[list[int], Any]], seen: Sequence[bool]
-) -> list[Encoded]:
+def iter_tables(registry: Registry, batch: Batch) -> Iterator[list[tuple[plan.GroupKey, Any, Any]]]:
+    """Per event type of the batch: one Arrow table per (customer, type, version) over *all* its
+    rows, with the indexes of those rows among the batch's dedupe ids (``Batch.rows()`` order;
+    the dedupe answer filters them afterwards). Customers in order of first appearance."""
+    offset = 0
+    for group in batch.types:
+        et = registry.get(group.type, group.version)
+        whole = parquet.type_table(et, group, batch.shard_id)
+        yield [
+            ((customer, group.type, group.version), pc.add(where, offset) if offset else where, table)
+            for customer, where, table in parquet.split_by_customer(whole)
+        ]
+        offset += len(group.rows)
+
+
+def build_tables(registry: Registry, batch: Batch) -> Tables:
+    """:func:`iter_tables` as one dict: group → (dedupe id indexes, table)."""
+    return {g: (where, table) for part in iter_tables(registry, batch) for g, where, table in part}
+
+
+def encode_objects(batch: Batch, tables: Tables, seen: Sequence[bool]) -> list[Encoded]:
     """Sequential form of the encode step."""
-    encoded = (encode_group(batch, group, where, table, seen) for group, (where, table) in tables.items())
+    answers = seen_array(seen, sum(len(t.rows) for t in batch.types))
+    encoded = (encode_group(batch, group, where, table, answers) for group, (where, table) in tables.items())
     return [enc for enc in encoded if enc is not None]
 
 

@@ -32,13 +32,14 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from pipeline.errors import TerminalError, TransientError
+from workers.batcher.buffer import EVENT_ID, OCCURRED_AT
 
 if TYPE_CHECKING:
     from workers.batcher.buffer import Row
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 ID_BLOB_BYTES = 24
 _U32 = 0xFFFFFFFF
 _HEADER = struct.Struct(">II")
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +87,31 @@ class DedupeLayout:
         return _HEADER.pack(min(max(hour, 0), _U32), zlib.crc32(raw)) + raw
 
     def pack_rows(self, rows: Sequence[Row]) -> list[bytes]:
-        """:meth:`pack` for every buffered row (event first), with the lookups hoisted."""
-        header, crc32, fromhex, bucket = _HEADER.pack, zlib.crc32, bytes.fromhex, self.bucket_seconds
+        """:meth:`pack` for every buffered row (buffer.Row: event_id first, occurred_at third).
+
+        The UUIDs are decoded in one ``bytes.fromhex`` call (schemas guarantees the canonical
+        36-character form), and with hour buckets the hour comes from integer date arithmetic on
+        the aware UTC datetime instead of a float ``timestamp()`` (same value: both floor whole
+        hours since the epoch, and the float only differs near an hour's end after year 2200)."""
+        header, crc32 = _HEADER.pack, zlib.crc32
+        raws = bytes.fromhex("".join([row[EVENT_ID] for row in rows]).replace("-", ""))
+        if len(raws) != 16 * len(rows):
+            raise ValueError("not canonical UUIDs")
         out = []
+        start = 0
+        if self.bucket_seconds == 3600:
+            for row in rows:
+                raw = raws[start : start + 16]
+                start += 16
+                at = row[OCCURRED_AT]
+                hour = (at.toordinal() - _EPOCH_ORDINAL) * 24 + at.hour
+                out.append(header(hour if 0 <= hour <= _U32 else min(max(hour, 0), _U32), crc32(raw)) + raw)
+            return out
+        bucket = self.bucket_seconds
         for row in rows:
-            event = row[0]
-            raw = fromhex(event.event_id.replace("-", ""))
-            hour = int(event.occurred_at.timestamp()) // bucket
+            raw = raws[start : start + 16]
+            start += 16
+            hour = int(row[OCCURRED_AT].timestamp()) // bucket
             out.append(header(hour if 0 <= hour <= _U32 else min(max(hour, 0), _U32), crc32(raw)) + raw)
         return out
 

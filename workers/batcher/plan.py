@@ -8,7 +8,7 @@ replay of the same records derives the same names.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -35,20 +35,6 @@ def batch_day(batch: Batch) -> date:
 
 def batch_id_of(stream: str, batch: Batch) -> str:
     return batch_id(stream, batch.shard_id, batch.first.sequence_number, batch.last.sequence_number)
-
-
-def group_rows(rows: Iterable[Row]) -> dict[GroupKey, list[Row]]:
-    """Rows per (customer, type, version), in first-seen order (stable across replays)."""
-    groups: dict[GroupKey, list[Row]] = {}
-    for row in rows:
-        ev = row[0]
-        key = (ev.customer_id, ev.type, ev.version)
-        bucket = groups.get(key)
-        if bucket is None:
-            groups[key] = [row]
-        else:
-            bucket.append(row)
-    return groups
 
 
 def keep_unseen(rows: Sequence[Row], seen: Sequence[bool]) -> list[Row]:

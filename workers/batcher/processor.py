@@ -95,6 +95,7 @@ class BatcherProcessor:
             self.ctx.prom.records.labels(self.shard_id).inc(len(records))
         decode = self.ctx.registry.decode
         policy = self.policy
+        max_records, max_bytes = policy.max_records, policy.max_bytes
         buf = self.buffer
         for record in records:
             if buf.records and (
@@ -112,12 +113,14 @@ class BatcherProcessor:
                 added = buf.add_valid(record, event)
             if buf.records == 1:
                 self._age_deadline = buf.first_arrival_ms + policy.max_age_ms
-            if self._cut_due is None and (
-                buf.records >= policy.max_records or buf.raw_bytes >= policy.max_bytes
-            ):
+            if self._cut_due is None and (buf.records >= max_records or buf.raw_bytes >= max_bytes):
                 self._cut_due = policy.full(buf.records, buf.raw_bytes)
             if added:
-                self._account(added)
+                unreported = self._unreported + added
+                if unreported >= BUDGET_STEP_BYTES:
+                    self._account(added)
+                else:
+                    self._unreported = unreported  # (_account's first step, without the call)
         self._account(0, force=True)
         if self.buffer.records:
             if self._cut_due is not None:

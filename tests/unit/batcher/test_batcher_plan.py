@@ -19,6 +19,7 @@ from pipeline.manifest import BatchObject, decode_manifest, encode_manifest
 from schemas import load_registry
 from workers.batcher import plan
 from workers.batcher.buffer import Batch, Position, Rejected, ShardBuffer
+from workers.batcher.commit import build_tables
 from workers.batcher.dedupe import DedupeLayout, parse_check_reply, uuid_bytes
 from workers.batcher.policy import FlushReason
 
@@ -51,11 +52,18 @@ def _batch(datas: list[bytes], arrival_ms: int = 1714607999000) -> Batch:
     return buf.seal(FlushReason.RECORDS)
 
 
-def test_groups_in_first_seen_order() -> None:
-    batch = _batch([_event(1, "b"), _event(2, "a"), _event(3, "b", 2), _event(4, "b")])
-    groups = plan.group_rows(batch.rows)
-    assert list(groups) == [("b", "page_view", 1), ("a", "page_view", 1), ("b", "page_view", 2)]
-    assert [len(v) for v in groups.values()] == [2, 1, 1]
+def test_groups_type_by_type_customers_in_first_seen_order() -> None:
+    batch = _batch([_event(1, "b", 2), _event(2, "b"), _event(3, "a"), _event(4, "b"), _event(5, "a", 2)])
+    groups = build_tables(REGISTRY, batch)
+    assert list(groups) == [
+        ("b", "page_view", 2),
+        ("a", "page_view", 2),
+        ("b", "page_view", 1),
+        ("a", "page_view", 1),
+    ]
+    # rows keep their arrival order inside a group; positions index the batch's dedupe ids
+    assert groups[("b", "page_view", 1)][1].column("_sequence_number").to_pylist() == ["1001", "1003"]
+    assert [groups[g][0].to_pylist() for g in groups] == [[0], [1], [2, 4], [3]]
 
 
 def test_keys_come_from_stream_position_and_arrival_day() -> None:
@@ -84,7 +92,7 @@ def test_object_keys_parse_back(customer: str, first: int, span: int, arrival: i
         first=Position(str(first), 0),
         last=Position(str(first + span), 3),
         first_arrival_ms=arrival,
-        rows=[],
+        types=[],
         rejected=[],
         records=0,
         raw_bytes=0,
@@ -99,10 +107,10 @@ def test_object_keys_parse_back(customer: str, first: int, span: int, arrival: i
 
 def test_keep_unseen() -> None:
     batch = _batch([_event(1), _event(2), _event(3)])
-    kept = plan.keep_unseen(batch.rows, [False, True, False])
-    assert [r[2] for r in kept] == ["1000", "1002"]
+    kept = plan.keep_unseen(batch.rows(), [False, True, False])
+    assert [r[3] for r in kept] == ["1000", "1002"]
     with pytest.raises(ValueError):
-        plan.keep_unseen(batch.rows, [False])
+        plan.keep_unseen(batch.rows(), [False])
 
 
 def test_dead_letter_document_keeps_raw_bytes() -> None:
@@ -150,7 +158,7 @@ def test_rfc3339_is_utc_z() -> None:
 def test_pack_rows_matches_pack() -> None:
     lay = DedupeLayout.for_stream("s", 86400)
     batch = _batch([_event(1), _event(2, at=datetime(1960, 1, 1, tzinfo=UTC))])
-    assert lay.pack_rows(batch.rows) == [lay.pack(r[0].event_id, r[0].occurred_at) for r in batch.rows]
+    assert lay.pack_rows(batch.rows()) == [lay.pack(r[0], r[2]) for r in batch.rows()]
 
 
 def test_pack_is_hour_crc_and_uuid() -> None:
@@ -204,9 +212,8 @@ def test_parse_check_reply() -> None:
         parse_check_reply(b"01", 3)
 
 
-def test_rows_hold_what_to_columns_needs() -> None:
+def test_rows_hold_the_position_and_the_shard_column() -> None:
     batch = _batch([_event(1), _event(2)])
-    et = REGISTRY.get("page_view", 1)
-    cols = et.to_columns(batch.rows)
-    assert cols["_sequence_number"] == ["1000", "1001"]
-    assert cols["_shard_id"] == [SHARD, SHARD]
+    ((_, table),) = build_tables(REGISTRY, batch).values()
+    assert table.column("_sequence_number").to_pylist() == ["1000", "1001"]
+    assert table.column("_shard_id").to_pylist() == [SHARD, SHARD]

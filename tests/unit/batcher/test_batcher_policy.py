@@ -80,7 +80,7 @@ def test_buffer_keeps_first_occurrence_and_position() -> None:
     assert buf.add_valid(_record(10, arrival=5), a) > ROW_OVERHEAD_BYTES
     assert buf.add_valid(_record(11), a) == 0  # the same event_id again: dropped, counted
     buf.add_invalid(_record(12, b"nope"), "bad_json", "not json")
-    assert (buf.records, buf.duplicates, len(buf.rows), len(buf.rejected)) == (3, 1, 1, 1)
+    assert (buf.records, buf.duplicates, buf.valid, len(buf.rejected)) == (3, 1, 1, 1)
     batch = buf.seal(FlushReason.RECORDS)
     assert (batch.first.sequence_number, batch.last.sequence_number, batch.first_arrival_ms) == (
         "10",
@@ -88,8 +88,12 @@ def test_buffer_keeps_first_occurrence_and_position() -> None:
         5,
     )
     assert batch.raw_bytes == 204 and batch.duplicates_in_batch == 1
-    assert batch.rows == [(a, "shardId-000000000000", "10", 0)]
-    assert buf.records == 0 and not buf.rows and not buf.ids
+    # one flat row: envelope, position, payload values in the payload struct's field order
+    assert batch.rows() == [(a.event_id, "c", a.occurred_at, "10", 0, "u", "x", None, None, None)]
+    assert [(t.type, t.version, t.columns[5:]) for t in batch.types] == [
+        ("page_view", 1, ("user_id", "url", "title", "duration_ms", "scroll_depth"))
+    ]
+    assert buf.records == 0 and not buf.types and not buf.ids
 
 
 def test_budget_asks_the_largest_and_releases() -> None:
