@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from pipeline.clients import ClientFactory
+from pipeline.memo import IdentityMemo
 from pipeline.settings import Settings
 from schemas import Registry, load_registry
 from workers.batcher.budget import MemoryBudget
@@ -96,16 +97,9 @@ def build_context(
     )
 
 
-_contexts_lock = threading.Lock()
-_contexts: dict[tuple[int, int], tuple[ClientFactory, Settings, BatcherContext]] = {}
+_contexts: IdentityMemo[BatcherContext] = IdentityMemo(build_context)
 
 
 def context_for(clients: ClientFactory, settings: Settings) -> BatcherContext:
     """The process's shared context for this (clients, settings) pair."""
-    key = (id(clients), id(settings))
-    with _contexts_lock:
-        entry = _contexts.get(key)
-        if entry is None or entry[0] is not clients or entry[1] is not settings:
-            entry = (clients, settings, build_context(clients, settings))
-            _contexts[key] = entry
-        return entry[2]
+    return _contexts.get(clients, settings)

@@ -8,7 +8,6 @@ so metrics cost nothing on the hot path.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 
+from pipeline.memo import IdentityMemo
 from workers.batcher.buffer import Batch
 from workers.batcher.commit import FlushResult
 
@@ -101,18 +101,12 @@ class PromMetrics:
         )
 
 
-_prom_lock = threading.Lock()
-_prom_by_registry: dict[int, tuple[CollectorRegistry, PromMetrics]] = {}
+_prom_by_registry: IdentityMemo[PromMetrics] = IdentityMemo(PromMetrics)
 
 
 def prom_metrics(registry: CollectorRegistry) -> PromMetrics:
     """One PromMetrics per registry (a series may be registered only once per registry)."""
-    with _prom_lock:
-        entry = _prom_by_registry.get(id(registry))
-        if entry is None or entry[0] is not registry:
-            entry = (registry, PromMetrics(registry))
-            _prom_by_registry[id(registry)] = entry
-        return entry[1]
+    return _prom_by_registry.get(registry)
 
 
 def record_flush(

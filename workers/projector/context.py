@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 
 from pipeline.clients import ClientFactory
+from pipeline.memo import IdentityMemo
 from pipeline.settings import Settings
 from schemas import Registry, load_registry
 from schemas.read_models import ENTITY_RETENTION
@@ -35,18 +36,9 @@ class PromMetrics:
     pending: Gauge
 
 
-_prom_lock = threading.Lock()
-_prom_by_registry: dict[int, tuple[CollectorRegistry, PromMetrics]] = {}
-
-
 def prom_metrics(registry: CollectorRegistry) -> PromMetrics:
     """One PromMetrics per registry (a series may be registered only once per registry)."""
-    with _prom_lock:
-        entry = _prom_by_registry.get(id(registry))
-        if entry is None or entry[0] is not registry:
-            entry = (registry, _new_metrics(registry))
-            _prom_by_registry[id(registry)] = entry
-        return entry[1]
+    return _prom_by_registry.get(registry)
 
 
 def _new_metrics(registry: CollectorRegistry) -> PromMetrics:
@@ -87,6 +79,9 @@ def _new_metrics(registry: CollectorRegistry) -> PromMetrics:
             registry=registry,
         ),
     )
+
+
+_prom_by_registry: IdentityMemo[PromMetrics] = IdentityMemo(_new_metrics)
 
 
 @dataclass
@@ -167,16 +162,9 @@ def build_context(
     )
 
 
-_contexts_lock = threading.Lock()
-_contexts: dict[tuple[int, int], tuple[ClientFactory, Settings, ProjectorContext]] = {}
+_contexts: IdentityMemo[ProjectorContext] = IdentityMemo(build_context)
 
 
 def context_for(clients: ClientFactory, settings: Settings) -> ProjectorContext:
     """The process's context for this factory and settings (created on first use)."""
-    key = (id(clients), id(settings))
-    with _contexts_lock:
-        entry = _contexts.get(key)
-        if entry is None or entry[0] is not clients or entry[1] is not settings:
-            entry = (clients, settings, build_context(clients, settings))
-            _contexts[key] = entry
-        return entry[2]
+    return _contexts.get(clients, settings)
