@@ -8,12 +8,19 @@ from collections import defaultdict
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def scrape(port: int, *, timeout: float = 1.0) -> dict[str, float]:
-    """Sum every sample of each series name (labels folded); {} when the role is not up."""
+def _exposition(port: int, timeout: float) -> str | None:
+    """The role's /metrics text; None when it is not up."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
-            text = resp.read().decode()
+            return str(resp.read().decode())
     except OSError:
+        return None
+
+
+def scrape(port: int, *, timeout: float = 1.0) -> dict[str, float]:
+    """Sum every sample of each series name (labels folded); {} when the role is not up."""
+    text = _exposition(port, timeout)
+    if text is None:
         return {}
     totals: dict[str, float] = defaultdict(float)
     maxima: dict[str, float] = {}
@@ -42,10 +49,8 @@ def histogram_buckets(ports: list[int], name: str, *, timeout: float = 1.0) -> d
     roles at ``ports``; {} when none exposes it."""
     out: dict[float, float] = defaultdict(float)
     for port in ports:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
-                text = resp.read().decode()
-        except OSError:
+        text = _exposition(port, timeout)
+        if text is None:
             continue
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

@@ -33,7 +33,7 @@ from pipeline.servers import stack as local_stack
 from pipeline.servers.process import free_port, pid_alive, port_open
 from pipeline.settings import Settings, load_settings
 from pipeline.synthetic import SyntheticConfig, SyntheticRecord, generate
-from workers.projector.keys import Namespace
+from workers.projector.keys import Namespace, glob_escape
 from workers.projector.store import ProjectionStore
 
 
@@ -301,7 +301,7 @@ def projected_events(run: DemoRun) -> int:
         if gen is None:
             return 0
         client = run.clients.redis()
-        pattern = f"{store.namespace.generation_pattern(gen)[:-1]}cd:*"
+        pattern = f"{glob_escape(store.namespace.generation(gen))}cd:*"  # the daily counters
         return sum(int(v) for key in client.scan_iter(match=pattern, count=1000) for v in client.hvals(key))
     except Exception:
         return 0

@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 from pipeline.aws_errors import error_code
 from pipeline.clients import ClientFactory
@@ -130,12 +132,12 @@ def _shard_view(kinesis: KinesisClient, stream: str, app: str, lease: Lease, now
     cp = lease.checkpoint
     view = ShardView(app, lease.lease_key, lease.lease_owner, _checkpoint_text(cp))
     if cp.sequence_number in (SHARD_END, LATEST):
-        return ShardView(**{**vars(view), "millis_behind": 0})
+        return replace(view, millis_behind=0)
     try:
         behind, age = shard_position(kinesis, stream, lease.lease_key, cp, now)
     except Exception:
         return view  # unknown (trimmed, resharded away, or the stream is unreachable)
-    return ShardView(**{**vars(view), "millis_behind": behind, "checkpoint_age_s": age})
+    return replace(view, millis_behind=behind, checkpoint_age_s=age)
 
 
 def _checkpoint_text(cp: ExtendedSequenceNumber) -> str:
@@ -191,8 +193,6 @@ def _queue(clients: ClientFactory, name: str) -> QueueView:
 
 
 def _customers(clients: ClientFactory, ledger_query: Callable[[], Any]) -> list[CustomerLoad]:
-    import psycopg
-
     with clients.warehouse() as conn:
         try:
             rows: Sequence[Sequence[Any]] = conn.execute(ledger_query()).fetchall()
