@@ -68,7 +68,8 @@ from workers.batcher import BatcherContext, BatcherProcessor
 from workers.batcher.budget import MemoryBudget
 from workers.batcher.buffer import ShardBuffer
 from workers.batcher.commit import FlushDeps, build_tables, encode_objects
-from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore, listpack_cap
+from workers.batcher.context import tune_interpreter
+from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore
 from workers.batcher.policy import FlushPolicy, FlushReason
 from workers.batcher.sinks import StoredObject
 
@@ -150,8 +151,9 @@ def redis_server() -> Iterator[redis.Redis]:
 def context(
     client: redis.Redis, store: Any, *, stream: str, worker: WorkerSettings, executor: ThreadPoolExecutor
 ) -> BatcherContext:
+    tune_interpreter(worker)
     registry = load_registry()
-    layout = DedupeLayout.for_stream(stream, 3600, ids_per_hash=listpack_cap(client) - 1)
+    layout = DedupeLayout.for_stream(stream, 3600)
     deps = FlushDeps(
         stream=stream,
         bucket="local",
@@ -390,8 +392,7 @@ def redis_bytes(args: argparse.Namespace) -> None:
     with redis_server() as client:
         if os.environ.get("REDIS_URL"):
             print("REDIS_URL is set: measuring on a shared server, numbers include other traffic")
-        cap = listpack_cap(client)
-        layout = DedupeLayout.for_stream("mem", 86400, ids_per_hash=cap - 1)
+        layout = DedupeLayout.for_stream("mem", 86400)
         store = RedisDedupeStore(client, layout)
         now = datetime.now(UTC)
         client.flushdb()
@@ -411,24 +412,17 @@ def redis_bytes(args: argparse.Namespace) -> None:
         info = client.info("memory")
         used = int(info["used_memory"]) - before
         per_id = used / n
-        enc: Counter[str] = Counter()
         levels: Counter[str] = Counter()
         sizes = []
-        for i, key in enumerate(client.scan_iter(match="dd:mem:*", count=10_000)):
+        for i, key in enumerate(client.scan_iter(match=f"{layout.prefix}*", count=10_000)):
             parts = key.decode().split(":")
             levels[parts[3]] += 1
             if i % 50 == 0:
-                encoding: Any = client.object("encoding", key)
-                enc[encoding.decode() if isinstance(encoding, bytes) else str(encoding)] += 1
                 sizes.append(client.memory_usage(key) or 0)
-        limit: Any = client.config_get("hash-max-listpack-entries")
-        print(
-            f"{n:,} ids in one hour bucket; {cap - 1} ids + the full marker per hash "
-            f"(server hash-max-listpack-entries {limit.get('hash-max-listpack-entries')}):"
-        )
+        print(f"{n:,} ids in one hour bucket; {layout.ids_per_key} ids per full key:")
         print(f"  used_memory +{used / MiB:.1f} MiB -> {per_id:.1f} bytes per id")
-        print(f"  hashes per level: {dict(sorted(levels.items()))}; sampled encodings: {dict(enc)}")
-        print(f"  MEMORY USAGE of sampled hashes: median {statistics.median(sizes):.0f} bytes")
+        print(f"  keys per level: {dict(sorted(levels.items()))}")
+        print(f"  MEMORY USAGE of sampled keys: median {statistics.median(sizes):.0f} bytes")
         print(
             f"  check {1e6 * check_s / n:.2f} µs/id, mark {1e6 * mark_s / n:.2f} µs/id "
             f"(batches of {batch:,}; {elapsed:.0f} s incl. id generation)"

@@ -106,6 +106,8 @@ class WorkerSettings:
     flush_bytes: int = 32 * 1024 * 1024
     flush_age_seconds: float = 30.0
     max_buffer_bytes: int = 256 * 1024 * 1024
+    # sys.setswitchinterval for batcher processes (0 = leave Python's 5 ms): see workers.batcher.context
+    gil_switch_interval_ms: float = 1.0
     metrics_port: int = 0  # 0 = no metrics endpoint
 
 

@@ -29,9 +29,15 @@ class BudgetHandle:
         """Account for ``nbytes`` more; a decision only when the process is over its limit."""
         return self._budget._add(self, nbytes)
 
-    def release(self) -> None:
-        """The buffer was flushed or dropped."""
-        self._budget._release(self)
+    def seal(self) -> int:
+        """The buffer was cut: its bytes stay accounted until ``release(bytes)`` (its commit let
+        the rows go); returns them."""
+        self.flush_requested = False
+        return self.held
+
+    def release(self, nbytes: int | None = None) -> None:
+        """``nbytes`` of a sealed buffer are gone; everything when None (the buffer was dropped)."""
+        self._budget._release(self, nbytes)
 
     def close(self) -> None:
         self._budget._close(self)
@@ -68,11 +74,13 @@ class MemoryBudget:
                 largest.flush_requested = True
             return decision
 
-    def _release(self, handle: BudgetHandle) -> None:
+    def _release(self, handle: BudgetHandle, nbytes: int | None = None) -> None:
         with self._lock:
-            self._total -= handle.held
-            handle.held = 0
-            handle.flush_requested = False
+            gone = handle.held if nbytes is None else min(nbytes, handle.held)
+            self._total -= gone
+            handle.held -= gone
+            if nbytes is None:
+                handle.flush_requested = False
 
     def _close(self, handle: BudgetHandle) -> None:
         self._release(handle)

@@ -6,9 +6,13 @@
     4. mark     Redis: the batch's ids and the batch marker
     5. checkpoint at the batch's last record (or SHARD_END)
 
-:func:`commit` runs steps 1-3 and starts 4; :func:`finish` waits for 4 and runs 5. The processor
-calls ``finish`` before its next flush (or at once when caught up, at shutdown and at shard end),
-so Redis marks batch N while batch N+1 is being decoded. Each batch still goes 1 → 5 in order.
+:func:`check` runs step 1 on the processor's thread (it builds the Arrow tables: Python work
+that would only fight the decoder for the GIL elsewhere) and starts the encoding; :func:`commit`
+runs steps 2-4 — waiting on the encoding pool, S3, SQS and Redis — on the processor's commit
+thread; :func:`finish` waits for them and does 5 on the processor's thread (the checkpointer
+belongs to it). The processor calls ``finish`` before its next flush (or at once when caught up,
+at shutdown and at shard end), so batch N is written, announced and marked while batch N+1 is
+being decoded, and batch N+1 is only checked once N is marked. Each batch goes 1 → 5 in order.
 
 Why this order (DESIGN §4.2 and §4.3): nothing is checkpointed before it is durable in S3 and
 announced; ids are marked seen only once their batch is announced, because a false "seen" would
@@ -23,7 +27,6 @@ lease moved: :class:`LeaseLost`, and the processor stops.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -105,47 +108,74 @@ class FlushResult:
     reused_objects: int = 0  # found in S3 from an earlier attempt
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
     step_seconds: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0  # steps 1-5, not counting the wait between commit and checkpoint
+
+
+Encoded = tuple[plan.GroupKey, str, bytes, plan.ObjectMeta]  # group, key, Parquet bytes, metadata
+# A group's rows: (indexes of its rows among the batch's dedupe ids, its Arrow table).
+Tables = dict[plan.GroupKey, tuple[Any, Any]]
+
+
+class Abandoned(ShardhouseError):
+    """The processor gave the shard up (lease lost) while this batch was being committed."""
+
+
+@dataclass
+class Checked:
+    """A batch after step 1: Redis' answer is in, its objects are being encoded on the pool."""
+
+    batch: Batch
+    batch_id: str
+    ids: list[bytes]
+    answer: DedupeCheck
+    encodes: list[Future[Encoded | None]]
+    seconds: float
 
 
 @dataclass
 class PendingCommit:
-    """A batch whose steps 1-3 are done and whose step 4 (mark) is running on the pool."""
+    """A batch whose steps 2-4 run on the commit thread; its checkpoint (5) is still due."""
 
-    batch: Batch
-    result: FlushResult
-    mark: Future[int] | None
+    batch: Batch  # slim: the position only, the rows stay with the commit
+    work: Future[FlushResult]
     shard_end: bool
-    seconds: float  # time spent in commit() itself
 
 
-def commit(batch: Batch, deps: FlushDeps, *, shard_end: bool = False) -> PendingCommit:
-    """Steps 1-3 of a flush, and step 4 started; :func:`finish` completes 4 and does 5.
-
-    The split lets Redis mark one batch while the processor decodes the next one; the order of
-    each batch's steps is unchanged, and nothing is checkpointed until its mark has completed.
-    """
-    timer = _Timer()
+def check(batch: Batch, deps: FlushDeps) -> Checked:
+    """Step 1 on the caller's thread: Redis answers while this thread builds the Arrow tables the
+    answer filters (the GIL-bound part of a flush); encoding starts on the pool."""
+    started = time.perf_counter()
     bid = plan.batch_id_of(deps.stream, batch)
     ids = deps.layout.pack_rows(batch.rows())
+    answer, encodes = _check_and_encode(batch, deps, bid, ids)
+    return Checked(batch, bid, ids, answer, encodes, time.perf_counter() - started)
+
+
+def commit(
+    checked: Checked, deps: FlushDeps, *, abandoned: Callable[[], bool] = lambda: False
+) -> FlushResult:
+    """Steps 2-4 (waits on I/O and on the encoding pool, little Python); :func:`finish` does 5.
+    ``abandoned`` is asked before each step that writes (S3, SQS, Redis): once the shard is given
+    up, nothing more is written for it."""
+    timer = _Timer()
+    batch, bid, ids, answer = checked.batch, checked.batch_id, checked.ids, checked.answer
     invalid_by_reason: dict[str, int] = {}
     for rejected in batch.rejected:
         invalid_by_reason[rejected.reason] = invalid_by_reason.get(rejected.reason, 0) + 1
-
-    # 1. check — Redis answers while this thread builds the Arrow tables the answer filters.
-    checked, writes = _check_and_encode(batch, deps, bid, ids)
-    timer.lap("check+parquet")
     result = FlushResult(batch_id=bid, outcome="written", invalid_by_reason=invalid_by_reason)
     result.dead_letters = len(batch.rejected)
-    mark: Future[int] | None = None
 
-    if checked.batch_committed:
+    if answer.batch_committed:
         result.outcome = "skipped"
         result.duplicates_redis = len(ids)
     else:
-        result.duplicates_redis = sum(checked.seen)
-        kept_ids = [i for i, dup in zip(ids, checked.seen, strict=True) if not dup]
+        result.duplicates_redis = sum(answer.seen)
+        kept_ids = [i for i, dup in zip(ids, answer.seen, strict=True) if not dup]
+        writes = [enc for enc in (f.result() for f in checked.encodes) if enc is not None]
+        timer.lap("parquet")
 
         # 2. write — objects and dead letters, in parallel, each write-once.
+        _stop_if(abandoned, bid)
         dead = plan.dead_letter_document(deps.stream, batch.shard_id, batch.rejected)
         stored = _write_all(deps, batch, writes, dead, bid)
         result.objects = [obj for obj, _ in stored]
@@ -157,6 +187,7 @@ def commit(batch: Batch, deps: FlushDeps, *, shard_end: bool = False) -> Pending
 
         # 3. announce
         if result.objects:
+            _stop_if(abandoned, bid)
             manifests = plan.build_manifests(
                 stream=deps.stream,
                 bucket=deps.bucket,
@@ -173,24 +204,27 @@ def commit(batch: Batch, deps: FlushDeps, *, shard_end: bool = False) -> Pending
         timer.lap("announce")
         deps.crash(ANNOUNCED)
 
-        # 4. mark (started) — only what was announced becomes "seen".
+        # 4. mark — only what was announced becomes "seen".
         if result.objects:
-            mark = deps.executor.submit(
-                _retry, deps, lambda: deps.dedupe.mark(bid, kept_ids), f"dedupe mark {bid}"
-            )
-    result.step_seconds = timer.laps
-    # The pending commit outlives this call by a batch: keep the position, not the rows.
-    slim = dataclasses.replace(batch, types=[], rejected=[])
-    return PendingCommit(slim, result, mark, shard_end, timer.total)
+            _stop_if(abandoned, bid)
+            _retry(deps, lambda: deps.dedupe.mark(bid, kept_ids), f"dedupe mark {bid}")
+        timer.lap("mark")
+    result.step_seconds = {"check+arrow": checked.seconds, **timer.laps}
+    result.seconds = checked.seconds + timer.total
+    return result
+
+
+def _stop_if(abandoned: Callable[[], bool], bid: str) -> None:
+    if abandoned():
+        raise Abandoned(f"batch {bid}: shard given up, not writing")
 
 
 def finish(pending: PendingCommit, checkpointer: Checkpointer, deps: FlushDeps) -> FlushResult:
-    """Step 4 completed, then step 5: the checkpoint at the batch's last record (or SHARD_END)."""
+    """Steps 1-4 completed, then step 5: the checkpoint at the batch's last record (or SHARD_END)."""
     timer = _Timer()
-    result, batch = pending.result, pending.batch
-    if pending.mark is not None:
-        pending.mark.result()  # re-raises the mark's error: no checkpoint then
-    timer.lap("mark")
+    result = pending.work.result()  # re-raises the commit's error: no checkpoint then
+    batch = pending.batch
+    timer.lap("wait")
     if result.outcome != "skipped":
         deps.crash(MARKED)
     if pending.shard_end:
@@ -200,16 +234,12 @@ def finish(pending: PendingCommit, checkpointer: Checkpointer, deps: FlushDeps) 
     timer.lap("checkpoint")
     deps.crash(CHECKPOINTED)
     result.step_seconds.update(timer.laps)
+    result.seconds += timer.laps["checkpoint"]
     return result
 
 
 def _retry(deps: FlushDeps, fn: Callable[[], T], what: str) -> T:
     return call_with_retry(fn, what=what, backoff=deps.backoff, sleep=deps.sleep)
-
-
-Encoded = tuple[plan.GroupKey, str, bytes, plan.ObjectMeta]  # group, key, Parquet bytes, metadata
-# A group's rows: (indexes of its rows among the batch's dedupe ids, its Arrow table).
-Tables = dict[plan.GroupKey, tuple[Any, Any]]
 
 
 def encode_group(batch: Batch, group: plan.GroupKey, where: Any, table: Any, seen: Any) -> Encoded | None:
@@ -226,7 +256,7 @@ def encode_group(batch: Batch, group: plan.GroupKey, where: Any, table: Any, see
 
 def _check_and_encode(
     batch: Batch, deps: FlushDeps, bid: str, ids: Sequence[bytes]
-) -> tuple[DedupeCheck, list[Encoded]]:
+) -> tuple[DedupeCheck, list[Future[Encoded | None]]]:
     """Redis answers while this thread builds the Arrow tables, one event type at a time; once the
     answer is in, each type's groups go to the pool to be encoded (pyarrow's Parquet writer
     releases the GIL) while the next type is built."""
@@ -253,7 +283,7 @@ def _check_and_encode(
     if seen is None:
         seen = seen_array(checked.seen, len(ids))
     encodes += [pool.submit(encode_group, batch, g, where, table, seen) for g, where, table in built]
-    return checked, [enc for enc in (f.result() for f in encodes) if enc is not None]
+    return checked, encodes
 
 
 def seen_array(seen: Sequence[bool], count: int) -> Any:

@@ -9,6 +9,7 @@ shard at a time.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,11 +19,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from pipeline.clients import ClientFactory
 from pipeline.memo import IdentityMemo
-from pipeline.settings import Settings
+from pipeline.settings import Settings, WorkerSettings
 from schemas import Registry, load_registry
 from workers.batcher.budget import MemoryBudget
 from workers.batcher.commit import FlushDeps
-from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore, listpack_cap
+from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore
 from workers.batcher.metrics import PromMetrics, ShardMetrics, prom_metrics
 from workers.batcher.policy import FlushPolicy
 from workers.batcher.sinks import S3ObjectStore, SqsAnnouncer
@@ -71,12 +72,9 @@ def build_context(
     store: S3ObjectStore | None = None,
 ) -> BatcherContext:
     """A fresh context (tests use this directly to get their own budget and names)."""
+    tune_interpreter(settings.worker)
     redis_client = clients.redis()
-    layout = DedupeLayout.for_stream(
-        settings.resources.stream,
-        settings.redis.dedupe_window_seconds,
-        ids_per_hash=listpack_cap(redis_client) - 1,
-    )
+    layout = DedupeLayout.for_stream(settings.resources.stream, settings.redis.dedupe_window_seconds)
     deps = FlushDeps(
         stream=settings.resources.stream,
         bucket=settings.resources.bucket,
@@ -95,6 +93,15 @@ def build_context(
         deps=deps,
         prom=prom_metrics(prom_registry) if prom_registry is not None else None,
     )
+
+
+def tune_interpreter(worker: WorkerSettings) -> None:
+    """Shorten the GIL switch interval (process-wide). A flush's helper threads (Redis, the
+    Parquet encoders, S3) need the GIL back for a moment after each wait, and with Python's 5 ms
+    default each such moment queues behind the thread decoding the next batch: on one shard that
+    cost a third of the throughput (docs/benchmarks.md, batcher)."""
+    if worker.gil_switch_interval_ms > 0:
+        sys.setswitchinterval(worker.gil_switch_interval_ms / 1000)
 
 
 _contexts: IdentityMemo[BatcherContext] = IdentityMemo(build_context)

@@ -1,29 +1,29 @@
-"""Exact event_id dedupe in Redis at 21-26 bytes per remembered id (a plain key per id: 133).
+"""Exact event_id dedupe in Redis at ~19-20 bytes per remembered id (a plain key per id: 133).
 
-Layout (pure, below) — ids live as 16-byte binary fields (value ``""``) of small hashes:
+Layout (pure, below) — ids live as 16-byte binary records packed into plain string values:
 
-    <prefix><hour>:<level>:<slot>      prefix = "dd:<stream>:", hour = occurred_at // 3600
+    <prefix><hour>:<level>:<slot>      prefix = "seen:<stream>:", hour = occurred_at // 3600
 
 * **Hour bucket of the event's own ``occurred_at``**: a retried or replayed event carries the same
-  ``occurred_at``, so one path finds it; each write refreshes the TTL of every hash on its path
+  ``occurred_at``, so one path finds it; each write refreshes the TTL of every key on its path
   to the window, so an id is remembered for at least the window and a parent never expires
   before its children.
-* **Levels**: level 0 has ``2**base_bits`` (4,096) slots per hour; a hash holds ``ids_per_hash``
-  (126) ids, then gets the field ``""`` ("full") and its ids spill to its 16 children one level
-  down (slot = CRC-32 mod ``2**(base_bits + level*level_bits)``). A lookup walks down only while
-  the hash it searched is full. The structure sizes itself to the hour's volume and every hash
-  stays in Redis' compact listpack encoding (127 entries, under any ``hash-max-listpack-entries``
-  of at least 128; the default is 512) without server tuning, which ElastiCache would not allow.
-  127 entries fill a 2,560-byte jemalloc size class exactly (128 would round up to 3,072), and a
-  listpack lookup is a linear scan, so small hashes are also fast ones.
+* **Levels**: level 0 has ``2**base_bits`` (4,096) slots per hour; a key holds ``ids_per_key``
+  (511) ids and is then full: its ids continue in its 16 children one level down (slot = CRC-32
+  mod ``2**(base_bits + level*level_bits)``). A lookup walks down only while the key it searched
+  is full, so the structure sizes itself to the hour's volume (one level up to 2 M ids an hour).
+* **Strings, not hashes**: a lookup is a ``memchr``-driven search of at most 8 KB inside the
+  script, after one ``GET`` per key (a hash's listpack compares field by field, and a deep level
+  cost one call per id); 511 ids (8,176 bytes + header) fill an 8 KiB jemalloc size class, and
+  strings have no encoding thresholds to tune (ElastiCache refuses CONFIG).
 * The slot hash is CRC-32 of the id, not a prefix of it: time-ordered UUIDs (v7) share prefixes.
 
-Exact by construction: an id is "seen" only if its 16 bytes are a field of a hash. Anything that
-makes Redis forget (restart, FLUSHALL, eviction, a producer that changes ``occurred_at`` on retry)
-can only produce a *missed* duplicate, which the inserter's merge on event_id removes — never a
-false "seen". The batch marker ``<prefix>b:<batch_id>`` is set in the same script, after the
-batch was announced, so a new owner replaying the same records skips straight to the checkpoint.
-Measurements: docs/batcher.md.
+Exact by construction: an id is "seen" only if its 16 bytes sit at a 16-byte boundary of a key
+on its path. Anything that makes Redis forget (restart, FLUSHALL, eviction, a producer that
+changes ``occurred_at`` on retry) can only produce a *missed* duplicate, which the inserter's
+merge on event_id removes — never a false "seen". The batch marker ``<prefix>b:<batch_id>`` is
+set in the same script, after the batch was announced, so a new owner replaying the same records
+skips straight to the checkpoint. Measurements: docs/batcher.md.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -55,7 +55,7 @@ class DedupeLayout:
     prefix: str
     window_seconds: int = 24 * 3600
     bucket_seconds: int = 3600
-    ids_per_hash: int = 126
+    ids_per_key: int = 511
     base_bits: int = 12
     level_bits: int = 4
     max_level: int = 5
@@ -63,14 +63,14 @@ class DedupeLayout:
     def __post_init__(self) -> None:
         if self.base_bits + self.level_bits * self.max_level > 32:
             raise ValueError("slot space beyond the 32-bit id hash")
-        if not 1 <= self.ids_per_hash <= 511:
-            raise ValueError(f"ids_per_hash {self.ids_per_hash} outside 1..511")
+        if not 1 <= self.ids_per_key <= 65_535:
+            raise ValueError(f"ids_per_key {self.ids_per_key} outside 1..65535")
         if self.window_seconds <= 0 or self.bucket_seconds <= 0:
             raise ValueError("window and bucket must be positive")
 
     @classmethod
-    def for_stream(cls, stream: str, window_seconds: int, *, ids_per_hash: int = 126) -> DedupeLayout:
-        return cls(prefix=f"dd:{stream}:", window_seconds=window_seconds, ids_per_hash=ids_per_hash)
+    def for_stream(cls, stream: str, window_seconds: int) -> DedupeLayout:
+        return cls(prefix=f"seen:{stream}:", window_seconds=window_seconds)
 
     @property
     def base_slots(self) -> int:
@@ -118,7 +118,7 @@ class DedupeLayout:
     def batch_key(self, batch_id: str) -> str:
         return f"{self.prefix}b:{batch_id}"
 
-    def hash_key(self, hour: int, level: int, id_hash: int) -> str:
+    def key_of(self, hour: int, level: int, id_hash: int) -> str:
         """The key a Lua walk visits at ``level`` (mirror of the scripts, for tests and docs)."""
         slots = self.base_slots * self.fanout**level
         return f"{self.prefix}{hour}:{level}:{id_hash % slots}"
@@ -126,7 +126,7 @@ class DedupeLayout:
     def path(self, blob: bytes) -> list[str]:
         """Every key on an id's walk, level 0 first."""
         hour, id_hash = _HEADER.unpack_from(blob)
-        return [self.hash_key(hour, level, id_hash) for level in range(self.max_level + 1)]
+        return [self.key_of(hour, level, id_hash) for level in range(self.max_level + 1)]
 
 
 def uuid_bytes(event_id: str) -> bytes:
@@ -163,26 +163,13 @@ def classify_redis(exc: BaseException, what: str) -> TransientError | TerminalEr
 
 
 def _script(name: str) -> str:
-    return resources.files("workers.batcher").joinpath(name).read_text()
+    """A dedupe script with the shared walk (dedupe_walk.lua) in front of it."""
+    folder = resources.files("workers.batcher")
+    return folder.joinpath("dedupe_walk.lua").read_text() + folder.joinpath(name).read_text()
 
 
-def listpack_cap(client: redis.Redis, default: int = 127) -> int:
-    """Entries per hash (ids + the full marker): 127, or fewer if the server converts hashes to
-    hashtables sooner. ElastiCache refuses CONFIG; then at least 128 is assumed (both Redis'
-    built-in default and ElastiCache's parameter group say 512)."""
-    try:
-        reply: Any = client.config_get("hash-max-listpack-entries")
-        entries = int(reply.get("hash-max-listpack-entries", 128))
-        value: Any = client.config_get("hash-max-listpack-value")
-        if int(value.get("hash-max-listpack-value", 64)) < 16:
-            return default  # fields of 16 bytes will not be listpack anyway; keep the layout
-    except (redis.RedisError, ValueError, TypeError):
-        return default  # ElastiCache (no CONFIG), or not reachable yet: Redis' own default
-    return max(1, min(default, entries))
-
-
-# A script call blocks Redis while it runs (~5 µs per id): batches beyond this many ids are sent
-# in several calls, so no call holds the server for more than ~0.5 s.
+# A script call blocks Redis while it runs (~1-3 µs per id): batches beyond this many ids are sent
+# in several calls, so no call holds the server for more than a few tenths of a second.
 MAX_IDS_PER_CALL = 100_000
 
 
@@ -198,7 +185,7 @@ class RedisDedupeStore:
 
     def _args(self) -> list[str | int]:
         lay = self.layout
-        return [lay.prefix, lay.ids_per_hash, lay.base_slots, lay.fanout, lay.max_level]
+        return [lay.prefix, lay.ids_per_key, lay.base_slots, lay.fanout, lay.max_level]
 
     def check(self, batch_id: str | None, ids: Sequence[bytes]) -> DedupeCheck:
         """Batch marker first (asked with the first chunk), then one flag per id."""

@@ -14,10 +14,12 @@ It decodes and buffers records, decides cuts (policy.py), and hands sealed batch
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from pipeline.consumer.processor import (
@@ -33,7 +35,16 @@ from pipeline.errors import ShardhouseError
 from schemas import InvalidEvent
 from workers.batcher.budget import BudgetHandle
 from workers.batcher.buffer import ShardBuffer
-from workers.batcher.commit import LeaseLost, PendingCommit, checkpoint, commit, finish
+from workers.batcher.commit import (
+    Checked,
+    FlushResult,
+    LeaseLost,
+    PendingCommit,
+    check,
+    checkpoint,
+    commit,
+    finish,
+)
 from workers.batcher.context import BatcherContext
 from workers.batcher.metrics import ShardMetrics, record_flush
 from workers.batcher.policy import FlushReason, may_cut_between
@@ -58,7 +69,7 @@ class BatcherProcessor:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.ctx = context
-        self.deps = context.deps if crash is None else replace(context.deps, crash=crash)
+        self.deps = context.deps if crash is None else dataclasses.replace(context.deps, crash=crash)
         self.policy = context.policy
         self.clock_ms = clock_ms
         self.shard_id = ""
@@ -68,7 +79,10 @@ class BatcherProcessor:
         self._cut_due: FlushReason | None = None
         self._age_deadline = 0  # arrival time (ms) at which the open batch is flush_age old
         self._unreported = 0  # buffered bytes not yet reported to the budget
-        self._tail: PendingCommit | None = None  # flushed batch whose mark + checkpoint are due
+        self._tail: PendingCommit | None = None  # sealed batch being committed; its checkpoint is due
+        # One commit thread per shard: batch N is committed while N+1 is decoded, in order.
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher-commit")
+        self._abandoned = threading.Event()  # set when the shard is given up: in-flight commit stops
         self._failed: BaseException | None = None
         self._stopped = False
 
@@ -194,29 +208,40 @@ class BatcherProcessor:
     # -- flushing -----------------------------------------------------------------------------
 
     def _flush(self, reason: FlushReason, ckpt: Checkpointer, *, shard_end: bool = False) -> None:
-        """Seal the buffer and commit it; the previous batch's checkpoint comes first."""
+        """Seal the buffer and start its commit; the previous batch's checkpoint comes first, so
+        a batch is only checked against Redis once the one before it is marked."""
         self._finish_tail(ckpt)
         if self._stopped:
             return
         batch = self.buffer.seal(reason)
         self._cut_due = None
         self._unreported = 0
-        if self._budget is not None:
-            self._budget.release()
-        self._tail = self._guard(lambda: commit(batch, self.deps, shard_end=shard_end))
+        sealed = self._budget.seal() if self._budget is not None else 0
+        checked = self._guard(lambda: check(batch, self.deps))
+        if checked is None:
+            return
+        work = self._committer.submit(self._commit, checked, self._budget, sealed)
+        position = dataclasses.replace(batch, types=[], rejected=[])
+        self._tail = PendingCommit(position, work, shard_end)
         if shard_end:
             self._finish_tail(ckpt)
 
+    def _commit(self, checked: Checked, budget: BudgetHandle | None, sealed: int) -> FlushResult:
+        """On the commit thread; the batch's bytes leave the budget when its rows are let go."""
+        try:
+            return commit(checked, self.deps, abandoned=self._abandoned.is_set)
+        finally:
+            if budget is not None:
+                budget.release(sealed)
+
     def _finish_tail(self, ckpt: Checkpointer) -> None:
-        """Wait for the last flush's Redis mark, then checkpoint it."""
+        """Wait for the last flush's commit (through its Redis mark), then checkpoint it."""
         pending, self._tail = self._tail, None
         if pending is None:
             return
-        started = time.perf_counter()
         result = self._guard(lambda: finish(pending, ckpt, self.deps))
         if result is not None:
-            seconds = pending.seconds + time.perf_counter() - started
-            record_flush(self.metrics, self.ctx.prom, pending.batch, result, seconds)
+            record_flush(self.metrics, self.ctx.prom, pending.batch, result, result.seconds)
 
     def _guard(self, step: Callable[[], T]) -> T | None:
         """Run a flush or checkpoint; turn lease loss into *stopped* and errors into *failed*."""
@@ -245,7 +270,8 @@ class BatcherProcessor:
             raise ShardFailed(f"{self.shard_id}: an earlier flush failed ({self._failed}); restart the shard")
 
     def _drop(self) -> None:
-        self._tail = None  # its mark may still land: harmless, the batch was announced
+        self._abandoned.set()  # an in-flight commit writes nothing more (what it wrote is harmless)
+        self._tail = None
         self.buffer.clear()
         self._cut_due = None
         self._unreported = 0
@@ -253,6 +279,7 @@ class BatcherProcessor:
             self._budget.release()
 
     def _close(self) -> None:
+        self._committer.shutdown(wait=False)
         if self._budget is not None:
             self._budget.close()
             self._budget = None

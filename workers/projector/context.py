@@ -19,10 +19,9 @@ from pipeline.memo import IdentityMemo
 from pipeline.settings import Settings
 from schemas import Registry, load_registry
 from schemas.read_models import ENTITY_RETENTION
-from workers.batcher.dedupe import listpack_cap
 from workers.projector import keys
 from workers.projector.plan import DEFAULT_CHUNK_EVENTS, GateConfig, Planner
-from workers.projector.store import ProjectionStore
+from workers.projector.store import ProjectionStore, listpack_cap
 
 
 @dataclass

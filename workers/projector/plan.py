@@ -80,7 +80,7 @@ class GateConfig:
             prefix=prefix,
             window_seconds=self.window_seconds,
             bucket_seconds=self.bucket_seconds,
-            ids_per_hash=self.ids_per_hash,
+            ids_per_key=self.ids_per_hash,
             base_bits=self.base_bits,
             level_bits=self.level_bits,
             max_level=self.max_level,

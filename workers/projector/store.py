@@ -25,6 +25,22 @@ _BACKOFF: Final = Backoff(base=0.05, cap=2.0, max_attempts=6)
 SCAN_COUNT: Final = 1000
 
 
+def listpack_cap(client: redis.Redis, default: int = 127) -> int:
+    """Entries per gate hash (ids + the count field): 127, or fewer if the server converts hashes
+    to hashtables sooner. ElastiCache refuses CONFIG; then at least 128 is assumed (both Redis'
+    built-in default and ElastiCache's parameter group say 512)."""
+    try:
+        reply: Any = client.config_get("hash-max-listpack-entries")
+        entries = int(reply.get("hash-max-listpack-entries", 128))
+        value: Any = client.config_get("hash-max-listpack-value")
+        if int(value.get("hash-max-listpack-value", 64)) < 16:
+            return default  # fields of 16 bytes will not be listpack anyway; keep the layout
+    except (redis.RedisError, ValueError, TypeError):
+        return default  # ElastiCache (no CONFIG), or not reachable yet: Redis' own default
+    return max(1, min(default, entries))
+
+
+
 def _script(name: str) -> str:
     return resources.files("workers.projector").joinpath(name).read_text()
 

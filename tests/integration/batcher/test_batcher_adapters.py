@@ -13,7 +13,7 @@ from batcher_harness import make_env
 from pipeline.clients import ClientFactory
 from pipeline.manifest import FORMAT, BatchManifest, BatchObject, decode_manifest
 from pipeline.settings import Settings
-from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore, listpack_cap
+from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore
 from workers.batcher.sinks import MiB, S3ObjectStore, SqsAnnouncer
 
 pytestmark = pytest.mark.integration
@@ -30,9 +30,14 @@ def _evalsha_calls(client: redis.Redis) -> int:
 
 def test_dedupe_is_exact_across_levels_in_one_round_trip(clients: ClientFactory, unique_name: str) -> None:
     client = clients.redis()
-    # Tiny level 0 (4 slots) so 20,000 ids spill through several levels of full hashes.
+    # Tiny level 0 (4 keys of 50 ids) so 20,000 ids spill through several levels of full keys.
     layout = DedupeLayout(
-        prefix=f"dd:{unique_name}:", window_seconds=600, base_bits=2, level_bits=4, max_level=6
+        prefix=f"seen:{unique_name}:",
+        window_seconds=600,
+        ids_per_key=50,
+        base_bits=2,
+        level_bits=4,
+        max_level=6,
     )
     store = RedisDedupeStore(client, layout)
     marked = [layout.pack(str(uuid.uuid4()), NOW) for _ in range(20_000)]
@@ -46,14 +51,35 @@ def test_dedupe_is_exact_across_levels_in_one_round_trip(clients: ClientFactory,
     assert store.check("b1", fresh).batch_committed  # the batch marker
     again = store.check("other", marked + fresh)
     assert again.seen == [True] * 20_000 + [False] * 20_000  # exact: no false "seen"
-    keys = list(client.scan_iter(match=f"dd:{unique_name}:*", count=1000))
+    keys = list(client.scan_iter(match=f"seen:{unique_name}:*", count=1000))
     levels = {k.decode().split(":")[3] for k in keys if b":b:" not in k}
     assert len(levels) >= 3
     for key in keys[:200]:
         assert 0 < client.ttl(key) <= 600
         if b":b:" not in key:
-            assert client.object("encoding", key) == b"listpack"
-            assert client.hlen(key) <= layout.ids_per_hash + 1
+            size = client.strlen(key)
+            assert size % 16 == 0 and 0 < size <= 16 * layout.ids_per_key
+    # Each id is stored once, on its path, below full keys only (so a walk reaches it).
+    full = {k for k in keys if client.strlen(k) == 16 * layout.ids_per_key}
+    for blob in marked[:300]:
+        path = [k.encode() for k in layout.path(blob)]
+        values = [client.get(k) or b"" for k in path]
+        homes = [
+            n for n, v in enumerate(values) if any(v[i : i + 16] == blob[8:] for i in range(0, len(v), 16))
+        ]
+        assert len(homes) == 1 and set(path[: homes[0]]) <= full
+
+
+def test_dedupe_matches_whole_ids_only(clients: ClientFactory, unique_name: str) -> None:
+    """16 bytes that straddle two stored ids are not an id: only aligned matches count."""
+    client = clients.redis()
+    layout = DedupeLayout(prefix=f"seen:{unique_name}:", window_seconds=600, base_bits=0)  # one key
+    store = RedisDedupeStore(client, layout)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    store.mark(None, [layout.pack(str(a), NOW), layout.pack(str(b), NOW)])
+    straddling = uuid.UUID(bytes=a.bytes[8:] + b.bytes[:8])
+    answer = store.check(None, [layout.pack(str(straddling), NOW), layout.pack(str(b), NOW)])
+    assert answer.seen == [False, True]
 
 
 def test_dedupe_marks_are_idempotent_and_hour_scoped(clients: ClientFactory, unique_name: str) -> None:
@@ -64,10 +90,6 @@ def test_dedupe_marks_are_idempotent_and_hour_scoped(clients: ClientFactory, uni
     store.mark(None, [now])
     store.mark(None, [now])
     assert store.check(None, [now, later]).seen == [True, False]
-
-
-def test_listpack_cap_reads_the_server(clients: ClientFactory) -> None:
-    assert listpack_cap(clients.redis()) == 127  # redis-server's default allows 512 entries
 
 
 def test_s3_write_once_and_multipart(clients: ClientFactory, settings: Settings, unique_name: str) -> None:

@@ -13,6 +13,7 @@ from pipeline.consumer.processor import Record
 from pipeline.settings import Settings
 from pipeline.synthetic import SyntheticConfig, generate
 from workers.projector.plan import GateConfig
+from workers.projector.store import listpack_cap
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +87,8 @@ def test_every_written_key_gets_its_lifetime(settings: Settings, unique_name: st
         else:
             assert (family, ttl) == ("t", -1), key
     assert {"e", "x", "ap", "ch", "cd", "t"} <= set(families)
+
+
+def test_listpack_cap_reads_the_server(settings: Settings, unique_name: str) -> None:
+    env: Env = make_env(settings, unique_name)
+    assert listpack_cap(env.clients.redis()) == 127  # redis-server's default allows 512 entries

@@ -44,11 +44,14 @@ class MemoryStore:
         self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
         self.puts = 0
         self.fail_with: Exception | None = None
+        self.gate: threading.Event | None = None  # when set: every put waits for it first
         self._lock = threading.Lock()
 
     def put_once(
         self, key: str, body: bytes, *, metadata: Mapping[str, str], content_type: str
     ) -> StoredObject:
+        if self.gate is not None:
+            self.gate.wait(10)
         with self._lock:
             self.puts += 1
             if self.fail_with is not None:
@@ -81,15 +84,18 @@ class MemoryDedupe:
         self.batches: set[str] = set()
         self.checks = 0
         self.marks = 0
+        self.calls: list[str] = []  # "check" / "mark", in the order they came
 
     def check(self, batch_id: str | None, ids: Sequence[bytes]) -> DedupeCheck:
         self.checks += 1
+        self.calls.append("check")
         if batch_id in self.batches:
             return DedupeCheck(True, [])
         return DedupeCheck(False, [i in self.ids for i in ids])
 
     def mark(self, batch_id: str | None, ids: Sequence[bytes]) -> int:
         self.marks += 1
+        self.calls.append("mark")
         new = set(ids) - self.ids
         self.ids |= new
         if batch_id:

@@ -196,7 +196,7 @@ def test_paths_fan_out_from_parent_slots() -> None:
     for level in range(1, len(slots)):
         # A child's slot reduces to its parent's slot: one parent per child hash.
         assert slots[level] % (lay.base_slots * lay.fanout ** (level - 1)) == slots[level - 1]
-    assert path[0].startswith("dd:s:")
+    assert path[0].startswith("seen:s:")
 
 
 def test_layout_refuses_slot_space_beyond_hash() -> None:
