@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -112,6 +112,7 @@ class FlushResult:
 
 
 Encoded = tuple[plan.GroupKey, str, bytes, plan.ObjectMeta]  # group, key, Parquet bytes, metadata
+Stored = tuple[BatchObject, StoredObject]  # the manifest's entry, and what S3 holds
 # A group's rows: (indexes of its rows among the batch's dedupe ids, its Arrow table).
 Tables = dict[plan.GroupKey, tuple[Any, Any]]
 
@@ -128,7 +129,7 @@ class Checked:
     batch_id: str
     ids: list[bytes]
     answer: DedupeCheck
-    encodes: list[Future[Encoded | None]]
+    stores: list[Future[Stored | None]]  # one per object: encoded, then written once (step 2)
     seconds: float
 
 
@@ -143,20 +144,20 @@ class PendingCommit:
 
 def check(batch: Batch, deps: FlushDeps) -> Checked:
     """Step 1 on the caller's thread: Redis answers while this thread builds the Arrow tables the
-    answer filters (the GIL-bound part of a flush); encoding starts on the pool."""
+    answer filters (the GIL-bound part of a flush); then step 2 starts on the pool."""
     started = time.perf_counter()
     bid = plan.batch_id_of(deps.stream, batch)
     ids = deps.layout.pack_rows(batch.rows())
-    answer, encodes = _check_and_encode(batch, deps, bid, ids)
-    return Checked(batch, bid, ids, answer, encodes, time.perf_counter() - started)
+    answer, stores = _check_and_store(batch, deps, bid, ids)
+    return Checked(batch, bid, ids, answer, stores, time.perf_counter() - started)
 
 
 def commit(
     checked: Checked, deps: FlushDeps, *, abandoned: Callable[[], bool] = lambda: False
 ) -> FlushResult:
-    """Steps 2-4 (waits on I/O and on the encoding pool, little Python); :func:`finish` does 5.
-    ``abandoned`` is asked before each step that writes (S3, SQS, Redis): once the shard is given
-    up, nothing more is written for it."""
+    """Steps 2-4 (waits on the pool, S3, SQS and Redis; little Python); :func:`finish` does 5.
+    ``abandoned`` is asked before each step that writes: once the shard is given up, nothing more
+    is announced or marked (object writes already under way finish: write-once keys, harmless)."""
     timer = _Timer()
     batch, bid, ids, answer = checked.batch, checked.batch_id, checked.ids, checked.answer
     invalid_by_reason: dict[str, int] = {}
@@ -171,13 +172,13 @@ def commit(
     else:
         result.duplicates_redis = sum(answer.seen)
         kept_ids = [i for i, dup in zip(ids, answer.seen, strict=True) if not dup]
-        writes = [enc for enc in (f.result() for f in checked.encodes) if enc is not None]
-        timer.lap("parquet")
-
-        # 2. write — objects and dead letters, in parallel, each write-once.
+        # 2. write — the objects (under way since the check answered), the dead letters; write-once.
+        stored = [obj for obj in (f.result() for f in checked.stores) if obj is not None]
         _stop_if(abandoned, bid)
         dead = plan.dead_letter_document(deps.stream, batch.shard_id, batch.rejected)
-        stored = _write_all(deps, batch, writes, dead, bid)
+        if dead:
+            dl_key = plan.dead_letter_key_of(deps.stream, batch)
+            _put(deps, dl_key, dead, {"batch-id": bid, "rows": "0"}, JSONL)
         result.objects = [obj for obj, _ in stored]
         result.reused_objects = sum(1 for _, s in stored if not s.created)
         result.rows_written = sum(o.rows for o in result.objects)
@@ -254,18 +255,36 @@ def encode_group(batch: Batch, group: plan.GroupKey, where: Any, table: Any, see
     return group, plan.object_key(batch, group), body, meta
 
 
-def _check_and_encode(
+def encode_and_store(
+    deps: FlushDeps, batch: Batch, bid: str, group: plan.GroupKey, where: Any, table: Any, seen: Any
+) -> Stored | None:
+    """Step 2 for one object, on the pool: encode it, then write it once. One task per object
+    rather than one to encode and one to write: every task costs GIL handoffs with the thread
+    decoding the next batch."""
+    encoded = encode_group(batch, group, where, table, seen)
+    if encoded is None:
+        return None
+    _, key, body, meta = encoded
+    obj = _put(deps, key, body, meta.to_s3(bid), PARQUET)
+    try:
+        stored_meta = plan.ObjectMeta.from_s3(dict(obj.metadata))  # an earlier attempt's, if it won
+    except (KeyError, ValueError) as exc:
+        raise TerminalError(f"s3 object {obj.key} exists but was not written by a batcher") from exc
+    return plan.batch_object(obj.key, group, stored_meta, obj.size), obj
+
+
+def _check_and_store(
     batch: Batch, deps: FlushDeps, bid: str, ids: Sequence[bytes]
-) -> tuple[DedupeCheck, list[Future[Encoded | None]]]:
+) -> tuple[DedupeCheck, list[Future[Stored | None]]]:
     """Redis answers while this thread builds the Arrow tables, one event type at a time; once the
-    answer is in, each type's groups go to the pool to be encoded (pyarrow's Parquet writer
-    releases the GIL) while the next type is built."""
+    answer is in, each type's objects go to the pool to be encoded (pyarrow's Parquet writer
+    releases the GIL) and written while the next type is built."""
     if not ids:  # only dead letters: their write-once key is all the idempotence they need
         return DedupeCheck(batch_committed=False, seen=[]), []
     pool = deps.executor
     pending = pool.submit(_retry, deps, lambda: deps.dedupe.check(bid, ids), f"dedupe check {bid}")
     built: list[tuple[plan.GroupKey, Any, Any]] = []
-    encodes: list[Future[Encoded | None]] = []
+    stores: list[Future[Stored | None]] = []
     seen: Any = None
     for type_tables in iter_tables(deps.registry, batch):
         built += type_tables
@@ -275,15 +294,15 @@ def _check_and_encode(
                 return checked, []
             seen = seen_array(checked.seen, len(ids))
         if seen is not None:
-            encodes += [pool.submit(encode_group, batch, g, where, table, seen) for g, where, table in built]
+            stores += [pool.submit(encode_and_store, deps, batch, bid, g, w, t, seen) for g, w, t in built]
             built = []
     checked = pending.result()
     if checked.batch_committed:
         return checked, []
     if seen is None:
         seen = seen_array(checked.seen, len(ids))
-    encodes += [pool.submit(encode_group, batch, g, where, table, seen) for g, where, table in built]
-    return checked, encodes
+    stores += [pool.submit(encode_and_store, deps, batch, bid, g, w, t, seen) for g, w, t in built]
+    return checked, stores
 
 
 def seen_array(seen: Sequence[bool], count: int) -> Any:
@@ -319,45 +338,12 @@ def encode_objects(batch: Batch, tables: Tables, seen: Sequence[bool]) -> list[E
     return [enc for enc in encoded if enc is not None]
 
 
-def _write_all(
-    deps: FlushDeps,
-    batch: Batch,
-    writes: Sequence[Encoded],
-    dead: bytes,
-    bid: str,
-) -> list[tuple[BatchObject, StoredObject]]:
-    def put(key: str, body: bytes, metadata: dict[str, str], content_type: str) -> StoredObject:
-        return _retry(
-            deps,
-            lambda: deps.store.put_once(key, body, metadata=metadata, content_type=content_type),
-            f"put {key}",
-        )
-
-    futures: list[tuple[plan.GroupKey, Future[StoredObject]]] = [
-        (group, deps.executor.submit(put, key, body, meta.to_s3(bid), PARQUET))
-        for group, key, body, meta in writes
-    ]
-    dl_future = None
-    if dead:
-        dl_key = plan.dead_letter_key_of(deps.stream, batch)
-        dl_future = deps.executor.submit(put, dl_key, dead, {"batch-id": bid, "rows": "0"}, JSONL)
-    everything: list[Future[StoredObject]] = [f for _, f in futures]
-    if dl_future is not None:
-        everything.append(dl_future)
-    wait(everything)
-    for fut in everything:
-        exc = fut.exception()
-        if exc is not None:
-            raise exc
-    stored = []
-    for group, fut in futures:
-        obj = fut.result()
-        try:
-            meta = plan.ObjectMeta.from_s3(dict(obj.metadata))
-        except (KeyError, ValueError) as exc:
-            raise TerminalError(f"s3 object {obj.key} exists but was not written by a batcher") from exc
-        stored.append((plan.batch_object(obj.key, group, meta, obj.size), obj))
-    return stored
+def _put(deps: FlushDeps, key: str, body: bytes, metadata: dict[str, str], content_type: str) -> StoredObject:
+    return _retry(
+        deps,
+        lambda: deps.store.put_once(key, body, metadata=metadata, content_type=content_type),
+        f"put {key}",
+    )
 
 
 def checkpoint(deps: FlushDeps, checkpointer: Checkpointer, seq: str | None, sub: int | None) -> None:

@@ -344,4 +344,4 @@ def test_one_json_log_line_per_flush(caplog: pytest.LogCaptureFixture) -> None:
     assert (
         lines[0]["rows_written"] == 2 and lines[0]["reason"] == "records" and lines[0]["outcome"] == "written"
     )
-    assert set(lines[0]["steps"]) >= {"check+arrow", "parquet", "write", "announce", "mark", "wait", "checkpoint"}
+    assert set(lines[0]["steps"]) >= {"check+arrow", "write", "announce", "mark", "wait", "checkpoint"}
