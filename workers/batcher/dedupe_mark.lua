@@ -2,10 +2,11 @@
 -- ARGV: prefix, ids_per_key, base_slots, fanout, max_level, ttl_seconds, batch_key, blob
 -- Level by level, each id goes into the first key on its path that has room (the deepest level
 -- takes any number). The ids were checked unseen just before, so presence is not re-tested (a
--- race with another shard can at worst store an id twice). A key is rewritten whole with SET (an
--- APPEND would leave Redis' doubled allocation behind: ~35 % more memory), and every key on a
--- walked path gets its TTL refreshed, so a parent never expires before its children and the
--- check's walk stays valid. Returns the number of ids stored.
+-- race with another shard can at worst store an id twice). Ids are APPENDed (no copy of what the
+-- key holds); a key that becomes full is rewritten once at its exact size, because APPEND grows
+-- an allocation by doubling (keys still filling carry that slack). Every key on a walked path
+-- gets its TTL refreshed, so a parent never expires before its children and the check's walk
+-- stays valid. Returns the number of ids stored.
 local prefix = ARGV[1]
 local cap = tonumber(ARGV[2])
 local slots = tonumber(ARGV[3])
@@ -22,20 +23,26 @@ for level = 0, max_level do
   local nxt = {}
   for n, key in ipairs(keys) do
     local members = lists[n]
-    local value = redis.call('GET', key) or ''
     local take = #members
+    local held = 0
     if level < max_level then
-      local room = cap - #value / 16
-      if room < take then take = room end
+      held = redis.call('STRLEN', key) / 16
+      if cap - held < take then take = cap - held end
       if take < 0 then take = 0 end
     end
     if take > 0 then
-      local parts = {value}
+      local parts = {}
       for j = 1, take do
         local o = (members[j] - 1) * 24 + 9
-        parts[j + 1] = sub(blob, o, o + 15)
+        parts[j] = sub(blob, o, o + 15)
       end
-      redis.call('SET', key, concat(parts), 'EX', ttl)
+      redis.call('APPEND', key, concat(parts))
+      if held + take == cap then
+        -- full for good: rewritten once at its exact size (APPEND grows by doubling)
+        redis.call('SET', key, redis.call('GET', key), 'EX', ttl)
+      else
+        redis.call('EXPIRE', key, ttl)
+      end
       stored = stored + take
     else
       redis.call('EXPIRE', key, ttl)
