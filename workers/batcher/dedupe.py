@@ -162,10 +162,13 @@ def classify_redis(exc: BaseException, what: str) -> TransientError | TerminalEr
     return TerminalError(msg)
 
 
+def with_walk(source: str) -> str:
+    """A Lua script with the shared id-set walk (dedupe_walk.lua) in front of it."""
+    return resources.files("workers.batcher").joinpath("dedupe_walk.lua").read_text() + source
+
+
 def _script(name: str) -> str:
-    """A dedupe script with the shared walk (dedupe_walk.lua) in front of it."""
-    folder = resources.files("workers.batcher")
-    return folder.joinpath("dedupe_walk.lua").read_text() + folder.joinpath(name).read_text()
+    return with_walk(resources.files("workers.batcher").joinpath(name).read_text())
 
 
 # A script call blocks Redis while it runs (~1-3 µs per id): batches beyond this many ids are sent

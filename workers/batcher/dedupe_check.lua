@@ -1,7 +1,7 @@
 -- shardhouse batcher: which event ids of a batch are already committed? (read-only)
 -- ARGV: prefix, ids_per_key, base_slots, fanout, max_level, batch_key, blob
--- One GET per key on the walk (not per id); an id missing from a full key is looked for one
--- level down. Returns "1" when the batch marker exists (the batch was committed by an earlier
+-- One MGET per level (per 1,000 keys) on the walk, not a call per key or id; an id missing from
+-- a full key is looked for one level down. Returns "1" when the batch marker exists (the batch was committed by an earlier
 -- owner), otherwise "0" followed by one "0"/"1" per id, in order.
 local prefix = ARGV[1]
 local full_len = tonumber(ARGV[2]) * 16
@@ -20,16 +20,20 @@ for level = 0, max_level do
   if #pending == 0 then break end
   local keys, lists = group(prefix, level, slots, buckets, hashes, pending)
   local nxt = {}
-  for n, key in ipairs(keys) do
-    local value = redis.call('GET', key)
-    if value then
-      local full = #value >= full_len
-      for _, i in ipairs(lists[n]) do
-        local o = (i - 1) * 24 + 9
-        if holds(value, sub(blob, o, o + 15)) then
-          seen[i] = '1'
-        elseif full then
-          nxt[#nxt + 1] = i
+  for first = 1, #keys, 1000 do -- one MGET per 1,000 keys, not one GET per key
+    local last = math.min(first + 999, #keys)
+    local values = redis.call('MGET', unpack(keys, first, last))
+    for n = first, last do
+      local value = values[n - first + 1]
+      if value then
+        local full = #value >= full_len
+        for _, i in ipairs(lists[n]) do
+          local o = (i - 1) * 24 + 9
+          if holds(value, sub(blob, o, o + 15)) then
+            seen[i] = '1'
+          elseif full then
+            nxt[#nxt + 1] = i
+          end
         end
       end
     end

@@ -1,10 +1,10 @@
--- shardhouse batcher: the id-set walk shared by dedupe_check.lua and dedupe_mark.lua (dedupe.py
--- prepends this file to each script when registering it; Redis scripts cannot import).
+-- shardhouse: the id-set walk shared by the batcher's dedupe_check.lua and dedupe_mark.lua and the
+-- projector's apply.lua (each is registered with this file in front; Redis scripts cannot import).
 -- blob: 24 bytes per id = bucket (u32 BE) | id hash (u32 BE) | 16-byte binary UUID.
--- Key of an id at a level: <prefix><bucket>:<level>:<id hash mod slots(level)>, a string of
--- 16-byte ids; slots(level) = base * fanout^level. A key holding `cap` ids is full, and only then
--- do ids continue one level down, so a walk stops at the first key that is not full.
-local TWO32 = 4294967296
+-- Key of an id at a level: <prefix><bucket>:<level>:<id hash mod slots(level)>, slots(level) =
+-- base * fanout^level (the batcher's keys are strings of 16-byte ids, the projector's gate keys
+-- hashes). A key holding `cap` ids is full, and only then do ids continue one level down, so a
+-- walk stops at the first key that is not full.
 local byte, sub, fmt, floor, find, concat = string.byte, string.sub, string.format, math.floor, string.find, table.concat
 
 -- Bucket and id hash of each id, and the list 1..count of ids still walking.
@@ -21,10 +21,12 @@ local function decode(blob)
 end
 
 -- The pending ids grouped by their key at a level: (key name, member indexes) in first-seen order.
+-- The group number bucket * slots + slot is exact below 2^53 (Lua numbers are doubles): hour
+-- buckets (< 2^20) with up to 2^32 slots, or second buckets (< 2^32) with up to 2^20 (GateConfig).
 local function group(prefix, level, slots, buckets, hashes, pending)
   local groups, order = {}, {}
   for _, i in ipairs(pending) do
-    local g = buckets[i] * TWO32 + hashes[i] % slots
+    local g = buckets[i] * slots + hashes[i] % slots
     local members = groups[g]
     if members == nil then
       groups[g] = {i}
@@ -35,7 +37,7 @@ local function group(prefix, level, slots, buckets, hashes, pending)
   end
   local keys, lists = {}, {}
   for n, g in ipairs(order) do
-    keys[n] = fmt('%s%d:%d:%d', prefix, floor(g / TWO32), level, g % TWO32)
+    keys[n] = fmt('%s%d:%d:%d', prefix, floor(g / slots), level, g % slots)
     lists[n] = groups[g]
   end
   return keys, lists

@@ -5,7 +5,8 @@
 -- For each target generation (live: <ns>current, created if missing, plus <ns>building while a
 -- rebuild runs; or exactly the generation a rebuild names):
 --   1. gate: which events are new to this generation. Check-and-insert into the applied set in
---      one walk over the batcher's self-sizing layout (workers/batcher/dedupe.py): hash
+--      one walk (group(): workers/batcher/dedupe_walk.lua, registered in front of this file) over
+--      the batcher's self-sizing layout (workers/batcher/dedupe.py): hash
 --      <gen>ap:<bucket>:<level>:<id hash mod slots(level)>, field = binary UUID, plus the field
 --      "#" = how many ids it holds. Ids go into the first hash on their path that has room; a
 --      hash at capacity is full for good, and only then do ids spill one level down, so a lookup
@@ -74,22 +75,10 @@ local function admit(gp)
   local slots = base
   for level = 0, max_level do
     if #pending == 0 then break end
-    local groups, order = {}, {}
-    for _, i in ipairs(pending) do
-      -- exact: bucket < 2^32 and slots <= 2^20 (GateConfig), so g < 2^52 (Lua numbers are doubles)
-      local g = buckets[i] * slots + hashes[i] % slots
-      local members = groups[g]
-      if members == nil then
-        groups[g] = {i}
-        order[#order + 1] = g
-      else
-        members[#members + 1] = i
-      end
-    end
+    local keys, lists = group(gp, level, slots, buckets, hashes, pending)
     local nxt = {}
-    for _, g in ipairs(order) do
-      local members = groups[g]
-      local key = fmt('%s%d:%d:%d', gp, floor(g / slots), level, g % slots)
+    for n, key in ipairs(keys) do
+      local members = lists[n]
       local held = nil
       local missing = {}
       for s = 1, #members, 4000 do

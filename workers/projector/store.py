@@ -15,7 +15,7 @@ import redis
 
 from pipeline.errors import TerminalError
 from pipeline.retry import Backoff, call_with_retry
-from workers.batcher.dedupe import classify_redis
+from workers.batcher.dedupe import classify_redis, with_walk
 from workers.projector import keys
 from workers.projector.fold import EntityState, ReadModels
 from workers.projector.plan import Message
@@ -71,7 +71,7 @@ class ProjectionStore:
         self.client = client
         self.namespace = namespace
         self.backoff = backoff
-        self._apply = client.register_script(_script("apply.lua"))
+        self._apply = client.register_script(with_walk(_script("apply.lua")))
         self._admin = client.register_script(_script("admin.lua"))
         self._read = client.register_script(_script("read.lua"))
 
