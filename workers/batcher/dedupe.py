@@ -1,4 +1,4 @@
-"""Exact event_id dedupe in Redis at ~19-20 bytes per remembered id (a plain key per id: 133).
+"""Exact event_id dedupe in Redis at 16-26 bytes per remembered id (a plain key per id: 133).
 
 Layout (pure, below) — ids live as 16-byte binary records packed into plain string values:
 
@@ -13,9 +13,10 @@ Layout (pure, below) — ids live as 16-byte binary records packed into plain st
   mod ``2**(base_bits + level*level_bits)``). A lookup walks down only while the key it searched
   is full, so the structure sizes itself to the hour's volume (one level up to 2 M ids an hour).
 * **Strings, not hashes**: a lookup is a ``memchr``-driven search of at most 8 KB inside the
-  script, after one ``GET`` per key (a hash's listpack compares field by field, and a deep level
-  cost one call per id); 511 ids (8,176 bytes + header) fill an 8 KiB jemalloc size class, and
-  strings have no encoding thresholds to tune (ElastiCache refuses CONFIG).
+  script, after one ``MGET`` per level (a hash's listpack compares field by field); a mark
+  ``APPEND``s, and a key that fills is rewritten once at its exact size: 511 ids (8,176 bytes +
+  header) in an 8 KiB jemalloc size class. Strings have no encoding thresholds to tune
+  (ElastiCache refuses CONFIG).
 * The slot hash is CRC-32 of the id, not a prefix of it: time-ordered UUIDs (v7) share prefixes.
 
 Exact by construction: an id is "seen" only if its 16 bytes sit at a 16-byte boundary of a key
