@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -189,4 +188,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -221,7 +221,7 @@ def apply_mode(args: argparse.Namespace, url: str) -> None:
 
 def memory_by_family(client: redis.Redis, ns: Namespace) -> dict[str, tuple[int, int]]:
     """Keys and MEMORY USAGE per key family of the current generation (ap = the applied set)."""
-    gen = client.get(ns.current)
+    gen: Any = client.get(ns.current)
     prefix = ns.generation(gen.decode() if gen else "1")
     out: dict[str, tuple[int, int]] = {}
     names = [k for k in client.scan_iter(match=prefix + "*", count=5000)]
@@ -345,7 +345,7 @@ def _direct_client(url: str, t: Targets, seconds: float, seed: int, out: Any) ->
     out.put((lat, 0))
 
 
-def _collect(procs: list[mp.Process], out: Any) -> tuple[list[float], int]:
+def _collect(procs: list[Any], out: Any) -> tuple[list[float], int]:
     lat: list[float] = []
     errors = 0
     for _ in procs:
