@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 import orjson
 import pytest
+from field_values import AWARE, field_value, text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -449,12 +450,7 @@ _JSON_SCALARS = (
     st.none()
     | st.booleans()
     | st.integers(-(2**63), 2**63 - 1)
-    | st.text(
-        alphabet=st.characters(
-            categories=["L", "M", "N", "P", "S", "Z", "Cc", "Cf", "Co"], blacklist_characters="\x00"
-        ),
-        max_size=20,
-    )
+    | text(20)
     | st.floats(allow_nan=False, allow_infinity=False)
 )
 _JSON_VALUES = st.recursive(
@@ -471,44 +467,10 @@ _JSON_VALUES = st.recursive(
     ),
     max_leaves=10,
 )
-_AWARE = st.datetimes(
-    min_value=datetime(1900, 1, 1),
-    max_value=datetime(2200, 1, 1),
-    timezones=st.sampled_from(
-        [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
-    ),
-)
-_TEXT = st.text(
-    alphabet=st.characters(
-        categories=["L", "M", "N", "P", "S", "Z", "Cc", "Cf", "Co"], blacklist_characters="\x00"
-    ),
-    max_size=40,
-)
 
 
 def _value(f: FieldDef) -> st.SearchStrategy[Any]:
-    if f.kind == "string":
-        return _TEXT if f.limit >= 40 else st.text(alphabet="abcXYZ€", max_size=f.limit)
-    if f.kind == "int":
-        return st.integers(-(2**63), 2**63 - 1)
-    if f.kind == "float":
-        return st.floats(allow_nan=False, allow_infinity=False)
-    if f.kind == "bool":
-        return st.booleans()
-    if f.kind == "timestamp":
-        return _AWARE
-    if f.kind == "decimal":
-        assert f.precision is not None and f.scale is not None
-        return st.decimals(
-            places=f.scale,
-            min_value=-(10 ** (f.precision - f.scale)) + 1,
-            max_value=10 ** (f.precision - f.scale) - 1,
-            allow_nan=False,
-            allow_infinity=False,
-        )
-    return st.lists(_JSON_VALUES, max_size=4) | st.dictionaries(
-        st.sampled_from("abc"), _JSON_VALUES, max_size=3
-    )
+    return field_value(f, text_size=40, json=_JSON_VALUES, json_items=4)
 
 
 @st.composite
@@ -523,7 +485,7 @@ def events(draw: st.DrawFn) -> tuple[EventType, dict[str, Any]]:
         "customer_id": draw(st.from_regex(r"\A[a-z0-9][a-z0-9_]{0,47}\Z")),
         "type": et.name,
         "version": et.version,
-        "occurred_at": draw(_AWARE),
+        "occurred_at": draw(AWARE),
         "payload": payload,
     }
     return et, event

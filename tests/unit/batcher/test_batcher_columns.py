@@ -7,11 +7,12 @@ from __future__ import annotations
 import struct
 import uuid
 import zlib
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from field_values import AWARE, field_value, text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,19 +29,7 @@ from workers.batcher.policy import FlushReason
 REGISTRY = load_registry()
 SHARD = "shardId-000000000003"
 
-_TEXT = st.text(
-    alphabet=st.characters(
-        categories=["L", "M", "N", "P", "S", "Z", "Cc", "Cf", "Co"], blacklist_characters="\x00"
-    ),
-    max_size=12,
-)
-_AWARE = st.datetimes(
-    min_value=datetime(1900, 1, 1),
-    max_value=datetime(2200, 1, 1),
-    timezones=st.sampled_from(
-        [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
-    ),
-)
+_TEXT = text(12)
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _TEXT | st.floats(allow_nan=False),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abé"), inner, max_size=3),
@@ -49,21 +38,7 @@ _JSON = st.recursive(
 
 
 def _value(f: FieldDef) -> st.SearchStrategy[Any]:
-    if f.kind == "string":
-        return _TEXT if f.limit >= 12 else st.text(alphabet="abcXYZ€", max_size=f.limit)
-    if f.kind == "int":
-        return st.integers(-(2**63), 2**63 - 1)
-    if f.kind == "float":
-        return st.floats(allow_nan=False, allow_infinity=False)
-    if f.kind == "bool":
-        return st.booleans()
-    if f.kind == "timestamp":
-        return _AWARE
-    if f.kind == "decimal":
-        assert f.precision is not None and f.scale is not None
-        bound = 10 ** (f.precision - f.scale) - 1
-        return st.decimals(places=f.scale, min_value=-bound, max_value=bound, allow_nan=False)
-    return st.lists(_JSON, max_size=3) | st.dictionaries(st.sampled_from("abc"), _JSON, max_size=3)
+    return field_value(f, text_size=12, json=_JSON, json_items=3)
 
 
 @st.composite
@@ -82,7 +57,7 @@ def _event(draw: st.DrawFn, ids: list[str]) -> bytes:
             "customer_id": draw(st.sampled_from(["c1", "c2", "cust_3"])),
             "type": et.name,
             "version": et.version,
-            "occurred_at": draw(_AWARE),
+            "occurred_at": draw(AWARE),
             "payload": payload,
         }
     )
