@@ -1,8 +1,8 @@
 -- shardhouse batcher: which event ids of a batch are already committed? (read-only)
 -- ARGV: prefix, ids_per_key, base_slots, fanout, max_level, batch_key, blob
 -- One MGET per level (per 1,000 keys) on the walk, not a call per key or id; an id missing from
--- a full key is looked for one level down. Returns "1" when the batch marker exists (the batch was committed by an earlier
--- owner), otherwise "0" followed by one "0"/"1" per id, in order.
+-- a full key is looked for one level down. Returns "1" when the batch marker exists (the batch
+-- was committed by an earlier owner), otherwise "0" followed by one "0"/"1" per id, in order.
 local prefix = ARGV[1]
 local full_len = tonumber(ARGV[2]) * 16
 local slots = tonumber(ARGV[3])

@@ -114,8 +114,8 @@ def record_flush(
     prom: PromMetrics | None,
     batch: Batch,
     result: FlushResult,
-    seconds: float,
 ) -> None:
+    seconds = result.seconds
     invalid = Counter(result.invalid_by_reason)
     valid = batch.records - result.dead_letters
     shard.valid += valid

@@ -241,7 +241,7 @@ class BatcherProcessor:
             return
         result = self._guard(lambda: finish(pending, ckpt, self.deps))
         if result is not None:
-            record_flush(self.metrics, self.ctx.prom, pending.batch, result, result.seconds)
+            record_flush(self.metrics, self.ctx.prom, pending.batch, result)
 
     def _guard(self, step: Callable[[], T]) -> T | None:
         """Run a flush or checkpoint; turn lease loss into *stopped* and errors into *failed*."""

@@ -34,7 +34,7 @@ local gate = ARGV[2]
 local ns, target, shard, seq = hdr[1], hdr[2], hdr[3], hdr[4]
 local gate_ttl, cap, base, fan, max_level, ent_ttl = hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10]
 local call = redis.call
-local byte, sub, fmt, floor, tonumber = string.byte, string.sub, string.format, math.floor, tonumber
+local tonumber = tonumber  -- string.sub, format and math.floor come with dedupe_walk.lua
 local n = #gate / 24
 -- numbers become strings at every redis.call (sprintf): convert the constant ones once, as
 -- absolute expiry times (ms, SET … PXAT / PEXPIREAT) taken from the server clock
@@ -58,14 +58,9 @@ else
   gens[1] = target
 end
 
-local buckets, hashes, ids = {}, {}, {}
-for i = 1, n do
-  local o = (i - 1) * 24 + 1
-  local b1, b2, b3, b4, h1, h2, h3, h4 = byte(gate, o, o + 7)
-  buckets[i] = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
-  hashes[i] = ((h1 * 256 + h2) * 256 + h3) * 256 + h4
-  ids[i] = sub(gate, o + 8, o + 23)
-end
+local buckets, hashes = decode(gate)
+local ids = {}
+for i = 1, n do ids[i] = sub(gate, i * 24 - 15, i * 24) end
 
 -- 1. the gate: fresh[i] = true for the events not applied to this generation before.
 local function admit(gp)
