@@ -286,6 +286,11 @@ def _check_and_store(
     built: list[tuple[plan.GroupKey, Any, Any]] = []
     stores: list[Future[Stored | None]] = []
     seen: Any = None
+
+    def store_built() -> None:
+        stores.extend(pool.submit(encode_and_store, deps, batch, bid, g, w, t, seen) for g, w, t in built)
+        built.clear()
+
     for type_tables in iter_tables(deps.registry, batch):
         built += type_tables
         if seen is None and pending.done():
@@ -294,14 +299,13 @@ def _check_and_store(
                 return checked, []
             seen = seen_array(checked.seen, len(ids))
         if seen is not None:
-            stores += [pool.submit(encode_and_store, deps, batch, bid, g, w, t, seen) for g, w, t in built]
-            built = []
+            store_built()
     checked = pending.result()
     if checked.batch_committed:
         return checked, []
     if seen is None:
         seen = seen_array(checked.seen, len(ids))
-    stores += [pool.submit(encode_and_store, deps, batch, bid, g, w, t, seen) for g, w, t in built]
+    store_built()
     return checked, stores
 
 
