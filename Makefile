@@ -20,6 +20,7 @@ demo: deps
 test: deps
 	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 test-unit: $(BIN)/shardhouse
@@ -34,6 +35,7 @@ chaos: deps
 lint: $(BIN)/shardhouse
 	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .shardhouse .mypy_cache .ruff_cache .pytest_cache

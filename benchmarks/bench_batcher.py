@@ -5,12 +5,12 @@
     .venv/bin/python benchmarks/bench_batcher.py --mode memory --events 1000000
     .venv/bin/python benchmarks/bench_batcher.py --mode redis --ids 5000000
 
-Redis is a real redis-server: the benchmark starts its own on a free port (pipeline.servers),
+Redis is a real redis-server: the benchmark starts its own on a free port (pipeline.app.servers),
 or uses ``REDIS_URL`` if set. Parquet goes to **local files** (a temporary directory, write-once
 like S3 with If-None-Match), SQS announcements to an in-memory list: the benchmark measures the
 process, not the emulators.
 
-* ``hotpath``: one process, one shard. Synthetic ~300-byte events (pipeline.synthetic, 2 %
+* ``hotpath``: one process, one shard. Synthetic ~300-byte events (pipeline.producer.synthetic, 2 %
   producer retries, 0.5 % invalid) are first run stage by stage — decode+validate (+ buffer),
   dedupe pack, Redis check, Arrow build, Parquet encode, file write, Redis mark — then through
   the real BatcherProcessor (the check overlaps the Arrow build there). Reports events/s overall,
@@ -51,27 +51,28 @@ from typing import Any
 
 import redis
 
+from pipeline.app.servers import binaries
+from pipeline.app.servers.process import free_port, spawn, stop_pid, wait_for_port
 from pipeline.consumer.processor import (
     InitializeInput,
     ProcessRecordsInput,
     Record,
     ShutdownRequestedInput,
 )
-from pipeline.manifest import BatchManifest
-from pipeline.retry import Backoff
-from pipeline.servers import binaries
-from pipeline.servers.process import free_port, spawn, stop_pid, wait_for_port
-from pipeline.settings import Settings, WorkerSettings
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.core.manifest import BatchManifest
+from pipeline.core.retry import Backoff
+from pipeline.core.settings import Settings, WorkerSettings
+from pipeline.producer.synthetic import SyntheticConfig, generate
 from schemas import InvalidEvent, load_registry
 from workers.batcher import BatcherContext, BatcherProcessor
 from workers.batcher.budget import MemoryBudget
 from workers.batcher.buffer import ShardBuffer
 from workers.batcher.commit import FlushDeps, build_tables, encode_objects
 from workers.batcher.context import tune_interpreter
-from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore
+from workers.batcher.dedupe import RedisDedupeStore, pack_rows
 from workers.batcher.policy import FlushPolicy, FlushReason
 from workers.batcher.sinks import StoredObject
+from workers.idset.layout import DedupeLayout
 
 MiB = 1024 * 1024
 ORIGIN_MS = int(datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp() * 1000)
@@ -254,7 +255,7 @@ def hotpath(args: argparse.Namespace) -> None:
                         buf.add_valid(record, event)
             batch = buf.seal(FlushReason.RECORDS)
             with stages.time("2 dedupe pack (uuid, hour, crc)"):
-                ids = layout.pack_rows(batch.rows())
+                ids = pack_rows(layout, batch.rows())
             with stages.time("3 redis check (1 round trip)"):
                 checked = dedupe.check("b" + batch.last.sequence_number, ids)
             with stages.time("4 arrow build"):

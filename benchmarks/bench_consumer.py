@@ -17,14 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.clients import ClientFactory
+from pipeline.app.provision import ensure_stream
+from pipeline.app.servers import stack
+from pipeline.app.servers.process import free_port
 from pipeline.consumer.lease_store import LeaseStore
-from pipeline.provision import ensure_stream
-from pipeline.servers import stack
-from pipeline.servers.process import free_port
-from pipeline.settings import load_settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import load_settings
 
-CLI = [sys.executable, "-c", "from pipeline.cli import main; main()"]
+CLI = [sys.executable, "-c", "from pipeline.app.cli import main; main()"]
 
 
 def fill(clients: ClientFactory, stream: str, n: int) -> None:

@@ -44,13 +44,13 @@ from inserter.naming import TableRef
 from inserter.plan import combine_plans, plan_load
 from inserter.source import ObjectSource
 from inserter.stagers import PostgresCopyStager
-from pipeline.clients import ClientFactory
-from pipeline.layout import EventObjectKey
-from pipeline.manifest import BatchManifest, BatchObject
-from pipeline.provision import ensure_bucket, ensure_database
-from pipeline.servers import stack as local_stack
-from pipeline.servers.process import free_port
-from pipeline.settings import load_settings
+from pipeline.app.provision import ensure_bucket, ensure_database
+from pipeline.app.servers import stack as local_stack
+from pipeline.app.servers.process import free_port
+from pipeline.core.clients import ClientFactory
+from pipeline.core.layout import EventObjectKey
+from pipeline.core.manifest import BatchManifest, BatchObject
+from pipeline.core.settings import load_settings
 from schemas import load_registry
 
 REGISTRY = load_registry()

@@ -1,4 +1,4 @@
-"""Records/s the Java KCL MultiLangDaemon drains with a no-op processor (workers.kcl_entry + noop).
+"""Records/s the Java KCL MultiLangDaemon drains with a no-op processor (pipeline.app.kcl_entry + noop).
 
     .venv/bin/python benchmarks/bench_kcl_daemon.py --shards 8 --count 16000 --idle-ms 1500 200
 
@@ -28,11 +28,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline import kcl_daemon
-from pipeline.clients import ClientFactory
-from pipeline.servers import stack as local_stack
-from pipeline.servers.process import free_port
-from pipeline.settings import load_settings
+from pipeline.app import kcl_daemon
+from pipeline.app.servers import stack as local_stack
+from pipeline.app.servers.process import free_port
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,9 +15,9 @@ import time
 import uuid
 from typing import Any
 
-from pipeline.cli import context
-from pipeline.producer import Producer
-from pipeline.provision import ensure_stream
+from pipeline.app.cli import context
+from pipeline.app.provision import ensure_stream
+from pipeline.producer.client import Producer
 
 
 def records(count: int, size: int) -> list[tuple[bytes, str]]:
@@ -62,7 +62,7 @@ def main() -> None:
             ensure_stream(kinesis, stream, args.shards)
             source: Any = data
             if aggregated:
-                from pipeline.kpl_aggregator import aggregate, load_shard_map
+                from pipeline.producer.aggregation import aggregate, load_shard_map
 
                 source = aggregate(data, shard_map=load_shard_map(kinesis, stream))
             started = time.monotonic()

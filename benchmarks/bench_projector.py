@@ -4,10 +4,10 @@
     .venv/bin/python benchmarks/bench_projector.py --mode apply --events 500000
     .venv/bin/python benchmarks/bench_projector.py --mode read --seconds 10 --clients 4
 
-Redis is a private redis-server on a free port (pipeline.servers), or ``REDIS_URL`` if set.
+Redis is a private redis-server on a free port (pipeline.app.servers), or ``REDIS_URL`` if set.
 
 * ``apply``: one process, one ProjectorProcessor (the real one: decode, plan, apply.lua, streamed
-  on its background thread), synthetic events (pipeline.synthetic: 20 customers, 2 % producer
+  on its background thread), synthetic events (pipeline.producer.synthetic: 20 customers, 2 % producer
   retries, 0.5 % invalid, ≈ 1,000 events per second of event time), delivered 10,000 records per
   call (GetRecords' maximum) while "behind" (the catch-up case), then the same records again (a
   replay: everything is a duplicate). Also, apart: decode + plan alone (Python's share) and the
@@ -43,12 +43,12 @@ from urllib.parse import quote
 
 import redis
 
-from pipeline.clients import ClientFactory
+from pipeline.app.servers import binaries
+from pipeline.app.servers.process import free_port, spawn, stop_pid, wait_for_port
 from pipeline.consumer.processor import InitializeInput, ProcessRecordsInput, Record
-from pipeline.servers import binaries
-from pipeline.servers.process import free_port, spawn, stop_pid, wait_for_port
-from pipeline.settings import RedisSettings, ResourceSettings, Settings
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import RedisSettings, ResourceSettings, Settings
+from pipeline.producer.synthetic import SyntheticConfig, generate
 from schemas import load_registry
 from workers.projector import Namespace, ProjectorProcessor, build_context
 from workers.projector.plan import DEFAULT_CHUNK_EVENTS
@@ -384,7 +384,7 @@ def read_mode(args: argparse.Namespace, url: str) -> None:
     port = free_port()
     env = {**os.environ, **settings.to_env(), "SHARDHOUSE_STATE_DIR": tempfile.mkdtemp(prefix="bench-api-")}
     server = subprocess.Popen(
-        [sys.executable, "-c", "from pipeline.cli import main; main()", "serve-api", "--port", str(port)],
+        [sys.executable, "-c", "from pipeline.app.cli import main; main()", "serve-api", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -32,7 +32,7 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.producer.synthetic import SyntheticConfig, generate
 from schemas import CUSTOMER_ID_PATTERN, InvalidEvent, Registry, load_registry
 from schemas.definition import FieldDef
 

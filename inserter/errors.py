@@ -3,14 +3,14 @@
 The service asks one question of a failed load: ``isinstance(exc, TransientError)`` — retry it
 now, in-process — or not — give the message back to the queue, whose redrive policy
 dead-letters it after ``maxReceiveCount`` receives. A *malformed* message is neither: it is
-:class:`pipeline.manifest.ManifestError` and goes to the dead-letter queue at once.
+:class:`pipeline.core.manifest.ManifestError` and goes to the dead-letter queue at once.
 """
 
 from __future__ import annotations
 
 import psycopg
 
-from pipeline.errors import TerminalError, TransientError
+from pipeline.core.errors import TerminalError, TransientError
 
 
 class LoadError(TerminalError):

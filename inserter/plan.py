@@ -1,9 +1,9 @@
 """What a batch manifest asks the warehouse to do — pure, no I/O.
 
 A manifest comes off a queue anyone with send rights can write to, so nothing in it is trusted:
-every object key must parse as an event key (:func:`pipeline.layout.parse_event_key`) and agree
+every object key must parse as an event key (:func:`pipeline.core.layout.parse_event_key`) and agree
 with the customer, type and version the manifest claims; the bucket must be the configured one.
-A manifest that fails these checks is *malformed* (:class:`~pipeline.manifest.ManifestError`:
+A manifest that fails these checks is *malformed* (:class:`~pipeline.core.manifest.ManifestError`:
 dead-lettered at once). A well-formed manifest naming a type or version this inserter does not
 know is not malformed — it needs newer definitions — and raises
 :class:`~inserter.errors.UnknownEventSchema` instead.
@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 
 from inserter.errors import UnknownEventSchema
 from inserter.naming import TableRef, UnsafeName, target_table
-from pipeline.layout import UnsafeKeyComponent, parse_event_key
-from pipeline.manifest import BatchManifest, ManifestError
+from pipeline.core.layout import UnsafeKeyComponent, parse_event_key
+from pipeline.core.manifest import BatchManifest, ManifestError
 from schemas import InvalidEvent, Registry
 
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.aws_errors import classify_aws, error_code
-from pipeline.retry import Backoff, call_with_retry
+from pipeline.core.aws_errors import classify_aws, error_code
+from pipeline.core.retry import Backoff, call_with_retry
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

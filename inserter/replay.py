@@ -22,11 +22,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from inserter.queue import BatchQueue
 from inserter.source import ObjectSource, ParquetSummary
-from pipeline.aws_errors import classify_aws
-from pipeline.errors import ConfigError
-from pipeline.layout import EventObjectKey, UnsafeKeyComponent, parse_event_key
-from pipeline.manifest import FORMAT, BatchManifest, BatchObject, batch_id, encode_manifest
-from pipeline.retry import call_with_retry
+from pipeline.core.aws_errors import classify_aws
+from pipeline.core.errors import ConfigError
+from pipeline.core.layout import EventObjectKey, UnsafeKeyComponent, parse_event_key
+from pipeline.core.manifest import FORMAT, BatchManifest, BatchObject, batch_id, encode_manifest
+from pipeline.core.retry import call_with_retry
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

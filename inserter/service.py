@@ -4,7 +4,7 @@ transaction, one merge per table), delete their messages only after the load com
 Per message, exactly one of:
 
 - **loaded** (or everything already in the ledger): delete the message.
-- **malformed** (:class:`~pipeline.manifest.ManifestError`): send it to the dead-letter queue
+- **malformed** (:class:`~pipeline.core.manifest.ManifestError`): send it to the dead-letter queue
   with the reason as a message attribute, then delete it — retrying cannot help.
 - **failed** (anything else, after in-process retries of transient errors): log the reason,
   give the message back with a delay growing with its receive count; after the queue's
@@ -33,9 +33,9 @@ from inserter.errors import classify_pg
 from inserter.loader import Loader, LoadResult
 from inserter.plan import LoadPlan, combine_plans, plan_load
 from inserter.queue import BatchQueue, Heartbeat, Message
-from pipeline.errors import ShardhouseError, TransientError
-from pipeline.manifest import ManifestError, decode_manifest
-from pipeline.retry import Backoff, call_with_retry
+from pipeline.core.errors import ShardhouseError, TransientError
+from pipeline.core.manifest import ManifestError, decode_manifest
+from pipeline.core.retry import Backoff, call_with_retry
 from schemas import Registry
 
 log = logging.getLogger(__name__)

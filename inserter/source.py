@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
 from inserter.errors import LoadError
-from pipeline.aws_errors import classify_aws, error_code
-from pipeline.retry import Backoff, call_with_retry
+from pipeline.core.aws_errors import classify_aws, error_code
+from pipeline.core.retry import Backoff, call_with_retry
 
 if TYPE_CHECKING:
     from collections.abc import Callable

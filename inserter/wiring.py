@@ -11,9 +11,9 @@ from inserter.loader import Loader
 from inserter.queue import BatchQueue
 from inserter.source import ObjectSource
 from inserter.stagers import PostgresCopyStager, RedshiftCopyStager, Stager
-from pipeline.clients import ClientFactory
-from pipeline.errors import ConfigError
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import Settings
 from schemas import Registry
 
 

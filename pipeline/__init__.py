@@ -1,0 +1,2 @@
+"""Shared layers of shardhouse: ``core`` (bottom), ``consumer`` and ``producer`` (runtimes), and
+``app`` (top). The layer contract is in pyproject.toml and docs/architecture.md."""

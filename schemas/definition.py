@@ -15,8 +15,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from pipeline.errors import TerminalError
-from schemas.errors import SchemaEvolutionError
+from schemas.errors import SchemaError, SchemaEvolutionError
 from schemas.ids import SQL_NAME_PATTERN, is_safe_sql_name
 
 Kind = Literal["string", "int", "float", "bool", "timestamp", "decimal", "json"]
@@ -35,7 +34,7 @@ MAX_JSON_BYTES: Final = 65535
 MAX_DECIMAL_PRECISION: Final = 38
 
 
-class SchemaDefinitionError(TerminalError):
+class SchemaDefinitionError(SchemaError):
     """A definition is malformed (bad kind, unsafe name, duplicate field...)."""
 
 

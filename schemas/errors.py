@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Final
 
-from pipeline.errors import TerminalError
-
 #: Every reason :class:`InvalidEvent` can carry. Short snake_case codes: they are metric labels
 #: and dead-letter fields, so the set is closed and stable.
 REASONS: Final = (
@@ -26,7 +24,12 @@ REASONS: Final = (
 _REASON_SET: Final = frozenset(REASONS)
 
 
-class InvalidEvent(TerminalError):
+class SchemaError(Exception):
+    """Root of what :mod:`schemas` raises. Terminal by nature (the same input gives the same
+    answer); schemas imports nothing of ours, so callers treat it as terminal themselves."""
+
+
+class InvalidEvent(SchemaError):
     """A record that is not a valid event. ``reason`` is one of :data:`REASONS`; ``detail`` is
     human text for the dead letter (it may quote the input, so never splice it into SQL or paths)."""
 
@@ -41,6 +44,6 @@ class InvalidEvent(TerminalError):
         return f"{self.reason}: {self.detail}"
 
 
-class SchemaEvolutionError(TerminalError):
+class SchemaEvolutionError(SchemaError):
     """The built-in (or given) definitions break a rule: a new version may only add optional
     fields. Raised at registry load, so a bad definition never reaches the stream."""

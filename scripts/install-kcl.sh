@@ -26,7 +26,7 @@ if ! "$PY" -c 'import amazon_kclpy' >/dev/null 2>&1; then
 fi
 
 "$PY" - <<'PYEOF'
-from pipeline import kcl_daemon
+from pipeline.app import kcl_daemon
 jars = kcl_daemon.find_jars()
 print(f"install-kcl: KCL {kcl_daemon.kcl_version(jars)} MultiLangDaemon, {len(jars)} jars in {kcl_daemon.kclpy_jars_dir()}")
 PYEOF

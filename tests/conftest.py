@@ -1,6 +1,6 @@
 """Shared fixtures: one real local stack per test session, on free ports.
 
-The stack is the same launcher ``shardhouse up`` uses (pipeline/servers/stack.py): moto server
+The stack is the same launcher ``shardhouse up`` uses (pipeline/app/servers/stack.py): moto server
 (S3, SQS, DynamoDB, Kinesis), kinesis-mock (faithful resharding), redis-server, PostgreSQL.
 Servers start only when an integration test asks for them; unit tests need none.
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.clients import ClientFactory
-from pipeline.servers import stack as local_stack
-from pipeline.servers.process import free_port
-from pipeline.settings import Settings, load_settings
+from pipeline.app.servers import stack as local_stack
+from pipeline.app.servers.process import free_port
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 

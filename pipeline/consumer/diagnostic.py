@@ -17,7 +17,6 @@ import time
 import orjson
 import redis
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.processor import (
     Checkpointer,
     CheckpointError,
@@ -28,9 +27,10 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from pipeline.errors import TransientError
-from pipeline.retry import Backoff, call_with_retry
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.errors import TransientError
+from pipeline.core.retry import Backoff, call_with_retry
+from pipeline.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

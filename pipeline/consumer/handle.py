@@ -13,7 +13,7 @@ from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
 from pipeline.consumer.processor import CheckpointError
 from pipeline.consumer.sequence import SHARD_END, ExtendedSequenceNumber, validate_checkpoint
-from pipeline.errors import TransientError
+from pipeline.core.errors import TransientError
 
 
 @dataclass

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.aws_errors import classify_aws, error_code, is_transient_aws
 from pipeline.consumer.leases import Lease, from_item, to_new_item
 from pipeline.consumer.sequence import ExtendedSequenceNumber
-from pipeline.retry import Backoff, call_with_retry
+from pipeline.core.aws_errors import classify_aws, error_code, is_transient_aws
+from pipeline.core.retry import Backoff, call_with_retry
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -2,7 +2,7 @@
 
 A processor written against these types runs unchanged under the native runtime
 (:mod:`pipeline.consumer`) and under the official KCL MultiLangDaemon (through the adapter in
-``workers/kcl_entry.py``, which feeds kclpy's objects: they expose the same attribute names).
+``pipeline/app/kcl_entry.py``, which feeds kclpy's objects: they expose the same attribute names).
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.aws_errors import error_code, is_transient_aws
 from pipeline.consumer.handle import LeaseHandle, ShardCheckpointer
 from pipeline.consumer.kpl import deaggregate
 from pipeline.consumer.lease_store import LeaseStore
@@ -28,6 +27,7 @@ from pipeline.consumer.processor import (
 )
 from pipeline.consumer.sequence import SHARD_END, ExtendedSequenceNumber
 from pipeline.consumer.shard_sync import parents_of
+from pipeline.core.aws_errors import error_code, is_transient_aws
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pipeline.aws_errors import is_transient_aws
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
 from pipeline.consumer.sequence import LATEST, TRIM_HORIZON, ExtendedSequenceNumber
-from pipeline.retry import Backoff, call_with_retry
+from pipeline.core.aws_errors import is_transient_aws
+from pipeline.core.retry import Backoff, call_with_retry
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient

@@ -25,7 +25,7 @@ from pipeline.consumer.leases import ExpiryTracker, Lease, deletable_parent, pla
 from pipeline.consumer.processor import RecordProcessor
 from pipeline.consumer.shard_consumer import ConsumerConfig, ShardConsumer
 from pipeline.consumer.shard_sync import sync_shards
-from pipeline.errors import ShardhouseError
+from pipeline.core.errors import ShardhouseError
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient

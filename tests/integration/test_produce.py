@@ -21,13 +21,13 @@ import orjson
 import pytest
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 
-from pipeline.batching import hash_partition_key
-from pipeline.clients import ClientFactory
-from pipeline.producer import Producer
-from pipeline.provision import ensure_stream
-from pipeline.servers.process import free_port
-from pipeline.servers.stack import StackState
-from pipeline.synthetic import SyntheticConfig, SyntheticRecord, generate
+from pipeline.app.provision import ensure_stream
+from pipeline.app.servers.process import free_port
+from pipeline.app.servers.stack import StackState
+from pipeline.core.clients import ClientFactory
+from pipeline.producer.batching import hash_partition_key
+from pipeline.producer.client import Producer
+from pipeline.producer.synthetic import SyntheticConfig, SyntheticRecord, generate
 
 pytestmark = pytest.mark.integration
 

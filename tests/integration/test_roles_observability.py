@@ -16,12 +16,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.clients import ClientFactory
-from pipeline.producer import Producer
-from pipeline.provision import provision_all
-from pipeline.servers.process import free_port
-from pipeline.settings import ResourceSettings, Settings
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.app.provision import provision_all
+from pipeline.app.servers.process import free_port
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import ResourceSettings, Settings
+from pipeline.producer.client import Producer
+from pipeline.producer.synthetic import SyntheticConfig, generate
 
 ROLES = {
     "batcher": (["worker", "--app", "{app}-batcher", "--processor", "batcher", "--worker-id", "b1"],
@@ -62,7 +62,7 @@ def test_each_role_serves_metrics_and_logs_json(
     cmd = [
         sys.executable,
         "-c",
-        "from pipeline.cli import main; main()",
+        "from pipeline.app.cli import main; main()",
         *(a.format(app=unique_name) for a in args),
     ]
     with open(log, "wb") as out:

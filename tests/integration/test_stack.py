@@ -9,10 +9,10 @@ from pathlib import Path
 
 import psycopg
 
-from pipeline.clients import ClientFactory
-from pipeline.provision import ensure_bucket, ensure_database, ensure_queues, ensure_stream
-from pipeline.servers import stack as local_stack
-from pipeline.settings import ResourceSettings, Settings
+from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues, ensure_stream
+from pipeline.app.servers import stack as local_stack
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import ResourceSettings, Settings
 
 
 def test_servers_answer(clients: ClientFactory, settings: Settings) -> None:
@@ -59,13 +59,13 @@ def test_ensure_database_creates_once(settings: Settings, unique_name: str) -> N
 
 def test_up_down_lifecycle_via_cli(tmp_path: Path) -> None:
     """`up` starts, a second `up` says so, `down` stops exactly what was started."""
-    from pipeline.servers.process import free_port, pid_alive
+    from pipeline.app.servers.process import free_port, pid_alive
 
     ports = [str(free_port()) for _ in range(3)]
     cmd = [
         sys.executable,
         "-c",
-        "from pipeline.cli import main; main()",
+        "from pipeline.app.cli import main; main()",
         "up",
         "--aws-port",
         ports[0],
@@ -84,7 +84,7 @@ def test_up_down_lifecycle_via_cli(tmp_path: Path) -> None:
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0 and "already up" in second.stderr
     down = subprocess.run(
-        [sys.executable, "-c", "from pipeline.cli import main; main()", "down", "--state-dir", str(tmp_path)],
+        [sys.executable, "-c", "from pipeline.app.cli import main; main()", "down", "--state-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,

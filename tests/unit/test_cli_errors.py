@@ -21,7 +21,7 @@ CASES = [
 def test_bad_input_is_one_clear_line(args: list[str], expected: str) -> None:
     env = {**os.environ, "SHARDHOUSE_STATE_DIR": "/nonexistent-shardhouse"}
     done = subprocess.run(
-        [sys.executable, "-c", "from pipeline.cli import main; main()", *args],
+        [sys.executable, "-c", "from pipeline.app.cli import main; main()", *args],
         capture_output=True, text=True, timeout=60, env=env,
     )
     assert done.returncode != 0
@@ -41,7 +41,7 @@ def test_unreachable_endpoint_is_one_line() -> None:
         "AWS_SECRET_ACCESS_KEY": "x",
     }
     done = subprocess.run(
-        [sys.executable, "-c", "from pipeline.cli import main; main()", "provision"],
+        [sys.executable, "-c", "from pipeline.app.cli import main; main()", "provision"],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert done.returncode == 1

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.demo.metrics_scrape import bucket_quantile
-from pipeline.demo.run import DeadLetters
-from pipeline.demo.verify import Verdict, expected_ids
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.app.demo.metrics_scrape import bucket_quantile
+from pipeline.app.demo.run import DeadLetters
+from pipeline.app.demo.verify import Verdict, expected_ids
+from pipeline.producer.synthetic import SyntheticConfig, generate
 
 INF = float("inf")
 

@@ -11,11 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import kcl_daemon
+from pipeline.app import kcl_daemon, kcl_entry
 from pipeline.consumer.processor import CheckpointError, Record
-from pipeline.errors import ConfigError
-from pipeline.settings import load_settings
-from workers import kcl_entry
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import load_settings
 
 BASE = kcl_daemon.DaemonConfig(application_name="app1", stream_name="s1", processor="recorder", python="/py")
 
@@ -44,7 +43,7 @@ def test_render_has_the_required_and_emulator_properties() -> None:
         worker_id="w1",
     )
     props = parse(kcl_daemon.render_properties(cfg))
-    assert props["executableName"] == "/venv/bin/python -m workers.kcl_entry --processor batcher"
+    assert props["executableName"] == "/venv/bin/python -m pipeline.app.kcl_entry --processor batcher"
     assert props["applicationName"] == "shardhouse-batcher"
     assert props["streamName"] == "events"
     assert props["AwsCredentialsProvider"] == "DefaultCredentialsProvider"

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.layout import EventObjectKey, UnsafeKeyComponent, dead_letter_key, parse_event_key
-from pipeline.manifest import (
+from pipeline.core.layout import EventObjectKey, UnsafeKeyComponent, dead_letter_key, parse_event_key
+from pipeline.core.manifest import (
     FORMAT,
     BatchManifest,
     BatchObject,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from pipeline.memo import IdentityMemo
+from pipeline.core.memo import IdentityMemo
 
 
 class Key:

@@ -13,8 +13,9 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import RetriesExhausted, TerminalError
-from pipeline.producer import (
+from pipeline.core.errors import RetriesExhausted, TerminalError
+from pipeline.core.retry import Backoff
+from pipeline.producer.client import (
     Producer,
     ProduceResult,
     StreamNotFound,
@@ -22,7 +23,6 @@ from pipeline.producer import (
     encode_event,
     split_response,
 )
-from pipeline.retry import Backoff
 
 THROTTLED = "ProvisionedThroughputExceededException"
 

@@ -10,14 +10,14 @@ from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.batching import MAX_RECORD_BYTES, RecordTooLarge, record_size
-from pipeline.kpl_aggregator import (
+from pipeline.producer.aggregation import (
     MAX_AGGREGATE_SIZE,
     ShardMap,
     aggregate,
     count_user_records,
     hash_key,
 )
+from pipeline.producer.batching import MAX_RECORD_BYTES, RecordTooLarge, record_size
 
 FOUR_SHARDS = ShardMap.from_shards(
     {

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.batching import (
+from pipeline.producer.batching import (
     MAX_PARTITION_KEY_CHARS,
     MAX_RECORD_BYTES,
     MAX_RECORDS_PER_REQUEST,
@@ -168,7 +168,7 @@ def test_line_partition_key_is_always_valid(line: bytes) -> None:
 
 
 def test_line_keys_match_the_synthetic_generators_keys() -> None:
-    from pipeline.synthetic import SyntheticConfig, generate
+    from pipeline.producer.synthetic import SyntheticConfig, generate
 
     records = [r for r in generate(SyntheticConfig(seed=3), 3_000) if r.valid]
     assert {r.partition_key.split(":")[1][:4] for r in records} == {"user", "ord_", "prov"}

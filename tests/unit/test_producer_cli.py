@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batching import hash_partition_key
-from pipeline.cli.produce import (
+from pipeline.app.cli.produce import (
     PlainReporter,
     RecordsFailed,
     SourceStats,
@@ -20,9 +19,10 @@ from pipeline.cli.produce import (
     ndjson_records,
     raise_if_failed,
 )
-from pipeline.producer import FailedRecord, ProduceResult
-from pipeline.retry import Backoff
-from pipeline.synthetic import SyntheticConfig
+from pipeline.core.retry import Backoff
+from pipeline.producer.batching import hash_partition_key
+from pipeline.producer.client import FailedRecord, ProduceResult
+from pipeline.producer.synthetic import SyntheticConfig
 
 SHARDHOUSE = Path(sys.executable).parent / "shardhouse"
 

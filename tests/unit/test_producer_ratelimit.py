@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.ratelimit import TokenBucket, throttle
+from pipeline.core.ratelimit import TokenBucket, throttle
 
 
 class FakeClock:

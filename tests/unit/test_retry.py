@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from pipeline.errors import RetriesExhausted, TerminalError, TransientError
-from pipeline.retry import Backoff, call_with_retry
+from pipeline.core.errors import RetriesExhausted, TerminalError, TransientError
+from pipeline.core.retry import Backoff, call_with_retry
 
 
 def test_backoff_delays_are_bounded_by_exponential_cap() -> None:

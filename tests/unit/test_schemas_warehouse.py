@@ -66,7 +66,7 @@ def test_table_schema_is_the_union_of_versions_in_latest_order(type_name: str) -
 
 
 def _rows() -> dict[tuple[str, int], list[tuple[Event, str, str, int]]]:
-    from pipeline.synthetic import SyntheticConfig, generate
+    from pipeline.producer.synthetic import SyntheticConfig, generate
 
     rows: dict[tuple[str, int], list[tuple[Event, str, str, int]]] = {}
     clock = iter(range(10**9))

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.settings import load_settings, redact_url
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import load_settings, redact_url
 
 
 def test_defaults_and_overrides() -> None:

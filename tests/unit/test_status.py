@@ -7,9 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.consumer.leases import Lease
-from pipeline.consumer.sequence import SHARD_END, ExtendedSequenceNumber
-from pipeline.status.model import (
+from pipeline.app.status.model import (
     CustomerLoad,
     QueueView,
     ReadModelView,
@@ -20,7 +18,9 @@ from pipeline.status.model import (
     staleness_ms,
     worker_views,
 )
-from pipeline.status.render import render, seconds_text
+from pipeline.app.status.render import render, seconds_text
+from pipeline.consumer.leases import Lease
+from pipeline.consumer.sequence import SHARD_END, ExtendedSequenceNumber
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.synthetic import UNSAFE_CUSTOMER_IDS, SyntheticConfig, SyntheticRecord, generate
+from pipeline.core.errors import ConfigError
+from pipeline.producer.synthetic import UNSAFE_CUSTOMER_IDS, SyntheticConfig, SyntheticRecord, generate
 from schemas import REASONS, InvalidEvent, is_safe_customer_id, load_registry
 
 REGISTRY = load_registry()

@@ -6,9 +6,9 @@ by the name "batcher". See docs/batcher.md.
 
 from __future__ import annotations
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.processor import RecordProcessor
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings
 from workers.batcher.context import BatcherContext, build_context, context_for
 from workers.batcher.processor import BatcherProcessor, ShardFailed
 

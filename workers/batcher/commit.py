@@ -39,13 +39,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.consumer.processor import Checkpointer, CheckpointError
-from pipeline.errors import ShardhouseError, TerminalError, TransientError
-from pipeline.manifest import BatchObject
-from pipeline.retry import Backoff, call_with_retry
+from pipeline.core.errors import ShardhouseError, TerminalError, TransientError
+from pipeline.core.manifest import BatchObject
+from pipeline.core.retry import Backoff, call_with_retry
 from workers.batcher import parquet, plan
 from workers.batcher.buffer import Batch
-from workers.batcher.dedupe import DedupeCheck, DedupeLayout
+from workers.batcher.dedupe import DedupeCheck, pack_rows
 from workers.batcher.sinks import Announcer, DedupeStore, ObjectStore, StoredObject
+from workers.idset.layout import DedupeLayout
 
 if TYPE_CHECKING:
     from schemas import Registry
@@ -147,7 +148,7 @@ def check(batch: Batch, deps: FlushDeps) -> Checked:
     answer filters (the GIL-bound part of a flush); then step 2 starts on the pool."""
     started = time.perf_counter()
     bid = plan.batch_id_of(deps.stream, batch)
-    ids = deps.layout.pack_rows(batch.rows())
+    ids = pack_rows(deps.layout, batch.rows())
     answer, stores = _check_and_store(batch, deps, bid, ids)
     return Checked(batch, bid, ids, answer, stores, time.perf_counter() - started)
 

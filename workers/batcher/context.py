@@ -17,16 +17,17 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from pipeline.clients import ClientFactory
-from pipeline.memo import IdentityMemo
-from pipeline.settings import Settings, WorkerSettings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.memo import IdentityMemo
+from pipeline.core.settings import Settings, WorkerSettings
 from schemas import Registry, load_registry
 from workers.batcher.budget import MemoryBudget
 from workers.batcher.commit import FlushDeps
-from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore
+from workers.batcher.dedupe import RedisDedupeStore
 from workers.batcher.metrics import PromMetrics, ShardMetrics, prom_metrics
 from workers.batcher.policy import FlushPolicy
 from workers.batcher.sinks import S3ObjectStore, SqsAnnouncer
+from workers.idset.layout import DedupeLayout
 
 log = logging.getLogger("shardhouse.batcher")
 

@@ -29,113 +29,54 @@ skips straight to the checkpoint. Measurements: docs/batcher.md.
 
 from __future__ import annotations
 
-import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from importlib import resources
 from typing import TYPE_CHECKING
 
 import redis
 
-from pipeline.errors import TerminalError, TransientError
+from pipeline.core.errors import TerminalError
+from pipeline.core.redis_errors import classify_redis
 from workers.batcher.buffer import EVENT_ID, OCCURRED_AT
+from workers.idset.layout import HEADER, U32, DedupeLayout, with_walk
 
 if TYPE_CHECKING:
     from workers.batcher.buffer import Row
 
-ID_BLOB_BYTES = 24
-_U32 = 0xFFFFFFFF
-_HEADER = struct.Struct(">II")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
-@dataclass(frozen=True, slots=True)
-class DedupeLayout:
-    prefix: str
-    window_seconds: int = 24 * 3600
-    bucket_seconds: int = 3600
-    ids_per_key: int = 511
-    base_bits: int = 12
-    level_bits: int = 4
-    max_level: int = 5
+def pack_rows(layout: DedupeLayout, rows: Sequence[Row]) -> list[bytes]:
+    """:meth:`DedupeLayout.pack` for every buffered row (buffer.Row: event_id first, occurred_at third).
 
-    def __post_init__(self) -> None:
-        if self.base_bits + self.level_bits * self.max_level > 32:
-            raise ValueError("slot space beyond the 32-bit id hash")
-        if not 1 <= self.ids_per_key <= 65_535:
-            raise ValueError(f"ids_per_key {self.ids_per_key} outside 1..65535")
-        if self.window_seconds <= 0 or self.bucket_seconds <= 0:
-            raise ValueError("window and bucket must be positive")
-
-    @classmethod
-    def for_stream(cls, stream: str, window_seconds: int) -> DedupeLayout:
-        return cls(prefix=f"seen:{stream}:", window_seconds=window_seconds)
-
-    @property
-    def base_slots(self) -> int:
-        return 1 << self.base_bits
-
-    @property
-    def fanout(self) -> int:
-        return 1 << self.level_bits
-
-    def pack(self, event_id: str, occurred_at: datetime) -> bytes:
-        """The 24-byte lookup record of one id: hour bucket | CRC-32 | binary UUID."""
-        raw = uuid_bytes(event_id)
-        hour = int(occurred_at.timestamp()) // self.bucket_seconds
-        return _HEADER.pack(min(max(hour, 0), _U32), zlib.crc32(raw)) + raw
-
-    def pack_rows(self, rows: Sequence[Row]) -> list[bytes]:
-        """:meth:`pack` for every buffered row (buffer.Row: event_id first, occurred_at third).
-
-        The UUIDs are decoded in one ``bytes.fromhex`` call (schemas guarantees the canonical
-        36-character form), and with hour buckets the hour comes from integer date arithmetic on
-        the aware UTC datetime instead of a float ``timestamp()`` (same value: both floor whole
-        hours since the epoch, and the float only differs near an hour's end after year 2200)."""
-        header, crc32 = _HEADER.pack, zlib.crc32
-        raws = bytes.fromhex("".join([row[EVENT_ID] for row in rows]).replace("-", ""))
-        if len(raws) != 16 * len(rows):
-            raise ValueError("not canonical UUIDs")
-        out = []
-        start = 0
-        if self.bucket_seconds == 3600:
-            for row in rows:
-                raw = raws[start : start + 16]
-                start += 16
-                at = row[OCCURRED_AT]
-                hour = (at.toordinal() - _EPOCH_ORDINAL) * 24 + at.hour
-                out.append(header(hour if 0 <= hour <= _U32 else min(max(hour, 0), _U32), crc32(raw)) + raw)
-            return out
-        bucket = self.bucket_seconds
+    The UUIDs are decoded in one ``bytes.fromhex`` call (schemas guarantees the canonical
+    36-character form), and with hour buckets the hour comes from integer date arithmetic on
+    the aware UTC datetime instead of a float ``timestamp()`` (same value: both floor whole
+    hours since the epoch, and the float only differs near an hour's end after year 2200)."""
+    header, crc32 = HEADER.pack, zlib.crc32
+    raws = bytes.fromhex("".join([row[EVENT_ID] for row in rows]).replace("-", ""))
+    if len(raws) != 16 * len(rows):
+        raise ValueError("not canonical UUIDs")
+    out = []
+    start = 0
+    if layout.bucket_seconds == 3600:
         for row in rows:
             raw = raws[start : start + 16]
             start += 16
-            hour = int(row[OCCURRED_AT].timestamp()) // bucket
-            out.append(header(hour if 0 <= hour <= _U32 else min(max(hour, 0), _U32), crc32(raw)) + raw)
+            at = row[OCCURRED_AT]
+            hour = (at.toordinal() - _EPOCH_ORDINAL) * 24 + at.hour
+            out.append(header(hour if 0 <= hour <= U32 else min(max(hour, 0), U32), crc32(raw)) + raw)
         return out
-
-    def batch_key(self, batch_id: str) -> str:
-        return f"{self.prefix}b:{batch_id}"
-
-    def key_of(self, hour: int, level: int, id_hash: int) -> str:
-        """The key a Lua walk visits at ``level`` (mirror of the scripts, for tests and docs)."""
-        slots = self.base_slots * self.fanout**level
-        return f"{self.prefix}{hour}:{level}:{id_hash % slots}"
-
-    def path(self, blob: bytes) -> list[str]:
-        """Every key on an id's walk, level 0 first."""
-        hour, id_hash = _HEADER.unpack_from(blob)
-        return [self.key_of(hour, level, id_hash) for level in range(self.max_level + 1)]
-
-
-def uuid_bytes(event_id: str) -> bytes:
-    """16 bytes of a canonical UUID string (schemas guarantees the canonical form)."""
-    raw = bytes.fromhex(event_id.replace("-", ""))
-    if len(raw) != 16:
-        raise ValueError(f"not a UUID: {event_id!r}")
-    return raw
+    bucket = layout.bucket_seconds
+    for row in rows:
+        raw = raws[start : start + 16]
+        start += 16
+        hour = int(row[OCCURRED_AT].timestamp()) // bucket
+        out.append(header(hour if 0 <= hour <= U32 else min(max(hour, 0), U32), crc32(raw)) + raw)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,21 +92,6 @@ def parse_check_reply(reply: bytes | str, count: int) -> DedupeCheck:
     if len(text) != count + 1 or text[0] != "0":
         raise TerminalError(f"dedupe check: malformed reply for {count} ids: {text[:40]!r}")
     return DedupeCheck(batch_committed=False, seen=[c == "1" for c in text[1:]])
-
-
-def classify_redis(exc: BaseException, what: str) -> TransientError | TerminalError:
-    """Connection trouble, timeouts, LOADING and BUSY are worth retrying; the rest is not."""
-    msg = f"{what}: {type(exc).__name__}: {exc}"
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        return TransientError(msg)
-    if isinstance(exc, redis.ResponseError) and str(exc).startswith(("BUSY", "LOADING", "TRYAGAIN")):
-        return TransientError(msg)
-    return TerminalError(msg)
-
-
-def with_walk(source: str) -> str:
-    """A Lua script with the shared id-set walk (dedupe_walk.lua) in front of it."""
-    return resources.files("workers.batcher").joinpath("dedupe_walk.lua").read_text() + source
 
 
 def _script(name: str) -> str:

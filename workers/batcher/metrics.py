@@ -17,7 +17,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
 
-from pipeline.memo import IdentityMemo
+from pipeline.core.memo import IdentityMemo
 from workers.batcher.buffer import Batch
 from workers.batcher.commit import FlushResult
 

@@ -14,8 +14,8 @@ from datetime import UTC, date, datetime
 
 import orjson
 
-from pipeline.layout import EventObjectKey, dead_letter_key
-from pipeline.manifest import FORMAT, BatchManifest, BatchObject, batch_id, encode_manifest
+from pipeline.core.layout import EventObjectKey, dead_letter_key
+from pipeline.core.manifest import FORMAT, BatchManifest, BatchObject, batch_id, encode_manifest
 from workers.batcher.buffer import Batch, Rejected, Row
 
 GroupKey = tuple[str, str, int]  # (customer_id, type, version)

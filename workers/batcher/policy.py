@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pipeline.settings import WorkerSettings
+from pipeline.core.settings import WorkerSettings
 
 
 class FlushReason(StrEnum):

@@ -31,7 +31,7 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from pipeline.errors import ShardhouseError
+from pipeline.core.errors import ShardhouseError
 from schemas import InvalidEvent
 from workers.batcher.budget import BudgetHandle
 from workers.batcher.buffer import ShardBuffer

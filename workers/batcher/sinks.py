@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.aws_errors import classify_aws, error_code
-from pipeline.errors import TerminalError, TransientError
-from pipeline.manifest import BatchManifest, encode_manifest
+from pipeline.core.aws_errors import classify_aws, error_code
+from pipeline.core.errors import TerminalError, TransientError
+from pipeline.core.manifest import BatchManifest, encode_manifest
 from workers.batcher.dedupe import DedupeCheck
 
 if TYPE_CHECKING:

@@ -8,9 +8,9 @@ path: apply.lua. See docs/projector.md.
 
 from __future__ import annotations
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.processor import RecordProcessor
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings
 from workers.projector.context import ProjectorContext, build_context, context_for
 from workers.projector.fold import EntityState, ReadModels, fold
 from workers.projector.keys import Namespace

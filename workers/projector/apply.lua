@@ -5,7 +5,7 @@
 -- For each target generation (live: <ns>current, created if missing, plus <ns>building while a
 -- rebuild runs; or exactly the generation a rebuild names):
 --   1. gate: which events are new to this generation. Check-and-insert into the applied set in
---      one walk (group(): workers/batcher/dedupe_walk.lua, registered in front of this file) over
+--      one walk (group(): workers/idset/walk.lua, registered in front of this file) over
 --      the batcher's self-sizing layout (workers/batcher/dedupe.py): hash
 --      <gen>ap:<bucket>:<level>:<id hash mod slots(level)>, field = binary UUID, plus the field
 --      "#" = how many ids it holds. Ids go into the first hash on their path that has room; a
@@ -34,7 +34,7 @@ local gate = ARGV[2]
 local ns, target, shard, seq = hdr[1], hdr[2], hdr[3], hdr[4]
 local gate_ttl, cap, base, fan, max_level, ent_ttl = hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10]
 local call = redis.call
-local tonumber = tonumber  -- string.sub, format and math.floor come with dedupe_walk.lua
+local tonumber = tonumber  -- string.sub, format and math.floor come with walk.lua
 local n = #gate / 24
 -- numbers become strings at every redis.call (sprintf): convert the constant ones once, as
 -- absolute expiry times (ms, SET … PXAT / PEXPIREAT) taken from the server clock

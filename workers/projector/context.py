@@ -14,9 +14,9 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 
-from pipeline.clients import ClientFactory
-from pipeline.memo import IdentityMemo
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.memo import IdentityMemo
+from pipeline.core.settings import Settings
 from schemas import Registry, load_registry
 from schemas.read_models import ENTITY_RETENTION
 from workers.projector import keys

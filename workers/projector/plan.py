@@ -26,7 +26,6 @@ are new; the entity's event count is summed the same way.
 
 from __future__ import annotations
 
-import struct
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -38,7 +37,7 @@ import msgspec
 from pipeline.consumer.processor import Record
 from schemas import Event, InvalidEvent, Registry
 from schemas.read_models import HourBucket, Projection, hour_bucket, project
-from workers.batcher.dedupe import DedupeLayout
+from workers.idset.layout import HEADER, DedupeLayout
 from workers.projector import keys
 
 #: Events per script call: a whole GetRecords batch (at most 10,000 records), so one batch is one
@@ -49,7 +48,6 @@ DEFAULT_CHUNK_EVENTS: Final = 10_000
 HINCRBY: Final = 1
 ZINCRBY: Final = 2
 _ENCODER: Final = msgspec.msgpack.Encoder()
-_GATE_HEADER: Final = struct.Struct(">II")
 _U32: Final = 0xFFFFFFFF
 _US_PER_HOUR: Final = 3_600_000_000
 #: µs from 0001-01-01 to 1970-01-01 (Projection.micros counts from year 1).
@@ -287,7 +285,7 @@ class Planner:
         total = duplicates = unprojected = 0
         buckets = self._buckets
         bucket_us = self.gate.bucket_seconds * 1_000_000
-        gate_header, crc32, fromhex = _GATE_HEADER.pack, zlib.crc32, bytes.fromhex
+        gate_header, crc32, fromhex = HEADER.pack, zlib.crc32, bytes.fromhex
         chunk_events = self.chunk_events
         for ev in events:
             event_id = ev.event_id

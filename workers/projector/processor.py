@@ -39,8 +39,8 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from pipeline.errors import ShardhouseError, TransientError
-from pipeline.retry import Backoff, call_with_retry
+from pipeline.core.errors import ShardhouseError, TransientError
+from pipeline.core.retry import Backoff, call_with_retry
 from workers.projector.context import ProjectorContext
 from workers.projector.plan import BatchPlan, Message
 from workers.projector.store import ApplyResult

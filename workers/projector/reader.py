@@ -1,6 +1,6 @@
 """Queries over the read models: one ``read.lua`` round trip each, plain JSON-able results.
 
-Used by ``shardhouse query`` and the HTTP read API (pipeline/readapi.py). Input is checked
+Used by ``shardhouse query`` and the HTTP read API (workers/projector/readapi.py). Input is checked
 here (safe customer id, known type/kind/measure, bounded ranges), so both front ends refuse the
 same things with the same message.
 """
@@ -14,9 +14,9 @@ from typing import Any, Final
 import orjson
 import redis
 
-from pipeline.clients import ClientFactory
-from pipeline.errors import TerminalError
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.errors import TerminalError
+from pipeline.core.settings import Settings
 from schemas import Registry, is_safe_customer_id, load_registry
 from schemas.read_models import (
     ENTITY_KINDS,

@@ -41,13 +41,13 @@ import orjson
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.aws_errors import classify_aws, is_transient_aws
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
 from pipeline.consumer.sequence import ExtendedSequenceNumber
-from pipeline.errors import TerminalError
-from pipeline.layout import EVENTS_PREFIX, UnsafeKeyComponent, parse_event_key
-from pipeline.retry import Backoff, call_with_retry
+from pipeline.core.aws_errors import classify_aws, is_transient_aws
+from pipeline.core.errors import TerminalError
+from pipeline.core.layout import EVENTS_PREFIX, UnsafeKeyComponent, parse_event_key
+from pipeline.core.retry import Backoff, call_with_retry
 from schemas import Event, InvalidEvent, Registry, encode_event
 from workers.projector.plan import Planner
 from workers.projector.store import GenerationLost, ProjectionStore
@@ -66,7 +66,7 @@ _ENVELOPE: Final = frozenset(("event_id", "customer_id", "event_type", "event_ve
 
 
 class Archive:
-    """The batcher's Parquet objects under ``events/`` (pipeline/layout.py)."""
+    """The batcher's Parquet objects under ``events/`` (pipeline/core/layout.py)."""
 
     def __init__(self, s3: S3Client, bucket: str, registry: Registry) -> None:
         self.s3 = s3

@@ -13,9 +13,10 @@ from typing import Any, Final, TypeVar
 
 import redis
 
-from pipeline.errors import TerminalError
-from pipeline.retry import Backoff, call_with_retry
-from workers.batcher.dedupe import classify_redis, with_walk
+from pipeline.core.errors import TerminalError
+from pipeline.core.redis_errors import classify_redis
+from pipeline.core.retry import Backoff, call_with_retry
+from workers.idset.layout import with_walk
 from workers.projector import keys
 from workers.projector.fold import EntityState, ReadModels
 from workers.projector.plan import Message

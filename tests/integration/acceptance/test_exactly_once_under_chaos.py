@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from pipeline.demo.main import execute
-from pipeline.demo.run import DemoConfig
+from pipeline.app.demo.main import execute
+from pipeline.app.demo.run import DemoConfig
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(1200)]
 

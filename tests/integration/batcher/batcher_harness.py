@@ -16,11 +16,11 @@ import orjson
 import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry
 
-from pipeline.clients import ClientFactory
+from pipeline.app.provision import ensure_bucket, ensure_queues, ensure_stream
 from pipeline.consumer.processor import InitializeInput, ProcessRecordsInput, Record
-from pipeline.manifest import BatchManifest, decode_manifest
-from pipeline.provision import ensure_bucket, ensure_queues, ensure_stream
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.manifest import BatchManifest, decode_manifest
+from pipeline.core.settings import Settings
 from workers.batcher import BatcherContext, BatcherProcessor, build_context
 
 ORIGIN_MS = 1_714_564_800_000  # 2024-05-01T12:00:00Z

@@ -10,11 +10,12 @@ import pytest
 import redis
 from batcher_harness import make_env
 
-from pipeline.clients import ClientFactory
-from pipeline.manifest import FORMAT, BatchManifest, BatchObject, decode_manifest
-from pipeline.settings import Settings
-from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore
+from pipeline.core.clients import ClientFactory
+from pipeline.core.manifest import FORMAT, BatchManifest, BatchObject, decode_manifest
+from pipeline.core.settings import Settings
+from workers.batcher.dedupe import RedisDedupeStore
 from workers.batcher.sinks import MiB, S3ObjectStore, SqsAnnouncer
+from workers.idset.layout import DedupeLayout
 
 pytestmark = pytest.mark.integration
 

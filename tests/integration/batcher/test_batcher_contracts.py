@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from batcher_harness import make_env
 
-from pipeline.clients import ClientFactory
-from pipeline.settings import Settings
-from workers.batcher.dedupe import DedupeLayout, RedisDedupeStore
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings
+from workers.batcher.dedupe import RedisDedupeStore
 from workers.batcher.sinks import DedupeStore, ObjectStore, S3ObjectStore
+from workers.idset.layout import DedupeLayout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "batcher"))
 from batcher_fakes import MemoryDedupe, MemoryStore

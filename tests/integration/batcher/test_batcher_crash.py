@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from batcher_harness import Checkpoints, Env, after, deliver, ids_in_objects, make_env, records
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.processor import ShardEndedInput
-from pipeline.settings import Settings
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings
+from pipeline.producer.synthetic import SyntheticConfig, generate
 from workers.batcher.commit import ANNOUNCED, MARKED, WRITTEN
 
 pytestmark = pytest.mark.integration

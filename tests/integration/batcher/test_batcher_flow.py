@@ -20,11 +20,11 @@ from batcher_harness import (
 )
 from prometheus_client import generate_latest
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.processor import ShardEndedInput, ShutdownRequestedInput
-from pipeline.layout import parse_event_key
-from pipeline.settings import Settings
-from pipeline.synthetic import UNSAFE_CUSTOMER_IDS, SyntheticConfig, generate
+from pipeline.core.clients import ClientFactory
+from pipeline.core.layout import parse_event_key
+from pipeline.core.settings import Settings
+from pipeline.producer.synthetic import UNSAFE_CUSTOMER_IDS, SyntheticConfig, generate
 from schemas import REASONS, encode_event, is_safe_customer_id, load_registry
 
 pytestmark = pytest.mark.integration

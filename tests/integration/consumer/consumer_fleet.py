@@ -16,11 +16,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.clients import ClientFactory
+from pipeline.app.provision import ensure_stream
 from pipeline.consumer.diagnostic import recorder_keys
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
-from pipeline.provision import ensure_stream
+from pipeline.core.clients import ClientFactory
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Fleet:
     def start(self, worker_id: str, processor: str = "recorder", **env: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{worker_id}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.cli import main; main()", "worker",
+            [sys.executable, "-c", "from pipeline.app.cli import main; main()", "worker",
              "--app", self.app, "--processor", processor, "--worker-id", worker_id],
             stdout=log, stderr=log, env=self.env(**env),
         )  # fmt: skip

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import aws_kinesis_agg.aggregator as agg
 
-from pipeline.clients import ClientFactory
+from pipeline.app.provision import ensure_stream
 from pipeline.consumer.handle import LeaseHandle
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
@@ -20,7 +20,7 @@ from pipeline.consumer.processor import (
 )
 from pipeline.consumer.sequence import ExtendedSequenceNumber
 from pipeline.consumer.shard_consumer import ConsumerConfig, ShardConsumer
-from pipeline.provision import ensure_stream
+from pipeline.core.clients import ClientFactory
 
 
 class Collect:

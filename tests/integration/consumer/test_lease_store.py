@@ -6,12 +6,12 @@ import threading
 
 import pytest
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.handle import LeaseHandle, ShardCheckpointer
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
 from pipeline.consumer.processor import CheckpointError
 from pipeline.consumer.sequence import ExtendedSequenceNumber as E
+from pipeline.core.clients import ClientFactory
 
 
 @pytest.fixture

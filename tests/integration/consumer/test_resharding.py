@@ -10,7 +10,6 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.processor import (
     InitializeInput,
@@ -21,6 +20,7 @@ from pipeline.consumer.processor import (
 )
 from pipeline.consumer.sequence import SHARD_END
 from pipeline.consumer.worker import Worker, WorkerConfig
+from pipeline.core.clients import ClientFactory
 
 
 class Log:

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from consumer_fleet import Fleet
 
-from pipeline.status.collect import StatusScope, collect
-from pipeline.status.model import Snapshot
+from pipeline.app.status.collect import StatusScope, collect
+from pipeline.app.status.model import Snapshot
 
 
 class SteadyLoad:
@@ -97,7 +97,7 @@ def test_status_command_prints_workers_lag_and_what_it_could_not_read(fleet: Fle
     fleet.wait_for("w1 to own every shard", lambda: fleet.split() == [4], timeout=60)
     env = {**fleet.env(), "SHARDHOUSE_BATCHER_APP": fleet.app, "SHARDHOUSE_PROJECTOR_APP": f"{fleet.app}-none",
            "SHARDHOUSE_QUEUE": f"{fleet.stream}-q", "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{fleet.stream}-dlq"}  # fmt: skip
-    cli = [sys.executable, "-c", "from pipeline.cli import main; main()", "status", "--sample", "1.5"]
+    cli = [sys.executable, "-c", "from pipeline.app.cli import main; main()", "status", "--sample", "1.5"]
     out = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
     lines = out.splitlines()
     assert lines[0].startswith(f"shardhouse status — stream {fleet.stream} (4 open shards)")

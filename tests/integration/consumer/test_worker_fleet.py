@@ -41,7 +41,7 @@ def test_two_workers_bootstrap_without_duplicate_leases_and_read_everything(flee
     assert repeats == [], explain(fleet, repeats)
     # `shardhouse leases` shows each lease: owner, counter, checkpoint, switches, lag.
     out = subprocess.run(
-        [sys.executable, "-c", "from pipeline.cli import main; main()", "leases", "--app", fleet.app],
+        [sys.executable, "-c", "from pipeline.app.cli import main; main()", "leases", "--app", fleet.app],
         env=fleet.env(),
         capture_output=True,
         text=True,
@@ -120,7 +120,7 @@ def test_graceful_sigterm_hands_leases_over_without_waiting_for_failover(fleet: 
 
 
 def test_balancing_six_leases_from_one_worker_to_two(fleet: Fleet) -> None:
-    from pipeline.provision import ensure_stream
+    from pipeline.app.provision import ensure_stream
 
     stream = f"{fleet.stream}-six"
     ensure_stream(fleet.clients.kinesis(), stream, 6)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 from consumer_fleet import Fleet, explain, recorded_positions, settled, stream_positions, unexplained_repeats
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.sequence import ExtendedSequenceNumber as E
+from pipeline.core.clients import ClientFactory
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.clients import ClientFactory
+from pipeline.app.provision import ensure_stream
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
 from pipeline.consumer.processor import (
@@ -26,7 +26,7 @@ from pipeline.consumer.processor import (
     ShutdownRequestedInput,
 )
 from pipeline.consumer.worker import Worker, WorkerConfig
-from pipeline.provision import ensure_stream
+from pipeline.core.clients import ClientFactory
 
 FAILOVER = 2.0
 

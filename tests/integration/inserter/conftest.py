@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from inserter_harness import Env, fresh_database, make_env
 
-from pipeline.clients import ClientFactory
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings
 
 
 @pytest.fixture(scope="module")

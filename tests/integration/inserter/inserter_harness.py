@@ -30,12 +30,12 @@ from inserter.queue import BatchQueue
 from inserter.service import Inserter, InserterConfig, InserterMetrics
 from inserter.source import ObjectSource
 from inserter.stagers import PostgresCopyStager
-from pipeline.clients import ClientFactory
-from pipeline.layout import EventObjectKey
-from pipeline.manifest import BatchManifest, BatchObject, batch_id, encode_manifest
-from pipeline.provision import ensure_bucket, ensure_database, ensure_queues
-from pipeline.retry import Backoff
-from pipeline.settings import Settings
+from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues
+from pipeline.core.clients import ClientFactory
+from pipeline.core.layout import EventObjectKey
+from pipeline.core.manifest import BatchManifest, BatchObject, batch_id, encode_manifest
+from pipeline.core.retry import Backoff
+from pipeline.core.settings import Settings
 from schemas import Event, Registry, encode_event, load_registry
 
 REPO = Path(__file__).resolve().parents[3]
@@ -279,7 +279,7 @@ class Env:
         """``shardhouse <args>`` as its own process (stdout+stderr to ``tmp/log_name``)."""
         log = open(tmp / log_name, "ab")  # noqa: SIM115 - the child owns it
         return subprocess.Popen(
-            [sys.executable, "-c", "from pipeline.cli import main; main()", *args],
+            [sys.executable, "-c", "from pipeline.app.cli import main; main()", *args],
             env=self.cli_env(tmp),
             cwd=REPO,
             stdout=log,
@@ -288,7 +288,7 @@ class Env:
 
     def run_cli(self, tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-c", "from pipeline.cli import main; main()", *args],
+            [sys.executable, "-c", "from pipeline.app.cli import main; main()", *args],
             env=self.cli_env(tmp),
             cwd=REPO,
             capture_output=True,

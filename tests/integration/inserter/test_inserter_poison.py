@@ -10,9 +10,9 @@ import time
 import pytest
 from inserter_harness import Env, make_env, make_events
 
-from pipeline.clients import ClientFactory
-from pipeline.manifest import BatchObject, encode_manifest
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.manifest import BatchObject, encode_manifest
+from pipeline.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

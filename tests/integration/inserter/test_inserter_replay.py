@@ -13,8 +13,8 @@ from inserter_harness import Env, fresh_database, make_events, outcomes
 from inserter.queue import BatchQueue
 from inserter.replay import Replayer
 from inserter.source import ObjectSource
-from pipeline.manifest import BatchManifest, BatchObject
-from pipeline.settings import Settings
+from pipeline.core.manifest import BatchManifest, BatchObject
+from pipeline.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 SHARD0, SHARD1 = "shardId-000000000000", "shardId-000000000001"

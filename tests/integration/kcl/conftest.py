@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from kcl_harness import DaemonStarter
 
-from pipeline import kcl_daemon
-from pipeline.clients import ClientFactory
-from pipeline.errors import ConfigError
-from pipeline.servers.stack import StackState
-from pipeline.settings import Settings, load_settings
+from pipeline.app import kcl_daemon
+from pipeline.app.servers.stack import StackState
+from pipeline.core.clients import ClientFactory
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[3]
 

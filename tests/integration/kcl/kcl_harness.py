@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import redis
 
-from pipeline import kcl_daemon
+from pipeline.app import kcl_daemon
 from pipeline.consumer.diagnostic import recorder_keys
 
 DaemonStarter = Callable[..., kcl_daemon.DaemonProcess]

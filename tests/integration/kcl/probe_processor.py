@@ -11,7 +11,6 @@ import json
 import sys
 from typing import Any
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.processor import (
     CheckpointError,
     InitializeInput,
@@ -20,7 +19,8 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings
 
 
 def report(event: str, **fields: Any) -> None:

@@ -21,11 +21,11 @@ from kcl_harness import (
     wait_until,
 )
 
-from pipeline.clients import ClientFactory
-from pipeline.manifest import decode_manifest
-from pipeline.provision import ensure_bucket, ensure_queues
-from pipeline.settings import Settings
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.app.provision import ensure_bucket, ensure_queues
+from pipeline.core.clients import ClientFactory
+from pipeline.core.manifest import decode_manifest
+from pipeline.core.settings import Settings
+from pipeline.producer.synthetic import SyntheticConfig, generate
 
 pytestmark = [pytest.mark.integration, pytest.mark.kcl, pytest.mark.timeout(240)]
 

@@ -1,5 +1,5 @@
 """The real Java KCL MultiLangDaemon (KCL 3.1.3 from amazon-kclpy) consuming a stream on the local
-emulators through workers/kcl_entry.py with the recording processor: nothing skipped, nothing
+emulators through pipeline/app/kcl_entry.py with the recording processor: nothing skipped, nothing
 repeated, checkpoints in KCL's lease table, resume after a graceful restart (KCL-SPEC §7.16)."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from kcl_harness import (
     wait_until,
 )
 
-from pipeline import kcl_daemon
-from pipeline.clients import ClientFactory
-from pipeline.errors import ConfigError
-from pipeline.servers.process import free_port
-from pipeline.servers.stack import StackState
-from pipeline.settings import Settings
+from pipeline.app import kcl_daemon
+from pipeline.app.servers.process import free_port
+from pipeline.app.servers.stack import StackState
+from pipeline.core.clients import ClientFactory
+from pipeline.core.errors import ConfigError
+from pipeline.core.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.kcl, pytest.mark.timeout(240)]
 

@@ -29,11 +29,11 @@ from kcl_harness import (
     wait_until,
 )
 
-from pipeline.clients import ClientFactory
 from pipeline.consumer.diagnostic import create_recorder
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.worker import Worker, WorkerConfig
-from pipeline.settings import Settings
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.kcl, pytest.mark.timeout(300)]
 

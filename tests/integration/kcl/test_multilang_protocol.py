@@ -1,4 +1,4 @@
-"""MultiLang protocol conformance of workers/kcl_entry.py, driven over real stdin/stdout pipes.
+"""MultiLang protocol conformance of pipeline/app/kcl_entry.py, driven over real stdin/stdout pipes.
 
 The test plays the daemon's side (KCL-SPEC §4; the message shapes of kclpy's own
 test_amazon_kclpy_input_output_integration.py) against a real child process running
@@ -41,7 +41,7 @@ class FakeDaemon:
 
     def __init__(self, processor: str = PROBE) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.kcl_entry", "--processor", processor],
+            [sys.executable, "-m", "pipeline.app.kcl_entry", "--processor", processor],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -15,12 +15,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.clients import ClientFactory
+from pipeline.app.provision import ensure_bucket
 from pipeline.consumer.processor import InitializeInput, ProcessRecordsInput, Record
-from pipeline.layout import EventObjectKey
-from pipeline.provision import ensure_bucket
-from pipeline.settings import Settings
-from pipeline.synthetic import SyntheticConfig, SyntheticRecord, generate
+from pipeline.core.clients import ClientFactory
+from pipeline.core.layout import EventObjectKey
+from pipeline.core.settings import Settings
+from pipeline.producer.synthetic import SyntheticConfig, SyntheticRecord, generate
 from schemas import Event, load_registry
 from workers.projector import (
     ProjectionStore,

@@ -23,7 +23,7 @@ from projector_harness import (
 )
 
 from pipeline.consumer.processor import LeaseLostInput, ProcessRecordsInput
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
 from workers.projector import fold
 
 pytestmark = pytest.mark.integration

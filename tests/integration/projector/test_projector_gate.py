@@ -10,8 +10,8 @@ import pytest
 from projector_harness import REGISTRY, T0, Checkpoints, Env, chunks, deliver, make_env, records_of
 
 from pipeline.consumer.processor import Record
-from pipeline.settings import Settings
-from pipeline.synthetic import SyntheticConfig, generate
+from pipeline.core.settings import Settings
+from pipeline.producer.synthetic import SyntheticConfig, generate
 from workers.projector.plan import GateConfig
 from workers.projector.store import listpack_cap
 

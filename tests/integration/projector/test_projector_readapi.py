@@ -27,10 +27,10 @@ from projector_harness import (
 )
 from prometheus_client import CollectorRegistry
 
-from pipeline.readapi import ReadApiServer
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
 from schemas.read_models import hour_bucket, hour_of
 from workers.projector import ReadModels, fold
+from workers.projector.readapi import ReadApiServer
 from workers.projector.reader import ReadModelReader
 
 pytestmark = pytest.mark.integration

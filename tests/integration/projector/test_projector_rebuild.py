@@ -24,9 +24,9 @@ from projector_harness import (
     synthetic,
 )
 
-from pipeline.errors import TerminalError
-from pipeline.servers.stack import StackState
-from pipeline.settings import Settings
+from pipeline.app.servers.stack import StackState
+from pipeline.core.errors import TerminalError
+from pipeline.core.settings import Settings
 from workers.projector import fold
 from workers.projector.rebuild import Archive, Rebuild
 

@@ -21,17 +21,18 @@ from pipeline.consumer.processor import (
     ProcessRecordsInput,
     Record,
 )
-from pipeline.manifest import BatchManifest
-from pipeline.retry import Backoff
-from pipeline.settings import WorkerSettings
+from pipeline.core.manifest import BatchManifest
+from pipeline.core.retry import Backoff
+from pipeline.core.settings import WorkerSettings
 from schemas import encode_event, load_registry
 from workers.batcher.budget import MemoryBudget
 from workers.batcher.commit import FlushDeps
 from workers.batcher.context import BatcherContext
-from workers.batcher.dedupe import DedupeCheck, DedupeLayout
+from workers.batcher.dedupe import DedupeCheck
 from workers.batcher.policy import FlushPolicy
 from workers.batcher.processor import BatcherProcessor
 from workers.batcher.sinks import StoredObject
+from workers.idset.layout import DedupeLayout
 
 REGISTRY = load_registry()
 SHARD = "shardId-000000000001"
@@ -163,7 +164,7 @@ def harness(
         sleep=lambda _s: None,
         now=lambda: T0,
     )
-    from pipeline.settings import Settings
+    from pipeline.core.settings import Settings
 
     context = BatcherContext(
         settings=Settings(worker=worker),

@@ -23,8 +23,9 @@ from schemas.event import encode_event
 from workers.batcher import parquet
 from workers.batcher.buffer import Batch, ShardBuffer
 from workers.batcher.commit import build_tables, encode_objects
-from workers.batcher.dedupe import DedupeLayout
+from workers.batcher.dedupe import pack_rows
 from workers.batcher.policy import FlushReason
+from workers.idset.layout import DedupeLayout
 
 REGISTRY = load_registry()
 SHARD = "shardId-000000000003"
@@ -132,14 +133,14 @@ def test_pack_rows_matches_pack_and_the_float_hour(datas: list[bytes]) -> None:
     batch, _ = _buffered(datas)
     lay = DedupeLayout.for_stream("s", 86400)
     rows = batch.rows()
-    packed = lay.pack_rows(rows)
+    packed = pack_rows(lay, rows)
     assert packed == [lay.pack(r[0], r[2]) for r in rows]
     for blob, row in zip(packed, rows, strict=True):
         hour, crc = struct.unpack(">II", blob[:8])
         assert blob[8:] == uuid.UUID(row[0]).bytes and crc == zlib.crc32(blob[8:])
         assert hour == min(max(int(row[2].timestamp()) // 3600, 0), 0xFFFFFFFF)
     other = DedupeLayout(prefix="p", bucket_seconds=600)
-    assert other.pack_rows(rows) == [other.pack(r[0], r[2]) for r in rows]
+    assert pack_rows(other, rows) == [other.pack(r[0], r[2]) for r in rows]
 
 
 def test_json_values_are_the_producers_text() -> None:

@@ -14,14 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.consumer.processor import Record
-from pipeline.layout import parse_event_key
-from pipeline.manifest import BatchObject, decode_manifest, encode_manifest
+from pipeline.core.layout import parse_event_key
+from pipeline.core.manifest import BatchObject, decode_manifest, encode_manifest
 from schemas import load_registry
 from workers.batcher import plan
 from workers.batcher.buffer import Batch, Position, Rejected, ShardBuffer
 from workers.batcher.commit import build_tables
-from workers.batcher.dedupe import DedupeLayout, parse_check_reply, uuid_bytes
+from workers.batcher.dedupe import pack_rows, parse_check_reply
 from workers.batcher.policy import FlushReason
+from workers.idset.layout import DedupeLayout, uuid_bytes
 
 REGISTRY = load_registry()
 T0 = datetime(2024, 5, 1, 23, 59, 59, tzinfo=UTC)
@@ -158,7 +159,7 @@ def test_rfc3339_is_utc_z() -> None:
 def test_pack_rows_matches_pack() -> None:
     lay = DedupeLayout.for_stream("s", 86400)
     batch = _batch([_event(1), _event(2, at=datetime(1960, 1, 1, tzinfo=UTC))])
-    assert lay.pack_rows(batch.rows()) == [lay.pack(r[0], r[2]) for r in batch.rows()]
+    assert pack_rows(lay, batch.rows()) == [lay.pack(r[0], r[2]) for r in batch.rows()]
 
 
 def test_pack_is_hour_crc_and_uuid() -> None:

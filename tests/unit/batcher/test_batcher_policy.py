@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.consumer.processor import Record
-from pipeline.settings import WorkerSettings
+from pipeline.core.settings import WorkerSettings
 from schemas import load_registry
 from workers.batcher.budget import BudgetHandle, MemoryBudget
 from workers.batcher.buffer import ROW_OVERHEAD_BYTES, ShardBuffer

@@ -32,7 +32,7 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from pipeline.errors import TerminalError, TransientError
+from pipeline.core.errors import TerminalError, TransientError
 from workers.batcher import ShardFailed
 from workers.batcher.commit import ANNOUNCED, MARKED, WRITTEN
 
@@ -330,7 +330,7 @@ def test_metrics_dict() -> None:
 def test_one_json_log_line_per_flush(caplog: pytest.LogCaptureFixture) -> None:
     import orjson
 
-    from pipeline.observability import JsonFormatter
+    from pipeline.core.observability import JsonFormatter
 
     h = harness(flush_records=2)
     proc = h.processor()

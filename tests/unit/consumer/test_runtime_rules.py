@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from pipeline.app.processors import register_processor, resolve_processor
 from pipeline.consumer.handle import LeaseHandle, ShardCheckpointer
 from pipeline.consumer.leases import ExpiryTracker, Lease, plan_take
 from pipeline.consumer.processor import (
@@ -21,11 +22,10 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from pipeline.consumer.registry import register_processor, resolve_processor
 from pipeline.consumer.sequence import TRIM_HORIZON
 from pipeline.consumer.sequence import ExtendedSequenceNumber as E
 from pipeline.consumer.shard_consumer import ConsumerConfig, ShardConsumer
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 FAILOVER = 10.0
 

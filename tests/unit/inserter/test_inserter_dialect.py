@@ -18,8 +18,8 @@ from inserter.loader import Loader
 from inserter.naming import TableRef, reader_role, target_table
 from inserter.plan import plan_load
 from inserter.stagers import RedshiftCopyStager
-from pipeline.layout import EventObjectKey
-from pipeline.manifest import BatchManifest, BatchObject
+from pipeline.core.layout import EventObjectKey
+from pipeline.core.manifest import BatchManifest, BatchObject
 from schemas import load_registry
 
 REGISTRY = load_registry()

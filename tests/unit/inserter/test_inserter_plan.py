@@ -18,8 +18,8 @@ from inserter.naming import (
     target_table,
 )
 from inserter.plan import combine_plans, parse_time, plan_load
-from pipeline.layout import EventObjectKey
-from pipeline.manifest import BatchManifest, BatchObject, ManifestError
+from pipeline.core.layout import EventObjectKey
+from pipeline.core.manifest import BatchManifest, BatchObject, ManifestError
 from schemas import CUSTOMER_ID_PATTERN, is_safe_sql_name, load_registry
 
 REGISTRY = load_registry()

@@ -17,9 +17,9 @@ from psycopg import errors as pg_errors
 from inserter.errors import LoadError, classify_pg, is_transient_pg
 from inserter.replay import build_manifests, group_batches, parse_location, select
 from inserter.source import ParquetSummary, summarize_footer
-from pipeline.errors import ConfigError, TerminalError, TransientError
-from pipeline.layout import EventObjectKey
-from pipeline.manifest import decode_manifest, encode_manifest
+from pipeline.core.errors import ConfigError, TerminalError, TransientError
+from pipeline.core.layout import EventObjectKey
+from pipeline.core.manifest import decode_manifest, encode_manifest
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 

@@ -14,10 +14,10 @@ from inserter.naming import TableRef
 from inserter.plan import LoadPlan
 from inserter.queue import Heartbeat, Message
 from inserter.service import Inserter, InserterConfig, retry_delay
-from pipeline.errors import TransientError
-from pipeline.layout import EventObjectKey
-from pipeline.manifest import BatchManifest, BatchObject, encode_manifest
-from pipeline.retry import Backoff
+from pipeline.core.errors import TransientError
+from pipeline.core.layout import EventObjectKey
+from pipeline.core.manifest import BatchManifest, BatchObject, encode_manifest
+from pipeline.core.retry import Backoff
 from schemas import load_registry
 
 REGISTRY = load_registry()

@@ -19,10 +19,10 @@ from pipeline.consumer.processor import (
     ProcessRecordsInput,
     Record,
 )
-from pipeline.errors import TransientError
-from pipeline.retry import Backoff
-from pipeline.settings import Settings
-from pipeline.synthetic import SyntheticConfig, SyntheticRecord, generate
+from pipeline.core.errors import TransientError
+from pipeline.core.retry import Backoff
+from pipeline.core.settings import Settings
+from pipeline.producer.synthetic import SyntheticConfig, SyntheticRecord, generate
 from schemas import Event, encode_event, load_registry
 from workers.projector import keys
 from workers.projector.context import ProjectorContext

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from projector_fakes import REGISTRY, SHARD, decode_message, decoded, event, records_of, synthetic
 
 from schemas.read_models import ENTITY_RETENTION, project
-from workers.batcher.dedupe import DedupeLayout
+from workers.idset.layout import DedupeLayout
 from workers.projector import keys
 from workers.projector.plan import HINCRBY, ZINCRBY, GateConfig, Planner, _tail
 from workers.projector.store import parse_entity

@@ -11,9 +11,9 @@ import redis
 
 from pipeline.consumer.leases import Lease
 from pipeline.consumer.sequence import SHARD_END, TRIM_HORIZON, ExtendedSequenceNumber
-from pipeline.errors import TerminalError
-from pipeline.readapi import ROUTES, route
+from pipeline.core.errors import TerminalError
 from workers.projector import keys
+from workers.projector.readapi import ROUTES, route
 from workers.projector.reader import QueryError, ReadModelReader, describe_origin, parse_time
 from workers.projector.rebuild import CatchUp, merge_targets, unarchived
 
