@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--kinesis", choices=["moto", "kinesis-mock"], default="moto",
+    parser.add_argument("--kinesis", type=stack.KinesisEngine, choices=list(stack.KinesisEngine), default=stack.KinesisEngine.MOTO,
                         help="kinesis-mock: the engine the Java MultiLangDaemon benchmark uses")
     args = parser.parse_args()
     state_dir = Path(tempfile.mkdtemp(prefix="bench-consumer-"))

@@ -186,10 +186,6 @@ def parse_version(version: str) -> tuple[datetime, str]:
     return _YEAR1 + int(version[:18]) * _US, f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def datetime_of_micros(micros: int) -> datetime:
-    return _YEAR1 + micros * _US
-
-
 def epoch_seconds(ts: datetime) -> int:
     return (micros_of(ts) - _EPOCH_US) // 1_000_000
 

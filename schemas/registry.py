@@ -143,23 +143,6 @@ class EventType:
 
         return row_schema(self.fields)
 
-    def decode_payload(self, raw: bytes | msgspec.Raw, *, escapes: bool = True) -> Payload:
-        """The typed payload from its JSON bytes; raises InvalidEvent.
-
-        ``escapes``: the input may contain ``\\u`` escapes (NUL or lone surrogates that msgspec
-        would let through into json fields or strings); False skips that check."""
-        try:
-            payload: Payload = self._decoder.decode(raw)
-        except msgspec.ValidationError as exc:
-            raise _classify(exc, self._where, {}) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidEvent("bad_json", f"{self._where}{exc}") from None
-        if self._needs_check:
-            payload = self._check_values(payload)
-        if escapes:
-            self._check_escapes(payload)
-        return payload
-
     def _check_values(self, payload: Payload) -> Payload:
         changes: dict[str, Any] = {}  # values normalised: JSON null → None, UTC, decimal scale
         for name, required, limit in self._json_fields:

@@ -1,4 +1,4 @@
-"""KPL de-aggregation (spec §5): one Kinesis record → its user records with sub-sequence numbers.
+"""KPL de-aggregation: one Kinesis record → its user records with sub-sequence numbers.
 
 Format: magic F3 89 9A C2 ‖ protobuf ``AggregatedRecord`` ‖ MD5 of the protobuf bytes. Only a
 record whose magic, length, digest and protobuf all check out is split; anything else passes

@@ -1,4 +1,5 @@
-"""The DynamoDB lease table, with KCL's schema and conditional-write rules (spec §1, §2.2)."""
+"""The DynamoDB lease table, with KCL's schema and conditional-write rules
+(docs/consumer-runtime.md, "Lease table")."""
 
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ class LeaseStore:
         )  # fmt: skip
         if ok:
             return True
-        # A ConditionalCheckFailed may be our own write whose reply was lost (spec §2.2).
+        # A ConditionalCheckFailed may be our own write whose reply was lost.
         current = self.get(lease.lease_key)
         return (
             current is not None

@@ -1,7 +1,7 @@
 """Leases as KCL stores them, and the pure decisions about them.
 
 The DynamoDB adapter (:mod:`pipeline.consumer.lease_store`) only executes what these functions
-decide, so the protocol is unit-testable without a server (KCL-SPEC §2.1, §2.3, §2.5).
+decide, so the protocol is unit-testable without a server (docs/consumer-runtime.md, "Protocol").
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def plan_take(
     rng: random.Random | None = None,
     held: Collection[str] | None = None,
 ) -> TakePlan:
-    """KCL 2.x ``DynamoDBLeaseTaker`` (spec §2.3). Leases at SHARD_END are never taken.
+    """KCL 2.x ``DynamoDBLeaseTaker``. Leases at SHARD_END are never taken.
 
     ``held``: the leases this worker runs a consumer for. An expired lease that still names me
     as owner but that I do not hold (its consumer failed, or I was paused past failover) is
@@ -189,7 +189,7 @@ def deletable_parent(lease: Lease, by_key: Mapping[str, Lease]) -> bool:
 
 
 def may_create_child(parents: frozenset[str], existing: Collection[str]) -> bool:
-    """KCL's merge rule (spec §2.5): create a child lease only if all of its parents' leases exist
+    """KCL's merge rule: create a child lease only if all of its parents' leases exist
     or none does. With one merge parent's lease missing, the child would not wait for that parent
     (a missing parent does not block); shard sync creates the missing parent's lease instead, and
     that parent's own shard end creates the child."""

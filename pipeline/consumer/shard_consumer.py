@@ -1,4 +1,5 @@
-"""One shard's consumer thread: WAITING_ON_PARENTS → INITIALIZING → PROCESSING → SHUTDOWN (§3)."""
+"""One shard's consumer thread: WAITING_ON_PARENTS → INITIALIZING → PROCESSING → SHUTDOWN
+(docs/consumer-runtime.md, "Shard consumers")."""
 
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ class ShardConsumer(threading.Thread):
             if parents_done(lease, by_key):
                 return True
             self.shutdown_requested.wait(self.config.parent_poll_s)
-        return False  # shut down while waiting on parents: no callbacks (spec §3)
+        return False  # shut down while waiting on parents: no callbacks
 
     def _initialize(self) -> str | None:
         cp = self.handle.lease.checkpoint

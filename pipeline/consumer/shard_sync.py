@@ -1,4 +1,4 @@
-"""Create leases for shards that have none (spec §2.4). Creation is conditional, so several
+"""Create leases for shards that have none. Creation is conditional, so several
 workers syncing at once create each lease exactly once."""
 
 from __future__ import annotations

@@ -5,8 +5,6 @@ Versioned (``format``); the inserter refuses formats it does not know rather tha
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 FORMAT = 1
@@ -60,6 +58,3 @@ def batch_id(stream: str, shard_id: str, first_sequence: str, last_sequence: str
     """Deterministic: a replayed flush of the same records gets the same id."""
     return f"{stream}/{shard_id}/{first_sequence}-{last_sequence}"
 
-
-def manifest_dict(manifest: BatchManifest) -> dict[str, Any]:
-    return msgspec.to_builtins(manifest)  # type: ignore[no-any-return]

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 CASES = [
-    (["up", "--kinesis", "foo"], "--kinesis 'foo': expected one of moto, kinesis-mock"),
+    (["up", "--kinesis", "foo"], "Invalid value for '--kinesis': Value error, 'foo' is not one of 'moto', 'kinesis-mock'"),
     (["up", "--redis-port", "x"], "Invalid value for '--redis-port'"),
     (["no-such-command"], "No such command 'no-such-command'"),
     (["provision", "--shards", "0"], "Invalid value for '--shards'"),

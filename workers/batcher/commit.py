@@ -14,7 +14,7 @@ belongs to it). The processor calls ``finish`` before its next flush (or at once
 at shutdown and at shard end), so batch N is written, announced and marked while batch N+1 is
 being decoded, and batch N+1 is only checked once N is marked. Each batch goes 1 → 5 in order.
 
-Why this order (DESIGN §4.2 and §4.3): nothing is checkpointed before it is durable in S3 and
+Why this order (docs/batcher.md): nothing is checkpointed before it is durable in S3 and
 announced; ids are marked seen only once their batch is announced, because a false "seen" would
 drop an event for good. A crash between any two steps leaves the checkpoint where it was, and the
 new owner replays the same records: same batch id, same keys (If-None-Match finds the objects),
@@ -61,7 +61,6 @@ WRITTEN = "written"
 ANNOUNCED = "announced"
 MARKED = "marked"
 CHECKPOINTED = "checkpointed"
-STEPS = (WRITTEN, ANNOUNCED, MARKED, CHECKPOINTED)
 
 
 class LeaseLost(ShardhouseError):

@@ -13,7 +13,6 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -54,14 +53,6 @@ class BatcherContext:
                 metrics = self._metrics[shard_id] = ShardMetrics(shard_id=shard_id)
             return metrics
 
-    def metrics_snapshot(self) -> dict[str, Any]:
-        """Plain data for a metrics endpoint: per shard, plus the process's buffered bytes."""
-        with self._lock:
-            shards = {sid: m.as_dict() for sid, m in sorted(self._metrics.items())}
-        if self.prom is not None:
-            self.prom.buffer_bytes.set(self.budget.total)
-        return {"buffer_bytes": self.budget.total, "buffer_limit": self.budget.limit, "shards": shards}
-
 
 def build_context(
     clients: ClientFactory,
@@ -86,13 +77,17 @@ def build_context(
         announcer=SqsAnnouncer(clients.sqs(), settings.resources.queue),
         executor=executor or ThreadPoolExecutor(IO_THREADS, thread_name_prefix="batcher-io"),
     )
+    budget = MemoryBudget(settings.worker.max_buffer_bytes)
+    prom = prom_metrics(prom_registry) if prom_registry is not None else None
+    if prom is not None:
+        prom.buffer_bytes.set_function(lambda: budget.total)
     return BatcherContext(
         settings=settings,
         registry=deps.registry,
         policy=FlushPolicy.from_settings(settings.worker),
-        budget=MemoryBudget(settings.worker.max_buffer_bytes),
+        budget=budget,
         deps=deps,
-        prom=prom_metrics(prom_registry) if prom_registry is not None else None,
+        prom=prom,
     )
 
 

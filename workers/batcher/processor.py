@@ -8,7 +8,7 @@ It decodes and buffers records, decides cuts (policy.py), and hands sealed batch
   so a restart replays from the last checkpoint. (Continuing would risk checkpointing past
   records that were dropped with the failed buffer.)
 * running → lease lost (``lease_lost``, or a checkpoint refused with ShutdownException):
-  **stopped**. The buffer is dropped without writing anything (DESIGN invariant 4); later
+  **stopped**. The buffer is dropped without writing anything; later
   deliveries are ignored.
 """
 

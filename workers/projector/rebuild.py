@@ -2,7 +2,7 @@
 generation, then switch to it atomically.
 
 Why the archive and not the warehouse: the archive is what the batcher writes *before* it
-checkpoints (DESIGN invariant 2), so it is complete up to the batcher's checkpoints and needs
+checkpoints, so it is complete up to the batcher's checkpoints and needs
 nothing else running; the warehouse lags behind it by the inserter and is one more system to be
 up. Duplicates the archive may hold (when Redis forgot what the batcher had seen) and its lack of
 order do not matter: the models are built through the same idempotent, order-safe apply as live.

@@ -26,8 +26,9 @@ def _print_env(env: dict[str, str]) -> None:
 @app.command()
 def up(
     kinesis: Annotated[
-        str, typer.Option(help="Kinesis engine: moto (fast) or kinesis-mock (faithful resharding).")
-    ] = "moto",
+        stack.KinesisEngine,
+        typer.Option(help="Kinesis engine: moto (fast) or kinesis-mock (faithful resharding)."),
+    ] = stack.KinesisEngine.MOTO,
     aws_port: Annotated[int, typer.Option(help="moto server port (LocalStack's 4566).")] = 4566,
     kinesis_mock_port: Annotated[int, typer.Option()] = 4567,
     redis_port: Annotated[int, typer.Option()] = 6379,

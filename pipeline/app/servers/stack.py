@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import psycopg
@@ -20,7 +21,15 @@ from pipeline.app.servers import binaries, postgres
 from pipeline.app.servers.process import pid_alive, port_open, spawn, stop_pid, wait_for_port
 from pipeline.core.errors import ConfigError, TerminalError
 
-KINESIS_ENGINES = ("moto", "kinesis-mock")
+
+class KinesisEngine(StrEnum):
+    """Which emulator serves Kinesis: moto (fast, in the one AWS server) or kinesis-mock (faithful
+    resharding and shard iterators, see docs/architecture.md)."""
+
+    MOTO = "moto"
+    KINESIS_MOCK = "kinesis-mock"
+
+
 PG_SUPERUSER = "shardhouse"
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -30,7 +39,7 @@ class StackConfig:
     state_dir: Path
     host: str = "127.0.0.1"
     aws_port: int = 4566
-    kinesis_engine: str = "moto"  # moto serves Kinesis too; kinesis-mock for faithful resharding
+    kinesis_engine: KinesisEngine = KinesisEngine.MOTO
     kinesis_mock_port: int = 4567
     redis_port: int = 6379
     pg_port: int = 5432
@@ -38,10 +47,11 @@ class StackConfig:
     npm_dirs: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kinesis_engine not in KINESIS_ENGINES:
-            raise ConfigError(
-                f"--kinesis {self.kinesis_engine!r}: expected one of {', '.join(KINESIS_ENGINES)}"
-            )
+        try:
+            object.__setattr__(self, "kinesis_engine", KinesisEngine(self.kinesis_engine))
+        except ValueError:
+            choices = ", ".join(KinesisEngine)
+            raise ConfigError(f"--kinesis {self.kinesis_engine!r}: expected one of {choices}") from None
 
 
 @dataclass
@@ -111,7 +121,7 @@ def _stack_env(cfg: StackConfig) -> dict[str, str]:
         "SHARDHOUSE_REDIS_URL": f"redis://{cfg.host}:{cfg.redis_port}/0",
         "SHARDHOUSE_DATABASE_URL": f"postgresql://{PG_SUPERUSER}@{cfg.host}:{cfg.pg_port}/shardhouse",
     }
-    if cfg.kinesis_engine == "kinesis-mock":
+    if cfg.kinesis_engine is KinesisEngine.KINESIS_MOCK:
         env["AWS_ENDPOINT_URL_KINESIS"] = f"http://{cfg.host}:{cfg.kinesis_mock_port}"
     return env
 
@@ -212,7 +222,7 @@ STARTERS: dict[str, Callable[[StackConfig, Path], Service]] = {
 
 def wanted_services(cfg: StackConfig) -> list[str]:
     names = ["moto", "redis", "postgres"]
-    if cfg.kinesis_engine == "kinesis-mock" or cfg.with_kinesis_mock:
+    if cfg.kinesis_engine is KinesisEngine.KINESIS_MOCK or cfg.with_kinesis_mock:
         names.insert(1, "kinesis-mock")
     return names
 

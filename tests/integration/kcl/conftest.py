@@ -22,7 +22,7 @@ from pipeline.core.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[3]
 
-# Short timers so a JVM start-to-first-record stays within seconds (KCL-SPEC §2.1).
+# Short timers so a JVM start-to-first-record stays within seconds.
 FAST = {
     "failover_ms": 3000,
     "parent_shard_poll_ms": 500,

@@ -1,6 +1,6 @@
 """The real Java KCL MultiLangDaemon (KCL 3.1.3 from amazon-kclpy) consuming a stream on the local
 emulators through pipeline/app/kcl_entry.py with the recording processor: nothing skipped, nothing
-repeated, checkpoints in KCL's lease table, resume after a graceful restart (KCL-SPEC §7.16)."""
+repeated, checkpoints in KCL's lease table, resume after a graceful restart."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MultiLang protocol conformance of pipeline/app/kcl_entry.py, driven over real stdin/stdout pipes.
 
-The test plays the daemon's side (KCL-SPEC §4; the message shapes of kclpy's own
+The test plays the daemon's side (docs/kcl-multilang.md; the message shapes of kclpy's own
 test_amazon_kclpy_input_output_integration.py) against a real child process running
 ``kcl.KCLProcess`` around our adapter and a probe processor. No JVM needed: this is the part
 that fails first when kclpy or the contract drifts.

@@ -1,4 +1,4 @@
-"""DESIGN invariant 6 on a real redis-server: applying events twice, out of order within the
+"""Read models converge, on a real redis-server: applying events twice, out of order within the
 window, or across a processor killed mid-stream and restarted from its last checkpoint, leaves
 exactly the read models of a straightforward fold of the distinct events."""
 

@@ -319,8 +319,7 @@ def test_metrics_dict() -> None:
     proc = h.processor()
     same = event_bytes(1)
     deliver(proc, records_of([same, same, b"{"]), Checkpoints())
-    d = h.context.metrics_snapshot()
-    shard = d["shards"][SHARD]
+    shard = h.context.shard_metrics(SHARD).as_dict()
     assert shard["records_in"] == 3 and shard["valid"] == 2 and shard["invalid"] == 1
     assert shard["duplicates_dropped"] == 1 and shard["batches"] == 1 and shard["rows_written"] == 1
     assert shard["invalid_by_reason"] == {"bad_json": 1}

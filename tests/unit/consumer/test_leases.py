@@ -1,4 +1,4 @@
-"""The lease protocol's pure decisions (KCL-SPEC §2.1, §2.3, §2.5)."""
+"""The lease protocol's pure decisions (docs/consumer-runtime.md, "Protocol")."""
 
 from __future__ import annotations
 
