@@ -23,7 +23,7 @@ test: deps
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
-test-unit: $(BIN)/shardhouse
+test-unit: deps
 	$(BIN)/pytest -q tests/unit
 
 # The exactly-once acceptance test alone (also part of `make test`); run it three times in a row

@@ -63,7 +63,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.Stac
 def kinesis_mock_endpoint(stack: local_stack.StackState) -> str:
     """kinesis-mock's URL; resharding tests need its faithful split/merge behaviour."""
     if stack.kinesis_mock_endpoint is None:
-        pytest.skip("kinesis-mock not installed (run scripts/install-deps.sh)")
+        pytest.fail("kinesis-mock is not installed: `make deps` (part of `make test`) installs it")
     return stack.kinesis_mock_endpoint
 
 

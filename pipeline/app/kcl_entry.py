@@ -46,7 +46,6 @@ log = logging.getLogger("shardhouse.kcl_entry")
 PROCESSOR_ENV = "SHARDHOUSE_KCL_PROCESSOR"
 
 # The same names as ``shardhouse worker --processor`` (one registry for both runtimes).
-resolve_factory = resolve_processor
 
 
 class KclCheckpointer:

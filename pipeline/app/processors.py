@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from pipeline.consumer.diagnostic import create_noop, create_recorder
 from pipeline.consumer.processor import RecordProcessor
 from pipeline.core.clients import ClientFactory
 from pipeline.core.errors import ConfigError
@@ -17,11 +18,27 @@ from pipeline.core.settings import Settings
 
 ProcessorFactory = Callable[[ClientFactory, Settings], RecordProcessor]
 
+
+
+def _batcher(clients: ClientFactory, settings: Settings) -> RecordProcessor:
+    from workers.batcher import create_processor
+
+    return create_processor(clients, settings)
+
+
+def _projector(clients: ClientFactory, settings: Settings) -> RecordProcessor:
+    from workers.projector import create_processor
+
+    return create_processor(clients, settings)
+
+
+# The roles are imported when a processor is made, not when the CLI starts (each pulls in its own
+# dependencies: pyarrow for the batcher, the Lua scripts for the projector).
 _FACTORIES: dict[str, ProcessorFactory | str] = {
-    "batcher": "workers.batcher:create_processor",
-    "projector": "workers.projector:create_processor",
-    "noop": "pipeline.consumer.diagnostic:create_noop",
-    "recorder": "pipeline.consumer.diagnostic:create_recorder",
+    "batcher": _batcher,
+    "projector": _projector,
+    "noop": create_noop,
+    "recorder": create_recorder,
 }
 
 

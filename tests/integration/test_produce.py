@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
+from support.records import synthetic
 
 from pipeline.app.provision import ensure_stream
 from pipeline.app.servers.process import free_port
@@ -27,7 +28,7 @@ from pipeline.app.servers.stack import StackState
 from pipeline.core.clients import ClientFactory
 from pipeline.producer.batching import hash_partition_key
 from pipeline.producer.client import Producer
-from pipeline.producer.synthetic import SyntheticConfig, SyntheticRecord, generate
+from pipeline.producer.synthetic import SyntheticRecord
 
 pytestmark = pytest.mark.integration
 
@@ -84,11 +85,6 @@ AT = "2026-11-22T09:30:00Z"
 AT_DT = datetime(2026, 11, 22, 9, 30, tzinfo=UTC)
 
 
-def synthetic(config: SyntheticConfig, count: int) -> list[SyntheticRecord]:
-    """What the CLI generates with ``--occurred-at AT`` (byte for byte)."""
-    return list(generate(config, count, now=lambda: AT_DT))
-
-
 @pytest.mark.timeout(900)  # moto's PutRecords slows as shards grow (O(n) per record)
 def test_produce_100k_synthetic_records_and_read_them_back(
     stack: StackState, clients: ClientFactory, stream: str, tmp_path: Path
@@ -106,7 +102,7 @@ def test_produce_100k_synthetic_records_and_read_them_back(
     assert "failed 0," in done.stdout
 
     expected = synthetic(
-        SyntheticConfig(seed=seed, customers=40, duplicate_ratio=0.02, invalid_ratio=0.01), count
+        count, origin=AT_DT, step_ms=0, seed=seed, customers=40, duplicate_ratio=0.02, invalid_ratio=0.01
     )
     duplicates = sum(1 for r in expected if r.is_duplicate)
     invalid = sum(1 for r in expected if not r.valid)
@@ -157,7 +153,7 @@ def test_same_seed_produces_the_same_events(
     assert (
         runs[2]
         == runs[3]
-        == Counter((r.data, r.partition_key) for r in synthetic(SyntheticConfig(seed=5), 3000))
+        == Counter((r.data, r.partition_key) for r in synthetic(3000, origin=AT_DT, step_ms=0, seed=5))
     )
 
 
@@ -236,7 +232,7 @@ def test_produce_aggregated_records_deaggregate_to_the_same_user_records(
         k = record["kinesis"]
         data = base64.b64decode(k["data"]) if k.get("aggregated") else k["data"]
         users[(data, k["partitionKey"])] += 1
-    assert users == Counter((r.data, r.partition_key) for r in synthetic(SyntheticConfig(seed=9), 20_000))
+    assert users == Counter((r.data, r.partition_key) for r in synthetic(20_000, origin=AT_DT, step_ms=0, seed=9))
 
 
 def test_sdk_put_events_round_trip(clients: ClientFactory, stream: str) -> None:

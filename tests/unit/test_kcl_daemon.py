@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.app import kcl_daemon, kcl_entry
+from pipeline.app.processors import resolve_processor
 from pipeline.consumer.processor import CheckpointError, Record
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import load_settings
@@ -149,18 +149,18 @@ def test_from_settings_maps_the_worker_section() -> None:
         kcl_daemon.DaemonConfig.from_settings(settings, processor="recorder")
 
 
-def test_resolve_factory() -> None:
-    assert kcl_entry.resolve_factory("noop").__name__ == "create_noop"
+def test_resolve_processor() -> None:
+    assert resolve_processor("noop").__name__ == "create_noop"
     assert (
-        kcl_entry.resolve_factory("pipeline.consumer.diagnostic:create_recorder").__name__
+        resolve_processor("pipeline.consumer.diagnostic:create_recorder").__name__
         == "create_recorder"
     )
     with pytest.raises(ConfigError, match="unknown processor 'nope'"):
-        kcl_entry.resolve_factory("nope")
+        resolve_processor("nope")
     with pytest.raises(ConfigError, match="cannot import"):
-        kcl_entry.resolve_factory("no.such.module:f")
+        resolve_processor("no.such.module:f")
     with pytest.raises(ConfigError, match="no callable"):
-        kcl_entry.resolve_factory("pipeline.consumer.diagnostic:missing")
+        resolve_processor("pipeline.consumer.diagnostic:missing")
 
 
 def test_to_record_uses_epoch_millis() -> None:
@@ -174,7 +174,6 @@ def test_to_record_uses_epoch_millis() -> None:
     assert kcl_entry.to_record(kcl_record) == Record(b"x", "k", "9", 0, 1234)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("amazon_kclpy") is None, reason="amazon-kclpy not installed")
 def test_checkpoint_errors_are_translated_with_their_value() -> None:
     from amazon_kclpy.checkpoint_error import CheckpointError as KclCheckpointError
 

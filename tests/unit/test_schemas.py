@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
-from field_values import AWARE, field_value, text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.field_values import AWARE, field_value, text
 
 from schemas import (
     CUSTOMER_ID_PATTERN,

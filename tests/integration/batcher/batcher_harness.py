@@ -8,37 +8,24 @@ from __future__ import annotations
 import io
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry
+from support.checkpoints import Checkpoints
+from support.records import ORIGIN_MS, after, records_of
+from support.records import deliver as support_deliver
 
 from pipeline.app.provision import ensure_bucket, ensure_queues, ensure_stream
-from pipeline.consumer.processor import InitializeInput, ProcessRecordsInput, Record
+from pipeline.consumer.processor import InitializeInput, Record
 from pipeline.core.clients import ClientFactory
 from pipeline.core.manifest import BatchManifest, decode_manifest
 from pipeline.core.settings import Settings
 from workers.batcher import BatcherContext, BatcherProcessor, build_context
-
-ORIGIN_MS = 1_714_564_800_000  # 2024-05-01T12:00:00Z
-
-
-@dataclass
-class Checkpoints:
-    """The in-test checkpointer: remembers every checkpoint (the last one is where a restart
-    resumes)."""
-
-    calls: list[tuple[str | None, int | None]] = field(default_factory=list)
-
-    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
-        self.calls.append((sequence_number, sub_sequence_number))
-
-    @property
-    def last(self) -> tuple[str | None, int | None] | None:
-        return self.calls[-1] if self.calls else None
 
 
 @dataclass
@@ -125,26 +112,10 @@ def make_env(clients: ClientFactory, settings: Settings, name: str, *, shards: i
     return Env(test_settings, clients, CollectorRegistry())
 
 
-def records(
-    datas: Sequence[bytes], *, start_seq: int = 1000, step_ms: int = 5, origin_ms: int = ORIGIN_MS
-) -> list[Record]:
-    return [
-        Record(data, f"pk{i}", str(start_seq + i), 0, origin_ms + i * step_ms) for i, data in enumerate(datas)
-    ]
-
-
-def deliver(proc: BatcherProcessor, recs: Sequence[Record], ckpt: Checkpoints, chunk: int = 500) -> None:
-    for i in range(0, len(recs), chunk):
-        proc.process_records(ProcessRecordsInput(recs[i : i + chunk], 1000, ckpt))
-
-
-def after(recs: Sequence[Record], position: tuple[str | None, int | None] | None) -> list[Record]:
-    """The records a new owner receives when it resumes after ``position`` (KCL semantics)."""
-    if position is None:
-        return list(recs)
-    seq, sub = position
-    assert seq is not None
-    return [r for r in recs if (int(r.sequence_number), r.sub_sequence_number) > (int(seq), sub or 0)]
+#: A test's records: increasing sequence numbers from 1000, arrivals 5 ms apart.
+records = partial(records_of, first_seq=1000, step_ms=5)
+#: Deliveries of 500 records, 1 s behind the tip (so checkpoints may be deferred as in production).
+deliver = partial(support_deliver, behind_ms=1000, chunk=500)
 
 
 def read_shard(clients: ClientFactory, stream: str, shard_id: str) -> list[Record]:
@@ -186,3 +157,6 @@ def ids_in_objects(rows_by_key: dict[str, list[dict[str, Any]]]) -> dict[str, li
 def all_rows(rows_by_key: dict[str, list[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
     for rows in rows_by_key.values():
         yield from rows
+
+
+__all__ = ["ORIGIN_MS", "Checkpoints", "after"]

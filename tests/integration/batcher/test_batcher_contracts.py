@@ -3,23 +3,19 @@ the real servers, and the in-memory ones the unit tests use (so those tests mean
 
 from __future__ import annotations
 
-import sys
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from batcher_harness import make_env
+from support.batcher_fakes import MemoryDedupe, MemoryStore
 
 from pipeline.core.clients import ClientFactory
 from pipeline.core.settings import Settings
 from workers.batcher.dedupe import RedisDedupeStore
 from workers.batcher.sinks import DedupeStore, ObjectStore, S3ObjectStore
 from workers.idset.layout import DedupeLayout
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "batcher"))
-from batcher_fakes import MemoryDedupe, MemoryStore
 
 pytestmark = pytest.mark.integration
 

@@ -112,7 +112,7 @@ def test_producer_retries_across_shards_leave_no_duplicate_rows(
     # Shard b receives a retry of every 5th record shard a received, after a has flushed them.
     deliver(a, records(datas), ck_a)
     a.shutdown_requested(ShutdownRequestedInput(ck_a))
-    deliver(b, records(datas[::5], start_seq=50_000), ck_b)
+    deliver(b, records(datas[::5], first_seq=50_000), ck_b)
     b.shutdown_requested(ShutdownRequestedInput(ck_b))
 
     where = ids_in_objects(env.rows_by_key())
@@ -195,7 +195,7 @@ def test_redis_forgetting_allows_duplicates_but_loses_nothing(
 
     retry = env.processor("shardId-000000000001")  # the producer retried them all, to another shard
     ckpt2 = Checkpoints()
-    deliver(retry, records(datas, start_seq=90_000), ckpt2)
+    deliver(retry, records(datas, first_seq=90_000), ckpt2)
     retry.shutdown_requested(ShutdownRequestedInput(ckpt2))
 
     by_key = env.rows_by_key()

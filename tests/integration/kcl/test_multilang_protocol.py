@@ -9,7 +9,6 @@ that fails first when kclpy or the contract drifts.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import queue
 import subprocess
@@ -23,10 +22,7 @@ import pytest
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.kcl,
-    pytest.mark.skipif(
-        importlib.util.find_spec("amazon_kclpy") is None,
-        reason="amazon-kclpy not installed (pip install -e '.[kcl]')",
-    ),
+    pytest.mark.usefixtures("kcl_available"),
 ]
 
 REPO = Path(__file__).resolve().parents[3]

@@ -8,19 +8,24 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from support import records
+from support.checkpoints import Checkpoints
+from support.records import after
+from support.records import deliver_batches as deliver
 
 from pipeline.app.provision import ensure_bucket
-from pipeline.consumer.processor import InitializeInput, ProcessRecordsInput, Record
+from pipeline.consumer.processor import InitializeInput, Record
 from pipeline.core.clients import ClientFactory
 from pipeline.core.layout import EventObjectKey
 from pipeline.core.settings import Settings
-from pipeline.producer.synthetic import SyntheticConfig, SyntheticRecord, generate
+from pipeline.producer.synthetic import SyntheticRecord
 from schemas import Event, load_registry
 from workers.projector import (
     ProjectionStore,
@@ -37,22 +42,8 @@ SHARD = "shardId-000000000000"
 #: Recent enough for every retention (counts, gate window).
 T0 = (datetime.now(UTC) - timedelta(hours=5)).replace(minute=0, second=0, microsecond=0)
 
-
-def synthetic(
-    n: int, *, seed: int = 11, customers: int = 4, step_ms: int = 40, **kw: Any
-) -> list[SyntheticRecord]:
-    ticks = iter(range(10**9))
-    return list(
-        generate(
-            SyntheticConfig(seed=seed, customers=customers, **kw),
-            n,
-            now=lambda: T0 + timedelta(milliseconds=next(ticks) * step_ms),
-        )
-    )
-
-
-def records_of(items: Sequence[SyntheticRecord], first_seq: int = 10**20) -> list[Record]:
-    return [Record(s.data, s.partition_key, str(first_seq + i), 0, 0) for i, s in enumerate(items)]
+synthetic = partial(records.synthetic, origin=T0, seed=11, customers=4, step_ms=40)
+records_of = partial(records.records_of, first_seq=10**20, origin_ms=0, step_ms=0)
 
 
 def events_of(items: Sequence[SyntheticRecord] | Sequence[Record]) -> list[Event]:
@@ -86,18 +77,6 @@ def shuffled_within(items: Sequence[Record], window: int, seed: int, first_seq: 
         rng.shuffle(part)
         out.extend(part)
     return [replace(r, sequence_number=str(first_seq + i)) for i, r in enumerate(out)]
-
-
-@dataclass
-class Checkpoints:
-    calls: list[tuple[str | None, int | None]] = field(default_factory=list)
-
-    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
-        self.calls.append((sequence_number, sub_sequence_number))
-
-    @property
-    def last(self) -> str | None:
-        return self.calls[-1][0] if self.calls else None
 
 
 @dataclass
@@ -161,19 +140,8 @@ def make_env(settings: Settings, name: str) -> Env:
     return Env(mine, ClientFactory(mine))
 
 
-def deliver(
-    proc: ProjectorProcessor, batches: Iterator[list[Record]], ckpt: Checkpoints, *, behind_ms: int = 0
-) -> None:
-    for batch in batches:
-        proc.process_records(ProcessRecordsInput(batch, behind_ms, ckpt))
-
-
-def after(records: Sequence[Record], sequence: str | None) -> list[Record]:
-    """What a restart re-reads: everything after the last checkpoint."""
-    if sequence is None:
-        return list(records)
-    return [r for r in records if int(r.sequence_number) > int(sequence)]
-
-
 def expected(items: Sequence[SyntheticRecord] | Sequence[Record]) -> ReadModels:
     return fold(events_of(items))
+
+
+__all__ = ["Checkpoints", "after", "deliver"]

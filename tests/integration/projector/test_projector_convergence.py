@@ -60,7 +60,7 @@ def test_duplicates_and_a_shuffled_replay_converge(env: Env) -> None:
     deliver(proc, chunks(again, [333, 71]), ckpt)
     assert_models(env, items)
     assert proc.stats.applied == applied_once
-    assert ckpt.last == again[-1].sequence_number
+    assert ckpt.last_sequence == again[-1].sequence_number
 
 
 def test_fully_out_of_order_delivery_converges(env: Env) -> None:
@@ -131,7 +131,7 @@ def test_after_lease_loss_nothing_more_is_written(env: Env) -> None:
     proc.process_records(ProcessRecordsInput(records[600:], 0, ckpt))
     assert env.snapshot() == fold(events_of(records[:600]))
     assert env.store.status().positions == {SHARD: records[599].sequence_number}
-    assert ckpt.last == records[599].sequence_number
+    assert ckpt.last_sequence == records[599].sequence_number
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

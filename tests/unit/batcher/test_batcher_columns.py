@@ -12,9 +12,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from field_values import AWARE, field_value, text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.field_values import AWARE, field_value, text
 
 from pipeline.consumer.processor import Record
 from schemas import Event, load_registry

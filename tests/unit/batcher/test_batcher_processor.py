@@ -12,7 +12,9 @@ import time
 from collections import Counter
 
 import pytest
-from batcher_fakes import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.batcher_fakes import (
     SHARD,
     T0_MS,
     Checkpoints,
@@ -22,8 +24,6 @@ from batcher_fakes import (
     harness,
     records_of,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from pipeline.consumer.processor import (
     CheckpointError,
@@ -63,7 +63,7 @@ def test_age_cut_uses_arrival_timestamps() -> None:
     h = harness(flush_age_seconds=1.0)
     proc = h.processor()
     ckpt = Checkpoints()
-    recs = records_of([event_bytes(i) for i in range(7)], arrival_step_ms=400)  # 0,400,...,2400 ms
+    recs = records_of([event_bytes(i) for i in range(7)], step_ms=400)  # 0,400,...,2400 ms
     deliver(proc, recs[:3], ckpt)
     deliver(proc, recs[3:], ckpt)
     # 0..800 ms form a batch; 1200 ms is ≥ 1 s after its first record and starts the next one,
@@ -77,9 +77,9 @@ def test_idle_flush_when_caught_up() -> None:
     proc = h.processor()
     proc.clock_ms = lambda: T0_MS + 5_000
     ckpt = Checkpoints()
-    deliver(proc, records_of([event_bytes(1)]), ckpt, behind=3_000)
+    deliver(proc, records_of([event_bytes(1)]), ckpt, behind_ms=3_000)
     assert ckpt.calls == []  # behind: the clock does not cut
-    deliver(proc, [], ckpt, behind=0)
+    deliver(proc, [], ckpt, behind_ms=0)
     assert ckpt.calls == [("100", 0)]
     assert proc.metrics.flushes_by_reason == Counter({"idle": 1})
 
@@ -91,11 +91,11 @@ def test_checkpoint_trails_one_batch_while_behind() -> None:
     h = harness(flush_records=3)
     proc = h.processor()
     ckpt = Checkpoints()
-    deliver(proc, records_of([event_bytes(i) for i in range(4)]), ckpt, behind=60_000)
+    deliver(proc, records_of([event_bytes(i) for i in range(4)]), ckpt, behind_ms=60_000)
     assert ckpt.calls == []  # batch 1 sealed, its commit under way
-    deliver(proc, records_of([event_bytes(i) for i in range(4, 6)], start_seq=104), ckpt, behind=60_000)
+    deliver(proc, records_of([event_bytes(i) for i in range(4, 6)], first_seq=104), ckpt, behind_ms=60_000)
     assert ckpt.calls == [("102", 0)] and h.dedupe.marks >= 1 and len(h.announcer.manifests) >= 1
-    deliver(proc, [], ckpt, behind=0)
+    deliver(proc, [], ckpt, behind_ms=0)
     assert ckpt.calls == [("102", 0), ("105", 0)]
     assert h.dedupe.calls == ["check", "mark", "check", "mark"]
     assert len(h.announcer.manifests) == 2
@@ -106,7 +106,7 @@ def test_lease_lost_during_a_commit_stops_it_before_the_next_write() -> None:
     h.store.gate = threading.Event()
     proc = h.processor()
     ckpt = Checkpoints()
-    deliver(proc, records_of([event_bytes(i) for i in range(4)]), ckpt, behind=60_000)
+    deliver(proc, records_of([event_bytes(i) for i in range(4)]), ckpt, behind_ms=60_000)
     while h.dedupe.checks == 0:  # the commit thread reached its S3 writes
         time.sleep(0.001)
     proc.lease_lost(LeaseLostInput())
@@ -137,7 +137,7 @@ def test_duplicates_in_batch_and_across_batches() -> None:
     ckpt = Checkpoints()
     same = event_bytes(1)
     deliver(proc, records_of([same, same, event_bytes(2), same]), ckpt)  # batch 1: 2 unique
-    deliver(proc, records_of([same, event_bytes(2), event_bytes(3), event_bytes(3)], start_seq=200), ckpt)
+    deliver(proc, records_of([same, event_bytes(2), event_bytes(3), event_bytes(3)], first_seq=200), ckpt)
     rows = h.store.rows()
     assert sorted(r["event_id"][-2:] for r in rows) == ["01", "02", "03"]
     m = proc.metrics
@@ -188,7 +188,7 @@ def test_lease_lost_drops_the_buffer_without_writing() -> None:
     ckpt = Checkpoints()
     deliver(proc, records_of([event_bytes(1)]), ckpt)
     proc.lease_lost(LeaseLostInput())
-    deliver(proc, records_of([event_bytes(2)], start_seq=300), ckpt)
+    deliver(proc, records_of([event_bytes(2)], first_seq=300), ckpt)
     proc.shutdown_requested(ShutdownRequestedInput(ckpt))
     assert h.store.puts == 0 and h.announcer.manifests == [] and ckpt.calls == []
     assert h.context.budget.total == 0
@@ -202,7 +202,7 @@ def test_checkpoint_refused_with_shutdown_exception_stops_the_shard() -> None:
     # The first flush was written and announced, then the checkpoint was refused: stop there.
     assert len(h.announcer.manifests) == 1
     assert proc.buffer.records == 0
-    deliver(proc, records_of([event_bytes(9)], start_seq=900), ckpt)
+    deliver(proc, records_of([event_bytes(9)], first_seq=900), ckpt)
     assert len(h.announcer.manifests) == 1
 
 
@@ -234,7 +234,7 @@ def test_terminal_error_fails_loudly_without_checkpoint() -> None:
         deliver(proc, records_of([event_bytes(i) for i in range(3)]), ckpt)
     assert ckpt.calls == [] and h.announcer.manifests == []
     with pytest.raises(ShardFailed):
-        deliver(proc, records_of([event_bytes(7)], start_seq=700), ckpt)
+        deliver(proc, records_of([event_bytes(7)], first_seq=700), ckpt)
     proc.shutdown_requested(ShutdownRequestedInput(ckpt))
     assert ckpt.calls == []
     with pytest.raises(ShardFailed):
@@ -302,13 +302,13 @@ def test_memory_pressure_flushes_the_largest_buffer_early() -> None:
     b = h.processor("shardId-000000000002")
     ck_a, ck_b = Checkpoints(), Checkpoints()
     deliver(a, records_of([event_bytes(i) for i in range(15)]), ck_a)  # ~10 KB estimated
-    deliver(b, records_of([event_bytes(100 + i) for i in range(10)], start_seq=5000), ck_b)
+    deliver(b, records_of([event_bytes(100 + i) for i in range(10)], first_seq=5000), ck_b)
     deliver(a, [], ck_a)  # a is largest: asked to flush, does so at its next delivery
     assert ck_a.calls and a.metrics.flushes_by_reason["pressure"] >= 1
     assert h.context.budget.total <= limit + limit // 4
     peak = 0
     for i in range(40):
-        deliver(b, records_of([event_bytes(1000 + i)], start_seq=6000 + i), ck_b)
+        deliver(b, records_of([event_bytes(1000 + i)], first_seq=6000 + i), ck_b)
         peak = max(peak, h.context.budget.total)
     assert peak <= limit + limit // 4 + 1_000
     assert b.metrics.flushes_by_reason["pressure"] >= 1

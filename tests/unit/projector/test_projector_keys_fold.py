@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from projector_fakes import appointment, decoded, synthetic
+from support.projector_fakes import appointment, decoded, synthetic
 
 from schemas.read_models import epoch_seconds, project
 from workers.projector import keys

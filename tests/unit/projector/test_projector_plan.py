@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from projector_fakes import REGISTRY, SHARD, decode_message, decoded, event, records_of, synthetic
+from support.projector_fakes import NOW as FAKE_NOW
+from support.projector_fakes import REGISTRY, SHARD, decode_message, decoded, event, records_of, synthetic
 
 from schemas.read_models import ENTITY_RETENTION, project
 from workers.idset.layout import DedupeLayout
@@ -17,7 +17,7 @@ from workers.projector.plan import HINCRBY, ZINCRBY, GateConfig, Planner, _tail
 from workers.projector.store import parse_entity
 
 NS = keys.Namespace("rm:plan:")
-NOW = int(time.time())
+NOW = int(FAKE_NOW)
 
 
 def planner(chunk_events: int = 4096) -> Planner:

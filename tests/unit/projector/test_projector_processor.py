@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import replace as dc_replace
 
 import pytest
-from projector_fakes import (
+from prometheus_client import CollectorRegistry
+from support.projector_fakes import (
     REGISTRY,
     SHARD,
     Checkpoints,
@@ -18,7 +19,6 @@ from projector_fakes import (
     records_of,
     synthetic,
 )
-from prometheus_client import CollectorRegistry
 
 from pipeline.consumer.processor import (
     InitializeInput,

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from projector_fakes import AT, appointment, event, order
+from support.projector_fakes import AT, appointment, event, order
 
 from schemas.read_models import (
     DAILY_RETENTION,

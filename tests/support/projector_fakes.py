@@ -6,24 +6,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
 import redis
 
 from pipeline.consumer.processor import (
-    CheckpointError,
     InitializeInput,
-    ProcessRecordsInput,
     Record,
 )
 from pipeline.core.errors import TransientError
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import Settings
-from pipeline.producer.synthetic import SyntheticConfig, SyntheticRecord, generate
+from pipeline.producer.synthetic import SyntheticRecord
 from schemas import Event, encode_event, load_registry
+from support import records
+from support.checkpoints import Checkpoints
+from support.records import deliver
 from workers.projector import keys
 from workers.projector.context import ProjectorContext
 from workers.projector.plan import GateConfig, Message
@@ -32,25 +33,13 @@ from workers.projector.store import ApplyResult, ProjectionStore
 
 SHARD = "shardId-000000000000"
 REGISTRY = load_registry()
-#: A recent, fixed origin: inside every retention, so counts are never cut.
-T0 = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+#: A fixed origin; the processors' clock (NOW) keeps it inside every retention.
+T0 = datetime(2026, 6, 1, 9, tzinfo=UTC)
+#: The processor's injected clock: three hours after the events began.
+NOW = (T0 + timedelta(hours=3)).timestamp()
 
-
-def synthetic(
-    n: int, *, seed: int = 7, customers: int = 3, step_ms: int = 50, **kw: Any
-) -> list[SyntheticRecord]:
-    ticks = iter(range(10**9))
-    return list(
-        generate(
-            SyntheticConfig(seed=seed, customers=customers, **kw),
-            n,
-            now=lambda: T0 + timedelta(milliseconds=next(ticks) * step_ms),
-        )
-    )
-
-
-def records_of(items: Sequence[SyntheticRecord], first_seq: int = 10**20) -> list[Record]:
-    return [Record(s.data, s.partition_key, str(first_seq + i), 0, 0) for i, s in enumerate(items)]
+synthetic = partial(records.synthetic, origin=T0, seed=7, customers=3, step_ms=50)
+records_of = partial(records.records_of, first_seq=10**20, origin_ms=0, step_ms=0)
 
 
 def decoded(items: Sequence[SyntheticRecord]) -> list[Event]:
@@ -66,20 +55,6 @@ def decode_message(message: Message) -> dict[str, Any]:
         "effects": [effects[i : i + 4] for i in range(0, len(effects), 4)],
         "entities": [entities[i : i + 7] for i in range(0, len(entities), 7)],
     }
-
-
-@dataclass
-class Checkpoints:
-    calls: list[tuple[str | None, int | None]] = field(default_factory=list)
-    log: list[str] | None = None
-    fail: list[str] = field(default_factory=list)  # CheckpointError values to raise, in order
-
-    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
-        if self.fail:
-            raise CheckpointError(self.fail.pop(0))
-        self.calls.append((sequence_number, sub_sequence_number))
-        if self.log is not None:
-            self.log.append(f"checkpoint {sequence_number}")
 
 
 class FakeStore:
@@ -122,16 +97,10 @@ def context(store: FakeStore, *, max_pending: int = 64, chunk_events: int = 4096
 
 def processor(store: FakeStore, **kw: Any) -> ProjectorProcessor:
     proc = ProjectorProcessor(
-        context(store, **kw), checkpoint_backoff=Backoff(base=0.0, cap=0.0, max_attempts=4)
+        context(store, **kw), checkpoint_backoff=Backoff(base=0.0, cap=0.0, max_attempts=4), clock=lambda: NOW
     )
     proc.initialize(InitializeInput(SHARD, "TRIM_HORIZON", 0))
     return proc
-
-
-def deliver(
-    proc: ProjectorProcessor, records: Sequence[Record], ckpt: Checkpoints, *, behind_ms: int = 0
-) -> None:
-    proc.process_records(ProcessRecordsInput(list(records), behind_ms, ckpt))
 
 
 def batches(records: Sequence[Record], size: int) -> Iterator[list[Record]]:
@@ -189,3 +158,6 @@ def appointment(status: str, starts_at: datetime) -> Event:
             "fee": "60.5",
         },
     )
+
+
+__all__ = ["Checkpoints", "deliver", "records_of", "synthetic"]

@@ -10,7 +10,7 @@ import io
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,13 +18,14 @@ import pyarrow.parquet as pq
 
 from pipeline.consumer.processor import (
     InitializeInput,
-    ProcessRecordsInput,
     Record,
 )
 from pipeline.core.manifest import BatchManifest
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import WorkerSettings
 from schemas import encode_event, load_registry
+from support.checkpoints import Checkpoints
+from support.records import ORIGIN_MS, deliver, records_of
 from workers.batcher.budget import MemoryBudget
 from workers.batcher.commit import FlushDeps
 from workers.batcher.context import BatcherContext
@@ -37,7 +38,7 @@ from workers.idset.layout import DedupeLayout
 REGISTRY = load_registry()
 SHARD = "shardId-000000000001"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-T0_MS = int(T0.timestamp() * 1000)
+T0_MS = ORIGIN_MS
 
 
 class MemoryStore:
@@ -102,23 +103,6 @@ class MemoryDedupe:
         if batch_id:
             self.batches.add(batch_id)
         return len(new)
-
-
-@dataclass
-class Checkpoints:
-    """A checkpointer that records what it was told (and can refuse)."""
-
-    calls: list[tuple[str | None, int | None]] = field(default_factory=list)
-    refuse: Exception | None = None
-
-    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
-        if self.refuse is not None:
-            raise self.refuse
-        self.calls.append((sequence_number, sub_sequence_number))
-
-    @property
-    def last(self) -> tuple[str | None, int | None] | None:
-        return self.calls[-1] if self.calls else None
 
 
 @dataclass
@@ -202,28 +186,6 @@ def event_bytes(
     )
 
 
-def records_of(
-    datas: Iterable[bytes], *, start_seq: int = 100, arrival_step_ms: int = 10, sub: bool = False
-) -> list[Record]:
-    """Records with increasing sequence numbers and arrival times (``sub``: each one its own
-    sub-record 0 of distinct sequence numbers)."""
-    return [
-        Record(
-            binary_data=data,
-            partition_key=f"pk{i}",
-            sequence_number=str(start_seq + i),
-            sub_sequence_number=0,
-            approximate_arrival_timestamp=T0_MS + i * arrival_step_ms,
-        )
-        for i, data in enumerate(datas)
-    ]
-
-
-def deliver(proc: BatcherProcessor, records: Sequence[Record], ckpt: Checkpoints, behind: int = 0) -> None:
-    """One delivery; ``behind`` is millis_behind_latest (0: caught up, checkpoints are not deferred)."""
-    proc.process_records(ProcessRecordsInput(records, behind, ckpt))
-
-
 def deliver_in_chunks(
     proc: BatcherProcessor, records: Sequence[Record], ckpt: Checkpoints, sizes: Iterable[int]
 ) -> None:
@@ -235,3 +197,6 @@ def deliver_in_chunks(
         i += size
     if i < len(records):
         deliver(proc, records[i:], ckpt)
+
+
+__all__ = ["Checkpoints", "deliver", "records_of"]
