@@ -110,6 +110,93 @@ class TakePlan:
     steal: tuple[Lease, ...] = ()
 
 
+@dataclass(frozen=True)
+class TableView:
+    """One taker pass's reading of the table: the live leases (not at SHARD_END), those I hold,
+    those available (expired, not held by me), and how many leases each live worker owns. A
+    worker is live while it holds an unexpired lease; I count with what I hold, whatever the
+    table says."""
+
+    live: tuple[Lease, ...]
+    mine: tuple[Lease, ...]
+    available: tuple[Lease, ...]
+    owners: Mapping[str, int]
+
+    @property
+    def worker_count(self) -> int:
+        return len(self.owners)
+
+
+def table_view(
+    leases: Sequence[Lease], me: str, tracker: ExpiryTracker, now: float, held: Collection[str] | None
+) -> TableView:
+    """Classify the leases for one pass; ``held`` defaults to the unexpired leases naming me."""
+    live = [lease for lease in leases if not lease.at_shard_end]
+    if held is None:
+        held = {x.lease_key for x in live if x.lease_owner == me and not tracker.expired(x, now)}
+    owners = Counter(
+        me if x.lease_key in held else x.lease_owner
+        for x in live
+        if x.lease_key in held or (x.lease_owner and not tracker.expired(x, now))
+    )
+    owners[me] += 0  # I am a worker even while I hold nothing
+    return TableView(
+        live=tuple(live),
+        mine=tuple(x for x in live if x.lease_key in held),
+        available=tuple(x for x in live if x.lease_key not in held and tracker.expired(x, now)),
+        owners={str(owner): n for owner, n in owners.items()},
+    )
+
+
+def target_count(lease_count: int, worker_count: int, cap: float) -> int:
+    """KCL's per-worker target: an even share rounded up (1 when workers outnumber leases),
+    never above ``maxLeasesForWorker``."""
+    target = 1 if worker_count >= lease_count else math.ceil(lease_count / worker_count)
+    return int(min(target, cap))
+
+
+def very_old_leases(available: Iterable[Lease], tracker: ExpiryTracker, now: float) -> list[Lease]:
+    """Leases unrenewed for over three failover times (new, never-owned ones included): KCL takes
+    all of them at once, ignoring the target, so a fresh stream or a dead fleet fills fast."""
+    return [lease for lease in available if tracker.age(lease, now) > 3 * tracker.failover_s]
+
+
+def take_count(candidates: int, need: float) -> int:
+    """How many of ``candidates`` to take when I may take ``need`` more (infinite: no cap)."""
+    return max(0, candidates if need == math.inf else int(min(candidates, need)))
+
+
+def steal_count(load: int, target: int, need: int, max_leases_to_steal: int) -> int:
+    """How many to steal from a victim holding ``load``: its excess over the target, at most my
+    own need; at least one when I need more than one (KCL's rule, which lets a 1-lease excess
+    move), never above ``maxLeasesToStealAtOneTime``."""
+    count = min(need, load - target)
+    if count <= 0 and need > 1:
+        count = 1
+    return max(0, min(count, max_leases_to_steal))
+
+
+def steal_victim(owners: Mapping[str, int], me: str) -> tuple[str, int] | None:
+    """The single most loaded other worker (ties: the greatest id) and its lease count."""
+    others = {owner: n for owner, n in owners.items() if owner != me}
+    if not others:
+        return None
+    return max(others.items(), key=lambda kv: (kv[1], kv[0]))
+
+
+def leases_to_steal(
+    view: TableView, me: str, target: int, need: int, max_leases_to_steal: int, rng: random.Random
+) -> tuple[Lease, ...]:
+    """Random leases of the busiest other worker, ``steal_count`` of them."""
+    victim = steal_victim(view.owners, me)
+    if victim is None:
+        return ()
+    busiest, load = victim
+    count = steal_count(load, target, need, max_leases_to_steal)
+    theirs = [lease for lease in view.live if lease.lease_owner == busiest]
+    return tuple(rng.sample(theirs, count)) if count else ()
+
+
 def plan_take(
     leases: Sequence[Lease],
     me: str,
@@ -127,47 +214,25 @@ def plan_take(
     as owner but that I do not hold (its consumer failed, or I was paused past failover) is
     available like any other, as in KCL; without this, a lone worker would never get it back.
     Defaults to the unexpired leases that name me.
+
+    Order of decisions: very old leases first (all of them, up to the cap); else, below target,
+    available leases; steal only when nothing is available, from the single most loaded worker.
     """
     rand = rng or random.Random()
     cap = max_leases_for_worker if max_leases_for_worker > 0 else math.inf
-    live = [lease for lease in leases if not lease.at_shard_end]
-    if not live:
+    view = table_view(leases, me, tracker, now, held)
+    if not view.live:
         return TakePlan()
-    if held is None:
-        held = {x.lease_key for x in live if x.lease_owner == me and not tracker.expired(x, now)}
-    available = [x for x in live if x.lease_key not in held and tracker.expired(x, now)]
-    mine = [x for x in live if x.lease_key in held]
-    owners = Counter(
-        me if x.lease_key in held else x.lease_owner
-        for x in live
-        if x.lease_key in held or (x.lease_owner and not tracker.expired(x, now))
-    )
-    workers = len(set(owners) | {me})
-    target = 1 if workers >= len(live) else math.ceil(len(live) / workers)
-    target = int(min(target, cap))
-    very_old = [lease for lease in available if tracker.age(lease, now) > 3 * tracker.failover_s]
+    very_old = very_old_leases(view.available, tracker, now)
     if very_old:
-        room = cap - len(mine)
-        count = int(min(len(very_old), room)) if room != math.inf else len(very_old)
-        return TakePlan(take=tuple(rand.sample(very_old, max(0, count))))
-    need = target - len(mine)
+        return TakePlan(take=tuple(rand.sample(very_old, take_count(len(very_old), cap - len(view.mine)))))
+    target = target_count(len(view.live), view.worker_count, cap)
+    need = target - len(view.mine)
     if need <= 0:
         return TakePlan()
-    if available:
-        return TakePlan(take=tuple(rand.sample(available, min(need, len(available)))))
-    # Steal only when nothing is available, from the single most loaded worker.
-    others = {owner: n for owner, n in owners.items() if owner != me}
-    if not others:
-        return TakePlan()
-    busiest, load = max(others.items(), key=lambda kv: (kv[1], kv[0]))
-    count = min(need, load - target)
-    if count <= 0 and need > 1:
-        count = 1
-    count = min(count, max_leases_to_steal)
-    if count <= 0:
-        return TakePlan()
-    theirs = [lease for lease in live if lease.lease_owner == busiest]
-    return TakePlan(steal=tuple(rand.sample(theirs, count)))
+    if view.available:
+        return TakePlan(take=tuple(rand.sample(view.available, take_count(len(view.available), need))))
+    return TakePlan(steal=leases_to_steal(view, me, target, need, max_leases_to_steal, rand))
 
 
 def parents_done(lease: Lease, by_key: Mapping[str, Lease]) -> bool:

@@ -11,9 +11,16 @@ from pipeline.consumer.leases import (
     Lease,
     deletable_parent,
     from_item,
+    leases_to_steal,
     parents_done,
     plan_take,
+    steal_count,
+    steal_victim,
+    table_view,
+    take_count,
+    target_count,
     to_new_item,
+    very_old_leases,
 )
 from pipeline.consumer.sequence import SHARD_END, TRIM_HORIZON, ExtendedSequenceNumber
 
@@ -142,3 +149,84 @@ def test_target_spreads_leases_evenly(workers: int) -> None:
     plan = plan_take(leases, "w0", tracker, 101.0, rng=random.Random(5), max_leases_to_steal=10)
     got = len(plan.take) + len(plan.steal)
     assert got <= -(-10 // workers)
+
+
+# -- the named decisions plan_take is made of ----------------------------------------------------
+
+
+def test_table_view_counts_me_with_what_i_hold_and_only_live_owners() -> None:
+    leases = [
+        lease("s0", "me"),
+        lease("s1", "w1"),
+        lease("s2", "w1"),
+        lease("s3", "gone"),
+        lease("s4", "w1", cp=SHARD_END),
+    ]
+    tracker = tracked(leases, at=100.0)
+    tracker.observe([*leases[:3], lease("s3", "gone", counter=1), leases[4]], 100.0)
+    view = table_view(leases, "me", tracker, 100.0, held={"s0", "s1"})
+    assert [x.lease_key for x in view.live] == ["s0", "s1", "s2", "s3"]  # SHARD_END is not live
+    assert [x.lease_key for x in view.mine] == ["s0", "s1"]  # held wins over the table's owner
+    assert view.available == ()
+    assert view.owners == {"me": 2, "w1": 1, "gone": 1}
+    later = table_view(leases, "me", tracker, 111.0, held={"s0"})
+    assert [x.lease_key for x in later.available] == ["s1", "s2", "s3"]  # unrenewed past failover
+    assert later.owners == {"me": 1} and later.worker_count == 1
+
+
+def test_table_view_counts_me_as_a_worker_while_holding_nothing() -> None:
+    leases = [lease("s0", "w1")]
+    view = table_view(leases, "me", tracked(leases), 100.0, held=None)
+    assert view.owners == {"w1": 1, "me": 0} and view.worker_count == 2 and view.mine == ()
+
+
+@pytest.mark.parametrize(
+    ("leases", "workers", "cap", "expected"),
+    [(10, 3, float("inf"), 4), (9, 3, float("inf"), 3), (3, 5, float("inf"), 1), (500, 50, 8, 8), (0, 1, 5, 1)],
+)
+def test_target_count_is_the_rounded_up_share_under_the_cap(
+    leases: int, workers: int, cap: float, expected: int
+) -> None:
+    assert target_count(leases, workers, cap) == expected
+
+
+def test_very_old_is_three_failover_times_unrenewed_or_never_seen_owned() -> None:
+    fresh, new = lease("s0", "w1"), lease("s1")
+    tracker = tracked([fresh, new], at=100.0)
+    assert [x.lease_key for x in very_old_leases([fresh, new], tracker, 100.0)] == ["s1"]
+    assert very_old_leases([fresh], tracker, 130.0) == []  # exactly 3x: not yet
+    assert very_old_leases([fresh], tracker, 130.5) == [fresh]
+
+
+@pytest.mark.parametrize(
+    ("candidates", "need", "expected"), [(5, float("inf"), 5), (5, 2, 2), (1, 3, 1), (4, -1, 0), (3, 0, 0)]
+)
+def test_take_count_is_bounded_by_candidates_and_need(candidates: int, need: float, expected: int) -> None:
+    assert take_count(candidates, need) == expected
+
+
+@pytest.mark.parametrize(
+    ("load", "target", "need", "max_steal", "expected"),
+    [
+        (9, 3, 3, 10, 3),  # victim's excess 6, my need 3
+        (5, 3, 3, 10, 2),  # excess 2
+        (4, 4, 2, 10, 1),  # no excess, but I need more than one: steal one
+        (4, 4, 1, 10, 0),  # no excess, need exactly one: balanced within one, stay
+        (9, 3, 3, 1, 1),  # maxLeasesToStealAtOneTime
+    ],
+)
+def test_steal_count_follows_kcl(load: int, target: int, need: int, max_steal: int, expected: int) -> None:
+    assert steal_count(load, target, need, max_steal) == expected
+
+
+def test_steal_victim_is_the_most_loaded_other_worker_ties_to_greatest_id() -> None:
+    assert steal_victim({"me": 9, "w1": 3, "w2": 3, "w0": 1}, "me") == ("w2", 3)
+    assert steal_victim({"me": 2}, "me") is None
+
+
+def test_leases_to_steal_come_from_the_victim_only() -> None:
+    leases = [lease(f"a{i}", "w1") for i in range(5)] + [lease(f"b{i}", "w2") for i in range(2)]
+    view = table_view(leases, "me", tracked(leases), 100.0, held=None)
+    stolen = leases_to_steal(view, "me", 3, 3, 10, random.Random(2))
+    assert len(stolen) == 2 and {x.lease_owner for x in stolen} == {"w1"}
+    assert leases_to_steal(view, "me", 5, 1, 10, random.Random(2)) == ()  # w1 holds 5 = target
