@@ -54,6 +54,7 @@ class ConsumerConfig:
 @dataclass
 class ShardStats:
     records: int = 0
+    bytes: int = 0  # payload bytes delivered (the 3.x renewal reports throughput from it)
     millis_behind_latest: int = 0
     last_fetch_at: float = 0.0
 
@@ -198,6 +199,7 @@ class ShardConsumer(threading.Thread):
                 last_delivered = ExtendedSequenceNumber(last.sequence_number, last.sub_sequence_number)
                 self.checkpointer.largest_delivered = last_delivered
                 self.stats.records += len(records)
+                self.stats.bytes += sum(len(r.binary_data) for r in records)
             self.on_records(self.shard_id, len(records), lag)
             # Empty batches are delivered too, so processors can flush on age while idle.
             self._deliver(records, lag)

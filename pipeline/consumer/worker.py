@@ -13,13 +13,15 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from pipeline.consumer.handle import LeaseHandle
+from pipeline.consumer.kcl3 import Kcl3Config, Kcl3Participant
+from pipeline.consumer.kcl3_state import Protocol
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import ExpiryTracker, Lease, deletable_parent, plan_take
 from pipeline.consumer.processor import RecordProcessor
@@ -50,6 +52,7 @@ class WorkerConfig:
     release_scan_s: float = 1.0
     shard_sync_s: float = 60.0
     status_log_s: float = 30.0  # a "progress" log line: leases held, records/s, max lag
+    kcl3: Kcl3Config = field(default_factory=Kcl3Config)  # the 3.x protocol, when the table is in 3.x mode
 
     @property
     def renew_s(self) -> float:
@@ -100,6 +103,7 @@ class Worker:
         self.stop_event = threading.Event()
         self.rng = random.Random()
         self._delivered_by_finished = 0  # records of consumers already reaped (for progress)
+        self.kcl3 = Kcl3Participant(self, config.kcl3)
 
     # -- public ---------------------------------------------------------------------------
     def request_shutdown(self, reason: str = "requested") -> None:
@@ -118,10 +122,13 @@ class Worker:
         next_status, delivered = now + self.config.status_log_s, 0
         while not self.stop_event.is_set():
             now = self.clock()
+            self.kcl3.tick(now)  # the table's mode; in 3.x: metrics, discovery, leadership
             if now >= next_renew:
                 self._step("renew", self._renew)
                 next_renew = now + self.config.renew_s
-            if now >= next_take:
+            if self.kcl3.protocol is Protocol.KCL3:
+                pass  # a 3.x worker never takes: the leader assigns (KCL-SPEC §2.6)
+            elif now >= next_take:
                 self._step("take", lambda: self._take(self.store.list_leases()))
                 next_take = now + self.config.take_s
             elif now >= next_release_scan:
@@ -134,7 +141,7 @@ class Worker:
             if now >= next_status:
                 delivered = self._report(delivered, self.config.status_log_s + now - next_status)
                 next_status = now + self.config.status_log_s
-            wake = min(next_renew, next_take, next_release_scan, next_sync, next_status)
+            wake = min(next_renew, next_take, next_release_scan, next_sync, next_status, self.kcl3.wake_at())
             self.stop_event.wait(max(0.05, min(0.5, wake - self.clock())))
         self._shutdown()
 
@@ -183,6 +190,9 @@ class Worker:
             log.exception("shard sync failed; will retry")
 
     def _renew(self) -> None:
+        if self.kcl3.protocol is Protocol.KCL3:
+            self.kcl3.renew()
+            return
         now = self.clock()
         for key, handle in list(self.handles.items()):
             if handle.lost.is_set():
@@ -262,6 +272,8 @@ class Worker:
                 del self.consumers[key]
                 self._delivered_by_finished += consumer.stats.records
                 handle = self.handles.pop(key, None)
+                if handle is not None:
+                    self.kcl3.finished(key, handle)
                 if handle is not None and consumer.reached_shard_end and not handle.lost.is_set():
                     with handle.lock:
                         self.store.release(handle.lease)
@@ -273,6 +285,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         """Flush and checkpoint everywhere, then hand every lease back at once."""
+        self.kcl3.begin_shutdown()
         for consumer in self.consumers.values():
             consumer.shutdown_requested.set()
         deadline = self.clock() + max(30.0, self.config.failover_s)
@@ -283,8 +296,10 @@ class Worker:
                 if self.clock() > deadline:
                     log.error("processor did not finish shutting down", extra={"shard_id": consumer.shard_id})
                     break
+        if self.kcl3.protocol is Protocol.KCL3:
+            self.kcl3.hand_off_all(self.handles)  # straight to a successor, not back to the leader
         for key, handle in self.handles.items():
-            if handle.lost.is_set():
+            if handle.lost.is_set() or self.kcl3.protocol is Protocol.KCL3:
                 continue
             with handle.lock:
                 try:
