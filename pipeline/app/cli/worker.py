@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Annotated
 
@@ -12,7 +15,11 @@ import typer
 from pipeline.app.cli import context
 from pipeline.app.cli.app import app
 from pipeline.app.processors import resolve_processor
+from pipeline.consumer.kcl3_assignment import AssignmentConfig, WorkerStats, active_workers
+from pipeline.consumer.kcl3_state import ClientVersion, LockItem, mode_for
+from pipeline.consumer.kcl3_tables import CoordinatorState, WorkerMetricsTable, checkpoint_owner
 from pipeline.consumer.lease_store import LeaseStore
+from pipeline.consumer.leases import Lease
 from pipeline.consumer.spot import watch_spot_notice
 from pipeline.consumer.worker import Worker, WorkerConfig, WorkerMetrics
 from pipeline.core.observability import configure_logging, serve_metrics
@@ -69,11 +76,19 @@ def worker(
 def leases(
     app_name: Annotated[str, typer.Option("--app", help="Application name = lease table name.")],
 ) -> None:
-    """Show each lease: owner, counter, checkpoint, owner switches, parents, lag."""
+    """Show the table's mode and leader, each worker's published metrics, then each lease:
+    owner (old→new during a 3.x handoff), counter, checkpoint, owner switches, parents, lag."""
     settings = context.settings()
     clients = context.clients()
     store = LeaseStore(clients.dynamodb(), app_name)
     rows = sorted(store.list_leases(), key=lambda lease: lease.lease_key)
+    state = CoordinatorState(clients.dynamodb(), app_name)
+    metrics = WorkerMetricsTable(clients.dynamodb(), app_name)
+    side = state.exists()
+    version, leader = (state.client_version(), state.leader()) if side else (None, None)
+    workers = metrics.all() if side and metrics.exists() else None
+    for line in coordination_lines(side, version, leader, workers, rows, time.time()):
+        typer.echo(line)
     kinesis = clients.kinesis()
     typer.echo(
         f"{'shard':<22} {'owner':<28} {'counter':>7} {'checkpoint':<28} "
@@ -87,12 +102,57 @@ def leases(
             )
         cp = f"{lease.checkpoint.sequence_number}/{lease.checkpoint.sub_sequence_number}"
         parents = ",".join(sorted(lease.parent_shard_ids)) or "-"
+        owner = lease.lease_owner or "(none)"
+        if (previous := checkpoint_owner(lease)) is not None:
+            owner = f"{previous}→{owner}"  # the leader's handoff: the old owner is checkpointing
         typer.echo(
-            f"{lease.lease_key:<22} {lease.lease_owner or '(none)':<28} {lease.lease_counter:>7} "
+            f"{lease.lease_key:<22} {owner:<28} {lease.lease_counter:>7} "
             f"{cp[-28:]:<28} {lease.owner_switches:>8} {lag:>8}  {parents}"
         )
     if not rows:
         typer.echo(f"(no leases in table {app_name})")
+
+
+def coordination_lines(
+    side_tables: bool,
+    version: ClientVersion | None,
+    leader: LockItem | None,
+    workers: Sequence[WorkerStats] | None,
+    leases: Sequence[Lease],
+    now_s: float,
+) -> list[str]:
+    """The header of ``shardhouse leases``: which protocol the table is in (KCL-SPEC §2.3 vs
+    §2.6), who holds the 3.x leader lock, and what each worker last published."""
+    if not side_tables:
+        return ["mode: 2.x (no KCL 3.x CoordinatorState table)", ""]
+    mode = mode_for(version, metrics_table=workers is not None)
+    cv = version.value if version else "absent"
+    lines = [f"mode: {mode.protocol.value} (Migration3.0 cv={cv})"]
+    if leader is None:
+        lines.append("leader: (none)")
+    else:
+        state = "released" if leader.released else f"lock {leader.duration_s:.0f} s"
+        lines.append(f"leader: {leader.owner} ({state})")
+    if workers is not None:
+        active = {w.worker_id for w in active_workers(workers, now_s, AssignmentConfig())}
+        held = Counter(x.lease_owner for x in leases if x.lease_owner)
+        lines.append(f"workers ({len(workers)} in WorkerMetricStats, {len(active)} active):")
+        for w in sorted(workers, key=lambda x: x.worker_id):
+            age = f"{now_s - w.last_update:.0f} s ago" if w.last_update is not None else "never"
+            shown = (
+                "default (throughput)"
+                if w.uses_default_metric
+                else " ".join(
+                    f"{name}={list(values)[-3:]}/{list(w.operating_range.get(name, []))[:1]}"
+                    for name, values in sorted(w.metric_stats.items())
+                )
+            )
+            flag = "" if w.worker_id in active else "  (inactive)"
+            lines.append(
+                f"  {w.worker_id:<28} updated {age:<10} leases {held.get(w.worker_id, 0):>3}  {shown}{flag}"
+            )
+    lines.append("")
+    return lines
 
 
 def _lag_ms(kinesis: object, stream: str, shard_id: str, sequence: str) -> int | str:
