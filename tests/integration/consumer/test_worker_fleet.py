@@ -48,6 +48,8 @@ def test_two_workers_bootstrap_without_duplicate_leases_and_read_everything(flee
         timeout=60,
         check=True,
     ).stdout.splitlines()
+    assert out[0] == "mode: 2.x (no KCL 3.x CoordinatorState table)"  # then the leases
+    out = out[out.index(next(line for line in out if line.startswith("shard "))) :]
     assert out[0].split()[:3] == ["shard", "owner", "counter"]
     rows = {line.split()[0]: line.split() for line in out[1:]}
     assert set(rows) == {lease.lease_key for lease in leases}
@@ -80,7 +82,9 @@ def test_kill_9_one_of_two_other_takes_all_and_resumes_after_checkpoint(fleet: F
     for key in moved:
         assert after[key].lease_counter > before[key].lease_counter
     resumed_at = {
-        str(doc["shard"]): str(doc["seq"]) for doc in fleet.events() if doc["event"] == "initialize" and doc["worker"] == "w1" and doc["shard"] in moved
+        str(doc["shard"]): str(doc["seq"])
+        for doc in fleet.events()
+        if doc["event"] == "initialize" and doc["worker"] == "w1" and doc["shard"] in moved
     }
     assert resumed_at == {key: before[key].checkpoint.sequence_number for key in moved}  # right after it
     # Nothing skipped, nothing repeated: every record of the stream processed exactly once.
@@ -95,9 +99,14 @@ def checkpointed_all(fleet: Fleet) -> bool:
     last: dict[str, int] = {}
     for doc in fleet.recorded():
         last[str(doc["shard"])] = max(last.get(str(doc["shard"]), 0), int(str(doc["seq"])))
-    return all(
-        lease.checkpoint.sequence_number == str(last[lease.lease_key]) for lease in fleet.leases() if lease.lease_key in last
-    ) and len(last) == 4
+    return (
+        all(
+            lease.checkpoint.sequence_number == str(last[lease.lease_key])
+            for lease in fleet.leases()
+            if lease.lease_key in last
+        )
+        and len(last) == 4
+    )
 
 
 def test_graceful_sigterm_hands_leases_over_without_waiting_for_failover(fleet: Fleet) -> None:
@@ -129,6 +138,4 @@ def test_balancing_six_leases_from_one_worker_to_two(fleet: Fleet) -> None:
     fleet.wait_for("w1 holds six", lambda: list(fleet.owners().values()).count("w1") == 6)
     fleet.start("w2")
     # One steal per taker run (2 x (failover + epsilon), about 6 s here) until 3/3.
-    fleet.wait_for(
-        "3/3", lambda: fleet.split() == [3, 3], timeout=90
-    )
+    fleet.wait_for("3/3", lambda: fleet.split() == [3, 3], timeout=90)
