@@ -21,6 +21,7 @@ test: deps
 	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/cfn-lint deploy/*.yaml
 	$(BIN)/pytest -q
 
 test-unit: deps
@@ -36,6 +37,7 @@ lint: $(BIN)/shardhouse
 	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/cfn-lint deploy/*.yaml
 
 clean:
 	rm -rf $(VENV) .shardhouse .mypy_cache .ruff_cache .pytest_cache

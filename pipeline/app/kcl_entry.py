@@ -38,8 +38,8 @@ from pipeline.consumer.processor import (
     ShutdownRequestedInput,
 )
 from pipeline.core.clients import ClientFactory
+from pipeline.core.deployed import load_deployed_settings
 from pipeline.core.errors import ConfigError
-from pipeline.core.settings import load_settings
 
 log = logging.getLogger("shardhouse.kcl_entry")
 
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         "--processor", default=source.get(PROCESSOR_ENV), help="name or package.module:factory"
     )
     args = parser.parse_args(argv)
-    settings = load_settings(source)
+    settings = load_deployed_settings(source, lambda base: ClientFactory(base).cloudformation())
 
     from pipeline.core.observability import configure_logging
 

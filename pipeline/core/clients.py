@@ -18,6 +18,7 @@ from botocore.config import Config
 from pipeline.core.settings import Settings
 
 if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_kinesis import KinesisClient
     from mypy_boto3_s3 import S3Client
@@ -58,6 +59,10 @@ class ClientFactory:
     @functools.cache  # noqa: B019
     def sqs(self) -> SQSClient:
         return self._boto("sqs")  # type: ignore[no-any-return]
+
+    @functools.cache  # noqa: B019
+    def cloudformation(self) -> CloudFormationClient:
+        return self._boto("cloudformation")  # type: ignore[no-any-return]
 
     @functools.cache  # noqa: B019
     def redis(self) -> redis.Redis:

@@ -21,7 +21,7 @@ from pipeline.core.errors import ConfigError
 
 T = TypeVar("T")
 
-AWS_SERVICES = ("kinesis", "dynamodb", "s3", "sqs")
+AWS_SERVICES = ("kinesis", "dynamodb", "s3", "sqs", "cloudformation")
 
 
 def redact_url(url: str) -> str:
@@ -120,6 +120,8 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     state_dir: Path = Path(".shardhouse")
     log_level: str = "INFO"
+    #: A deployed CloudFormation stack whose outputs name the resources (pipeline.core.deployed).
+    stack: str | None = None
 
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -138,6 +140,8 @@ class Settings:
                     env[f"SHARDHOUSE_{prefix}{f.name.upper()}"] = str(value)
         env["SHARDHOUSE_STATE_DIR"] = str(self.state_dir)
         env["SHARDHOUSE_LOG_LEVEL"] = self.log_level
+        if self.stack:
+            env["SHARDHOUSE_STACK"] = self.stack
         return env
 
 
@@ -201,6 +205,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         worker=_load_section(WorkerSettings, "", source),
         state_dir=Path(source.get("SHARDHOUSE_STATE_DIR", ".shardhouse")),
         log_level=source.get("SHARDHOUSE_LOG_LEVEL", "INFO"),
+        stack=source.get("SHARDHOUSE_STACK") or None,
     )
     validate_settings(settings)
     return settings

@@ -2,6 +2,8 @@
 
 When ``shardhouse up`` has recorded a running local stack, its environment is the default
 beneath the real environment, so ``shardhouse up && shardhouse provision`` needs no exports.
+When ``SHARDHOUSE_STACK`` names a deployed CloudFormation stack, its outputs name the resources
+(pipeline/core/deployed.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 
 from pipeline.app.servers.stack import read_state
 from pipeline.core.clients import ClientFactory
-from pipeline.core.settings import Settings, load_settings
+from pipeline.core.deployed import load_deployed_settings
+from pipeline.core.settings import Settings
 
 
 def state_dir() -> Path:
@@ -27,7 +30,7 @@ def settings() -> Settings:
     for key, value in stack_env.items():  # the credentials boto3 reads itself
         if key.startswith("AWS_") and key not in os.environ:
             os.environ[key] = value
-    return load_settings(env)
+    return load_deployed_settings(env, lambda base: ClientFactory(base).cloudformation())
 
 
 @functools.cache

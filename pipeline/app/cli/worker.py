@@ -22,12 +22,21 @@ from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
 from pipeline.consumer.spot import watch_spot_notice
 from pipeline.consumer.worker import Worker, WorkerConfig, WorkerMetrics
+from pipeline.core.errors import ConfigError
 from pipeline.core.observability import configure_logging, serve_metrics
+from pipeline.core.settings import Settings
 
 
 @app.command()
 def worker(
-    app_name: Annotated[str, typer.Option("--app", help="Application name = lease table name.")],
+    app_name: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            help="Application name = lease table name. Default for batcher and projector: "
+            "SHARDHOUSE_BATCHER_APP / SHARDHOUSE_PROJECTOR_APP (a deployed stack's lease tables).",
+        ),
+    ] = None,
     processor: Annotated[
         str, typer.Option(help="batcher, projector, noop, recorder or package.module:factory.")
     ] = "batcher",
@@ -38,6 +47,7 @@ def worker(
     base = context.settings()
     # The processor sees the same worker id as the lease table (the recorder writes it down).
     settings = replace(base, worker=replace(base.worker, worker_id=worker_id or base.worker.worker_id))
+    app_name = app_name or default_application(processor, settings)
     factory = resolve_processor(processor)
     configure_logging(settings.log_level, role=f"worker:{app_name}")
     serve_metrics(settings.worker.metrics_port)
@@ -70,6 +80,14 @@ def worker(
         runtime.run()
     finally:
         stop.set()
+
+
+def default_application(processor: str, settings: Settings) -> str:
+    """The lease table of a role's own application, so `worker --processor batcher` needs no --app."""
+    named = {"batcher": settings.worker.batcher_app, "projector": settings.worker.projector_app}
+    if processor not in named:
+        raise ConfigError(f"--app is required with --processor {processor!r} (batcher and projector default)")
+    return named[processor]
 
 
 @app.command()

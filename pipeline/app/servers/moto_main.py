@@ -7,6 +7,8 @@
 2. ``Shard.get_max_sequence_number`` copied every key of the shard per record written, so
    PutRecords slowed from ~10,700 to ~450 records/s as a shard filled; the last key of the
    ordered dict is read directly instead.
+3. moto's CloudFormation lacks resource types deploy/shardhouse.yaml uses (ElastiCache, Secrets
+   Manager secrets, CloudWatch alarms); :mod:`pipeline.app.servers.moto_cfn` adds them.
 
 Run as ``python -m pipeline.app.servers.moto_main -H 127.0.0.1 -p 4566`` (moto's own arguments).
 """
@@ -57,6 +59,10 @@ def _last_sequence_number(shard: Any) -> int:
 def apply_fixes() -> None:
     import moto.dynamodb.models as dynamodb_models
     import moto.kinesis.models as kinesis_models
+
+    from pipeline.app.servers import moto_cfn
+
+    moto_cfn.register()
 
     setattr(kinesis_models.Shard, "get_max_sequence_number", _last_sequence_number)  # noqa: B010
     for backend, names in (
