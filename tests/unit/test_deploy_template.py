@@ -54,8 +54,12 @@ def test_each_role_reaches_only_its_own_lease_table() -> None:
     def tables(policy: str) -> list[Any]:
         return [r for s in iam.policy_statements(policy) if s.get("Sid") == "Leases" for r in _resources(s)]
 
-    assert tables("BatcherPolicy") == [{"Fn::GetAtt": ["BatcherLeaseTable", "Arn"]}]
-    assert tables("ProjectorPolicy") == [{"Fn::GetAtt": ["ProjectorLeaseTable", "Arn"]}]
+    for role in ("Batcher", "Projector"):
+        own, other = f"{role}LeaseTable", "ProjectorLeaseTable" if role == "Batcher" else "BatcherLeaseTable"
+        text = str(tables(f"{role}Policy"))
+        assert tables(f"{role}Policy")[0] == {"Fn::GetAtt": [own, "Arn"]}
+        assert own in text and other not in text
+        assert "-CoordinatorState" in text and "-WorkerMetricStats" in text and "/index/*" in text
 
 
 def test_readme_iam_table_is_the_one_generated_from_the_template() -> None:
