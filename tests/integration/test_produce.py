@@ -232,7 +232,9 @@ def test_produce_aggregated_records_deaggregate_to_the_same_user_records(
         k = record["kinesis"]
         data = base64.b64decode(k["data"]) if k.get("aggregated") else k["data"]
         users[(data, k["partitionKey"])] += 1
-    assert users == Counter((r.data, r.partition_key) for r in synthetic(20_000, origin=AT_DT, step_ms=0, seed=9))
+    assert users == Counter(
+        (r.data, r.partition_key) for r in synthetic(20_000, origin=AT_DT, step_ms=0, seed=9)
+    )
 
 
 def test_sdk_put_events_round_trip(clients: ClientFactory, stream: str) -> None:

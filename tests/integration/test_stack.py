@@ -84,7 +84,14 @@ def test_up_down_lifecycle_via_cli(tmp_path: Path) -> None:
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0 and "already up" in second.stderr
     down = subprocess.run(
-        [sys.executable, "-c", "from pipeline.app.cli import main; main()", "down", "--state-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-c",
+            "from pipeline.app.cli import main; main()",
+            "down",
+            "--state-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,5 +1,6 @@
 """The KCL 3.x adapters (pipeline.consumer.kcl3_tables) on moto's DynamoDB, and a native-only 3.x
-fleet (leader election, assignment, checkpointOwner handoff, SIGTERM handoff) on moto's Kinesis.
+fleet (leader election, assignment, checkpointOwner handoff, SIGTERM handoff, its gap printed)
+on moto's Kinesis.
 
 The side tables and the GSI are made here as KCL 3.1.3 makes them (on-demand, ``key`` / ``wid``
 hash keys, ``LeaseOwnerToLeaseKeyIndex`` added with UpdateTable)."""
@@ -226,7 +227,9 @@ def test_native_3x_fleet_elects_a_leader_assigns_and_hands_off_on_sigterm(
         wait("a handoff to w2 to begin", lambda: "w2" in owners().values(), 60)
         wait(
             "w1 to checkpoint and complete it",
-            lambda: all(x.extra.get("checkpointOwner") is None for x in LeaseStore(db, unique_name).list_leases()),
+            lambda: all(
+                x.extra.get("checkpointOwner") is None for x in LeaseStore(db, unique_name).list_leases()
+            ),
             20,
         )
         moved = {k for k, v in owners().items() if v == "w1"}
@@ -245,6 +248,6 @@ def test_native_3x_fleet_elects_a_leader_assigns_and_hands_off_on_sigterm(
         first = min(t for w, s, _, t in rows if w == "w2" and s == shard and t >= last)
         gap[shard] = round(first - last, 2)
     print(f"\nnative→native 3.x SIGTERM gap per shard {gap} (stopped at {at:.1f})")
-    assert gap and max(gap.values()) < 2.0
+    assert set(gap) == moved  # every handed-over shard was read again (the gap: docs/benchmarks.md)
     seqs = [(s, q) for _, s, q, _ in rows]
     assert len(seqs) == len(set(seqs)), "a record was delivered twice across the handoffs"

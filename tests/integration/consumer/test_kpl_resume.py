@@ -31,7 +31,9 @@ class Collect:
         pass
 
     def process_records(self, process_records_input: ProcessRecordsInput) -> None:
-        self.seen += [(r.sequence_number, r.sub_sequence_number, r.binary_data) for r in process_records_input.records]
+        self.seen += [
+            (r.sequence_number, r.sub_sequence_number, r.binary_data) for r in process_records_input.records
+        ]
 
     def lease_lost(self, lease_lost_input: LeaseLostInput) -> None:
         pass
@@ -43,7 +45,9 @@ class Collect:
         pass
 
 
-def consume(clients: ClientFactory, store: LeaseStore, stream: str, handle: LeaseHandle, expect: int) -> Collect:
+def consume(
+    clients: ClientFactory, store: LeaseStore, stream: str, handle: LeaseHandle, expect: int
+) -> Collect:
     proc = Collect()
     consumer = ShardConsumer(
         kinesis=clients.kinesis(), store=store, handle=handle, processor=proc,
@@ -67,7 +71,9 @@ def test_aggregate_delivers_sub_sequences_and_resumes_after_checkpointed_sub_rec
     for i in range(5):
         aggregator.add_user_record(f"user-{i}", f"event-{i}".encode())
     pk, _ehk, blob = aggregator.clear_and_get().get_contents()
-    seq = clients.kinesis().put_record(StreamName=unique_name, Data=bytes(blob), PartitionKey=pk)["SequenceNumber"]
+    seq = clients.kinesis().put_record(StreamName=unique_name, Data=bytes(blob), PartitionKey=pk)[
+        "SequenceNumber"
+    ]
     store = LeaseStore(clients.dynamodb(), unique_name)
     store.ensure_table()
     shard_id = clients.kinesis().list_shards(StreamName=unique_name)["Shards"][0]["ShardId"]

@@ -32,7 +32,9 @@ def held(store: LeaseStore, key: str, me: str) -> LeaseHandle:
 
 def test_concurrent_creates_make_one_lease(store: LeaseStore) -> None:
     results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(store.create_if_absent(Lease("s0")))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(store.create_if_absent(Lease("s0")))) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -121,4 +123,8 @@ def test_release_makes_lease_ownerless_at_once(store: LeaseStore) -> None:
     handle = held(store, "s0", "me")
     assert store.release(handle.lease)
     after = store.get("s0")
-    assert after is not None and after.lease_owner is None and after.lease_counter == handle.lease.lease_counter + 1
+    assert (
+        after is not None
+        and after.lease_owner is None
+        and after.lease_counter == handle.lease.lease_counter + 1
+    )

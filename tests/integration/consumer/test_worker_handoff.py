@@ -219,7 +219,12 @@ def test_sigstopped_zombie_wakes_after_takeover_and_its_old_consumers_deliver_no
             if e["event"] == "initialize" and e["worker"] == "w2" and e["shard"] == shard and float(str(e["at"])) > stopped_at
         )  # fmt: skip
         for e in events:
-            if e["event"] == "checkpoint" and e["worker"] == "w1" and e["shard"] == shard and woke_at < float(str(e["at"])) < new_tenure:
+            if (
+                e["event"] == "checkpoint"
+                and e["worker"] == "w1"
+                and e["shard"] == shard
+                and woke_at < float(str(e["at"])) < new_tenure
+            ):
                 assert E(str(e["seq"])) <= E(str(takeover["seq"])), (shard, e, takeover)
     # A batch w1 had delivered but not checkpointed when it froze comes again from w2; nothing else.
     repeats = unexplained_repeats(fleet)

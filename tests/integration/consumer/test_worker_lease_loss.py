@@ -166,7 +166,9 @@ def test_outside_counter_bump_loses_the_lease_then_the_worker_takes_it_back(
 
     # The lease still names w1 but nobody renews it: after failover it is expired, and w1's
     # taker takes it back, resuming from the checkpoint (so "one" comes again: at least once).
-    wait("re-initialized", lambda: r.shared.events.count(("initialize", shard)) == 2, timeout=4 * FAILOVER + 5)
+    wait(
+        "re-initialized", lambda: r.shared.events.count(("initialize", shard)) == 2, timeout=4 * FAILOVER + 5
+    )
     put(clients, r.stream, b"two")
     wait("second record", lambda: [d for _, _, d in r.shared.records] == [b"one", b"one", b"two"])
     wait("checkpointed", lambda: not only_lease(r.store).checkpoint.is_sentinel)

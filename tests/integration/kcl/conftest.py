@@ -46,7 +46,9 @@ def _daemon_missing() -> str | None:
 def kcl_available() -> None:
     missing = _daemon_missing()
     if missing:
-        pytest.fail(f"KCL MultiLangDaemon unavailable ({missing}): `make deps` (part of `make test`) installs it")
+        pytest.fail(
+            f"KCL MultiLangDaemon unavailable ({missing}): `make deps` (part of `make test`) installs it"
+        )
 
 
 @pytest.fixture

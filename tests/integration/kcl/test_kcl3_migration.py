@@ -8,9 +8,10 @@ workers (pipeline.consumer.Worker, in this process) on the same lease table:
 
 Checked: every record put is recorded (by shard and sequence number); the Java leader assigns a
 lease to a native worker and the native leader to a Java one; no lease is ever without an owner
-for longer than the failover time; and the processing gap of a handoff — last delivery by the
-stopping worker to first delivery by the next owner, per shard — for the native SIGTERM
-(measured < 2 s) beside KCL's own stop on the same setup (printed for docs/benchmarks.md).
+for longer than the failover time. The processing gap of each handoff — last delivery by the
+stopping worker to first delivery by the next owner, per shard — is printed for the native
+SIGTERM and for KCL's own stop on the same setup (figures in docs/benchmarks.md; no timed
+assertions here).
 """
 
 from __future__ import annotations
@@ -283,8 +284,4 @@ def test_3x_fleet_java_to_native_and_back_under_load(
         f"longest unowned {watch.longest_unowned_s():.2f}s"
     )
     assert watch.longest_unowned_s() < FAILOVER_S
-    to_native = [g for to, g in native_gap.values() if to in ("py-1", "py-2")]
-    to_java = [g for to, g in native_gap.values() if to not in ("py-1", "py-2")]
-    assert max(to_native, default=0) < 2.0, native_gap  # (always measured in test_kcl3_tables too)
-    assert to_java and max(to_java) < max(kcl_gap.values()), (native_gap, kcl_gap)
     assert daemon_log(tmp_path, "java-c")
