@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 from inserter.dialect import PostgresDialect, WarehouseColumn
 from inserter.errors import LoadError, classify_pg
 from inserter.naming import ADMIN_ROLE, TableRef, reader_role
-from inserter.plan import LoadPlan, ObjectLoad, TableLoad
+from inserter.plan import LoadPlan, ObjectLoad, TableLoad, merge_window
 from inserter.stagers import Stager
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,9 @@ class Loader:
         stats = self._stats(cur, stage, objects)
         loaded: dict[int, int] = {}
         if stats:
-            lo = min(s.lo for s in stats.values()) - self.dedupe_window
-            hi = max(s.hi for s in stats.values()) + self.dedupe_window
+            lo, hi = merge_window(
+                min(s.lo for s in stats.values()), max(s.hi for s in stats.values()), self.dedupe_window
+            )
             if len(objects) == 1:  # the common case: no temp copy, the row count says it all
                 cur.execute(d.insert_deduped(stage, table.target, columns, lo, hi))
                 loaded = {objects[0].ordinal: cur.rowcount}

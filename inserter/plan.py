@@ -14,13 +14,32 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from inserter.errors import UnknownEventSchema
 from inserter.naming import TableRef, UnsafeName, target_table
 from pipeline.core.layout import UnsafeKeyComponent, parse_event_key
 from pipeline.core.manifest import BatchManifest, ManifestError
 from schemas import InvalidEvent, Registry
+
+#: The ends of what an aware datetime can hold: the merge window is clamped to them.
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def merge_window(lo: datetime, hi: datetime, window: timedelta) -> tuple[datetime, datetime]:
+    """The occurred_at range a merge compares against: the staged rows' ``[lo, hi]`` widened by
+    the dedupe window on both sides, clamped to what ``datetime`` holds, so no event time (the
+    registry accepts 1970..2200) and no configured window can overflow and fail a manifest."""
+    try:
+        start = lo - window
+    except OverflowError:
+        start = _EARLIEST
+    try:
+        end = hi + window
+    except OverflowError:
+        end = _LATEST
+    return start, end
 
 
 @dataclass(frozen=True, slots=True)

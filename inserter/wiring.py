@@ -41,8 +41,8 @@ def build_loader(
     else:
         dialect = PostgresDialect(registry)
         stager = PostgresCopyStager(source, dialect, batch_rows=tuning.batch_rows, pause=tuning.pause)
-    if wh.dedupe_window_days < 0:
-        raise ConfigError("SHARDHOUSE_WAREHOUSE_DEDUPE_WINDOW_DAYS must be >= 0")
+    if not 0 <= wh.dedupe_window_days <= 36500:
+        raise ConfigError("SHARDHOUSE_WAREHOUSE_DEDUPE_WINDOW_DAYS must be 0..36500")
     return Loader(dialect, stager, dedupe_window=timedelta(days=wh.dedupe_window_days))
 
 

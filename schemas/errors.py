@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Final
 
-#: Every reason :class:`InvalidEvent` can carry. Short snake_case codes: they are metric labels
-#: and dead-letter fields, so the set is closed and stable.
-REASONS: Final = (
+#: Reasons :meth:`schemas.registry.Registry.decode` gives. Short snake_case codes: they are
+#: metric labels and dead-letter fields, so the set is closed and stable.
+DECODE_REASONS: Final = (
     "not_utf8",
     "oversize",
     "bad_json",
@@ -20,7 +20,14 @@ REASONS: Final = (
     "unsafe_customer_id",
     "unknown_type",
     "unknown_version",
+    "too_deep",
+    "undecodable",
 )
+#: Reasons the intake gives before decoding: a KPL aggregate over the consumer's limits (passed
+#: on whole), a customer outside the allow-list, a new customer over the new-tenant rate.
+INTAKE_REASONS: Final = ("aggregate_too_large", "customer_not_allowed", "tenant_rate_limited")
+#: Every reason :class:`InvalidEvent` can carry (and a dead letter records).
+REASONS: Final = DECODE_REASONS + INTAKE_REASONS
 _REASON_SET: Final = frozenset(REASONS)
 
 

@@ -104,6 +104,9 @@ def _page_views(ev: Event) -> Contribution:
 
 
 _CURRENCY: Final = re.compile(r"[A-Z]{3}")
+#: A ranking score is a double in Redis (ZINCRBY): amounts are clamped to what it holds exactly,
+#: so int64 edges (total - discount can leave int64) never reach the msgpack encoder or Lua.
+MAX_AMOUNT: Final = 2**53
 
 
 def _revenue(ev: Event) -> Contribution | None:
@@ -112,7 +115,8 @@ def _revenue(ev: Event) -> Contribution | None:
         return None
     currency = p.currency if _CURRENCY.fullmatch(p.currency) else "XXX"  # ISO 4217 "no currency"
     discount: int = getattr(p, "discount_cents", None) or 0
-    return (f"revenue.{currency}", p.user_id, int(p.total_cents) - discount)
+    amount = int(p.total_cents) - discount
+    return (f"revenue.{currency}", p.user_id, min(max(amount, -MAX_AMOUNT), MAX_AMOUNT))
 
 
 def _bookings(ev: Event) -> Contribution | None:

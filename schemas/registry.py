@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, DecimalException
 from functools import cached_property
 from operator import attrgetter
 from typing import Annotated, Any, Final
@@ -32,6 +32,17 @@ from schemas.event import Event, Payload
 from schemas.ids import CUSTOMER_ID_PATTERN, is_safe_customer_id
 
 DEFAULT_MAX_EVENT_BYTES: Final = 256 * 1024
+#: Deepest nesting of a json field's value (the field itself is level 1), i.e. 64 counting the
+#: envelope and payload objects. Far below the recursion limits of orjson (1024, the read API),
+#: PostgreSQL's jsonb parser and Redshift's JSON_PARSE, so no stage meets a depth it cannot take.
+#: Elsewhere (unknown fields, which are skipped) nesting is bounded by msgspec's recursion
+#: limit: a record beyond it is ``too_deep`` too.
+MAX_JSON_DEPTH: Final = 62
+#: ``occurred_at`` must fall in [OCCURRED_AT_MIN, OCCURRED_AT_MAX): after the epoch, so every
+#: id-set bucket (hours and seconds since 1970) is non-negative, and years short of 9999, so the
+#: projector's day/month buckets and the loader's ±window never leave what ``datetime`` can hold.
+OCCURRED_AT_MIN: Final = datetime(1970, 1, 1, tzinfo=UTC)
+OCCURRED_AT_MAX: Final = datetime(2200, 1, 1, tzinfo=UTC)
 _INT64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 _AWARE = Annotated[datetime, Meta(tz=True)]
 
@@ -43,6 +54,9 @@ _OTHER_UUID: Final = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}"
 )
 _uuid_fullmatch: Final = _CANONICAL_UUID.fullmatch
+#: bytes.translate table + deletions keeping only brackets, all spelled ``[`` / ``]``.
+_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 #: Customer ids seen valid, so the regex runs once per customer, not once per event.
 _SAFE_CACHE_LIMIT: Final = 65536
 
@@ -160,6 +174,10 @@ class EventType:
                 raise InvalidEvent(
                     "wrong_type", f"{self._where}JSON longer than {limit} bytes ({len(view)}) - at `$.{name}`"
                 )
+            if too_deep(bytes(view)):
+                raise InvalidEvent(
+                    "too_deep", f"{self._where}JSON nests deeper than {MAX_JSON_DEPTH} levels - at `$.{name}`"
+                )
         for name in self._timestamp_fields:
             value = getattr(payload, name)
             if value is not None and value.tzinfo is not UTC:
@@ -250,21 +268,61 @@ def _canonical_uuid(text: str) -> str:
 
 
 def _fit_decimal(value: Decimal, f: FieldDef) -> Decimal | None:
-    """``value`` at the field's scale if that loses nothing and fits the precision, else None."""
+    """``value`` at the field's scale if that loses nothing and fits the precision, else None.
+
+    Pure digit arithmetic on ``as_tuple()``: no decimal context is involved, so no exponent
+    (``1e26`` on decimal(38, s), ``1E+999999999``) can raise InvalidOperation."""
     assert f.precision is not None and f.scale is not None
     if not value.is_finite():
         return None
-    _sign, digits, exponent = value.as_tuple()
+    sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
-    if exponent < -f.scale:
-        # More decimals than the scale: acceptable only if the extra ones are zeros.
-        extra = -f.scale - exponent
-        if any(digits[len(digits) - extra :]) if extra <= len(digits) else False:
+    scale = f.scale
+    if not any(digits):
+        return _ZEROS.get(scale) or _zero(scale)  # any spelling of zero (-0, 0E+99) is 0 at the scale
+    if len(digits) + exponent > f.precision - scale:
+        return None  # more integer digits than precision - scale (digits has no leading zeros)
+    if exponent == -scale:
+        return value
+    if exponent > -scale:
+        fitted = digits + (0,) * (exponent + scale)
+    else:
+        extra = -scale - exponent  # decimals beyond the scale: acceptable only if they are zeros
+        if extra >= len(digits) or any(digits[-extra:]):
             return None
-    quantized = value.quantize(Decimal(1).scaleb(-f.scale)) if exponent != -f.scale else value
-    if len(quantized.as_tuple().digits) > f.precision:
-        return None
-    return quantized
+        fitted = digits[:-extra]
+    return Decimal((sign, fitted, -scale))
+
+
+_ZEROS: dict[int, Decimal] = {}
+
+
+def _zero(scale: int) -> Decimal:
+    zero = _ZEROS[scale] = Decimal((0, (0,), -scale))
+    return zero
+
+
+def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when the JSON in ``raw`` nests deeper than ``limit`` (objects and arrays).
+
+    Fast path: fewer brackets than the limit cannot nest deeper (two ``count`` scans). Otherwise,
+    all in C and linear per round: escape pairs are dropped (so every quote left delimits a
+    string), string contents cut out, every byte but brackets dropped, and innermost pairs
+    removed once per level; ``limit`` rounds that leave brackets mean deeper. Unbalanced input
+    returns False and is left to the parser to refuse. (A regex for strings would backtrack
+    quadratically on ``"\\"\\"\\"…``.)"""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    text = raw.replace(b"\\\\", b"").replace(b'\\"', b"") if b"\\" in raw else raw
+    if b'"' in text:
+        text = b"".join(text.split(b'"')[::2])
+    brackets = text.translate(_BRACKETS, _NOT_BRACKETS)
+    for _ in range(limit):
+        inner = brackets.replace(b"[]", b"")
+        if not inner or inner == brackets:
+            return False
+        brackets = inner
+    return True
 
 
 def _contains_nul(value: Any) -> bool:
@@ -337,10 +395,24 @@ class Registry:
     # -- decoding -----------------------------------------------------------------------------
 
     def decode(self, raw: bytes) -> Event:
-        """A valid :class:`Event` from a record's bytes, or InvalidEvent with a reason.
+        """A valid :class:`Event` from a record's bytes, or InvalidEvent with a reason — for any
+        bytes: nothing else escapes (an unforeseen parser or converter error becomes
+        ``undecodable`` naming the exception; only MemoryError passes, it is not the record's).
 
-        Checks run envelope first (size, UTF-8, JSON, event_id, customer_id, timestamp, type and
-        version), then the payload, so a record's reason is the first defect in that order."""
+        Checks run envelope first (size, UTF-8, depth, JSON, event_id, customer_id, timestamp,
+        type and version), then the payload, so a record's reason is the first defect in that order."""
+        try:
+            return self._decode(raw)
+        except (InvalidEvent, MemoryError):
+            raise
+        except RecursionError:  # msgspec's (the interpreter's) recursion limit, in skipped fields
+            raise InvalidEvent("too_deep", "record nests too deeply for the parser") from None
+        except DecimalException as exc:
+            raise InvalidEvent("wrong_type", f"decimal out of range: {type(exc).__name__}") from None
+        except Exception as exc:
+            raise InvalidEvent("undecodable", f"{type(exc).__name__}: {_clip(str(exc), 200)}") from None
+
+    def _decode(self, raw: bytes) -> Event:
         if type(raw) is not bytes:
             raw = bytes(raw)
         if len(raw) > self.max_event_bytes:
@@ -372,6 +444,12 @@ class Registry:
                 raise InvalidEvent(
                     "bad_timestamp", f"occurred_at {occurred_at.isoformat()} is out of range in UTC"
                 ) from None
+        if not OCCURRED_AT_MIN <= occurred_at < OCCURRED_AT_MAX:
+            raise InvalidEvent(
+                "bad_timestamp",
+                f"occurred_at {occurred_at.isoformat()} is outside [{OCCURRED_AT_MIN:%Y-%m-%d}, "
+                f"{OCCURRED_AT_MAX:%Y-%m-%d})",
+            )
         et = self._by_key.get((env.type, env.version))
         if et is None:
             raise self._unknown(env.type, env.version)

@@ -441,8 +441,15 @@ def _invalid_makers() -> list[_Maker]:
         event["version"] = 99
         return g._bad(event, "unknown_version")
 
+    def too_deep(g: _Generator) -> SyntheticRecord:
+        _, event = g._base_event()
+        event["payload"]["title"] = "@@TITLE@@"
+        deep = b"[" * 3000 + b"]" * 3000  # an unknown field: msgspec would recurse into it
+        data = orjson.dumps(event, option=_DUMPS_OPTS).replace(b'"title":"@@TITLE@@"', b'"zz":' + deep)
+        return g._bad(event, "too_deep", data=data)
+
     return [
         not_utf8, oversize, truncated_json, not_json, missing_envelope_field, missing_payload_field,
         version_as_string, payload_wrong_type, bad_event_id, bad_timestamp, unsafe_customer, unknown_type,
-        unknown_version,
+        unknown_version, too_deep,
     ]  # fmt: skip

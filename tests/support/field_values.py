@@ -10,11 +10,21 @@ from typing import Any
 from hypothesis import strategies as st
 
 from schemas.definition import FieldDef
+from schemas.registry import OCCURRED_AT_MAX, OCCURRED_AT_MIN
 
 #: Aware datetimes in and around UTC over three centuries.
 AWARE = st.datetimes(
     min_value=datetime(1900, 1, 1),
     max_value=datetime(2200, 1, 1),
+    timezones=st.sampled_from(
+        [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
+    ),
+)
+
+#: ``occurred_at`` values the registry accepts (its documented range), in and around UTC.
+OCCURRED = st.datetimes(
+    min_value=OCCURRED_AT_MIN.replace(tzinfo=None) + timedelta(days=1),
+    max_value=OCCURRED_AT_MAX.replace(tzinfo=None) - timedelta(days=1),
     timezones=st.sampled_from(
         [UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5, minutes=-30))]
     ),

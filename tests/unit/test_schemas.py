@@ -12,7 +12,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.field_values import AWARE, field_value, text
+from support.field_values import OCCURRED, field_value, text
 
 from schemas import (
     CUSTOMER_ID_PATTERN,
@@ -27,6 +27,7 @@ from schemas import (
     is_safe_customer_id,
     load_registry,
 )
+from schemas.errors import DECODE_REASONS, INTAKE_REASONS
 
 REGISTRY = load_registry()
 EVENT_ID = "0190f0e2-8c2b-7a6b-9c3d-1234567890ab"
@@ -219,6 +220,10 @@ def test_escaped_non_ascii_is_fine() -> None:
         (45.5, "45.50"),
         ("45.500", "45.50"),
         ("99999999.99", "99999999.99"),
+        ("-0", "0.00"),
+        ("0E+99999999999", "0.00"),
+        ("4.5E+1", "45.00"),
+        ("1E+7", "10000000.00"),
     ],
 )
 def test_decimal_is_fitted_to_its_scale(given: Any, stored: str) -> None:
@@ -326,6 +331,20 @@ INVALID: list[tuple[str, bytes, str]] = [
     ("version negative", encode_event(envelope(version=-1)), "unknown_version"),
     ("version huge", encode_event(envelope(version=7)).replace(b'"version":7', b'"version":' + b"9" * 30),
      "unknown_version"),
+    ("30,000-deep unknown field", encode_event(envelope()).replace(b'{"user_id"', b'{"zz":' + b"[" * 30_000
+     + b"]" * 30_000 + b',"user_id"'), "too_deep"),
+    ("json field 63 levels deep", encode_event(envelope("order_placed", 1, {
+        **FULL_PAYLOADS[("order_placed", 1)], "items": []})).replace(b'"items":[]', b'"items":' + b"[" * 63
+     + b"]" * 63), "too_deep"),
+    ("occurred_at before 1970", encode_event(envelope(occurred_at="1969-12-31T23:59:59Z")), "bad_timestamp"),
+    ("occurred_at in 2200", encode_event(envelope(occurred_at="2200-01-01T00:00:00Z")), "bad_timestamp"),
+    ("occurred_at in year 9999", encode_event(envelope(occurred_at="9999-12-31T12:00:00Z")), "bad_timestamp"),
+    *[
+        (f"decimal {fee}", encode_event(envelope("appointment_booked", 1, {
+            **FULL_PAYLOADS[("appointment_booked", 1)], "fee": 0})).replace(b'"fee":0', b'"fee":' + fee),
+         "wrong_type")
+        for fee in [b"1e26", b'"1e26"', b"1E+999999999", b"1E-10", b"1e-999999999"]
+    ],
 ]  # fmt: skip
 
 
@@ -339,7 +358,10 @@ def test_invalid_event_reason(label: str, raw: bytes, reason: str) -> None:
 
 
 def test_every_reason_is_exercised() -> None:
-    assert {case[2] for case in INVALID} == set(REASONS)
+    """``undecodable`` (an unforeseen error) is tested in test_decode_total.py; intake reasons
+    are given before decoding (the consumer, the batcher's tenant gate)."""
+    assert {case[2] for case in INVALID} == set(DECODE_REASONS) - {"undecodable"}
+    assert set(REASONS) == set(DECODE_REASONS) | set(INTAKE_REASONS)
 
 
 def test_detail_names_the_field_and_type() -> None:
@@ -485,7 +507,7 @@ def events(draw: st.DrawFn) -> tuple[EventType, dict[str, Any]]:
         "customer_id": draw(st.from_regex(r"\A[a-z0-9][a-z0-9_]{0,47}\Z")),
         "type": et.name,
         "version": et.version,
-        "occurred_at": draw(AWARE),
+        "occurred_at": draw(OCCURRED),
         "payload": payload,
     }
     return et, event

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.field_values import AWARE, field_value, text
+from support.field_values import OCCURRED, field_value, text
 
 from pipeline.consumer.processor import Record
 from schemas import Event, load_registry
@@ -58,7 +58,7 @@ def _event(draw: st.DrawFn, ids: list[str]) -> bytes:
             "customer_id": draw(st.sampled_from(["c1", "c2", "cust_3"])),
             "type": et.name,
             "version": et.version,
-            "occurred_at": draw(AWARE),
+            "occurred_at": draw(OCCURRED),
             "payload": payload,
         }
     )

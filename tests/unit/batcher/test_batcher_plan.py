@@ -158,7 +158,7 @@ def test_rfc3339_is_utc_z() -> None:
 
 def test_pack_rows_matches_pack() -> None:
     lay = DedupeLayout.for_stream("s", 86400)
-    batch = _batch([_event(1), _event(2, at=datetime(1960, 1, 1, tzinfo=UTC))])
+    batch = _batch([_event(1), _event(2, at=datetime(1970, 1, 1, tzinfo=UTC))])
     assert pack_rows(lay, batch.rows()) == [lay.pack(r[0], r[2]) for r in batch.rows()]
 
 
