@@ -112,12 +112,27 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class ReadApiSettings:
+    """The read API's access control and connection limits (docs/projector.md, "Threat model").
+    ``auth``: ``none`` (loopback only), ``tokens`` (bearer tokens from ``tokens_file``, each
+    scoped to customers) or ``proxy`` (a reverse proxy authenticates and names the customer in
+    ``proxy_header``)."""
+
+    auth: str = "none"
+    tokens_file: str | None = None
+    proxy_header: str = "X-Shardhouse-Customer"
+    idle_timeout_seconds: float = 30.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True)
 class Settings:
     aws: AwsSettings = field(default_factory=AwsSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    readapi: ReadApiSettings = field(default_factory=ReadApiSettings)
     state_dir: Path = Path(".shardhouse")
     log_level: str = "INFO"
     #: A deployed CloudFormation stack whose outputs name the resources (pipeline.core.deployed).
@@ -145,8 +160,14 @@ class Settings:
         return env
 
 
-_SECTIONS = {"resources": "", "redis": "REDIS_", "warehouse": "WAREHOUSE_", "worker": ""}
-_ENV_SKIP = {"worker": ("worker_id",), "redis": (), "warehouse": (), "resources": ()}
+_SECTIONS = {
+    "resources": "",
+    "redis": "REDIS_",
+    "warehouse": "WAREHOUSE_",
+    "worker": "",
+    "readapi": "READAPI_",
+}
+_ENV_SKIP = {"worker": ("worker_id",), "redis": (), "warehouse": (), "resources": (), "readapi": ()}
 # Friendlier names for the most used settings.
 _ALIASES = {
     "SHARDHOUSE_DATABASE_URL": "SHARDHOUSE_WAREHOUSE_URL",
@@ -203,6 +224,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis=_load_section(RedisSettings, "REDIS_", source),
         warehouse=_load_section(WarehouseSettings, "WAREHOUSE_", source),
         worker=_load_section(WorkerSettings, "", source),
+        readapi=_load_section(ReadApiSettings, "READAPI_", source),
         state_dir=Path(source.get("SHARDHOUSE_STATE_DIR", ".shardhouse")),
         log_level=source.get("SHARDHOUSE_LOG_LEVEL", "INFO"),
         stack=source.get("SHARDHOUSE_STACK") or None,
@@ -220,3 +242,10 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError("SHARDHOUSE_SHARD_COUNT must be at least 1")
     if settings.worker.initial_position not in {"TRIM_HORIZON", "LATEST"}:
         raise ConfigError("SHARDHOUSE_INITIAL_POSITION must be TRIM_HORIZON or LATEST")
+    api = settings.readapi
+    if api.auth not in {"none", "tokens", "proxy"}:
+        raise ConfigError(f"SHARDHOUSE_READAPI_AUTH={api.auth!r}: expected none, tokens or proxy")
+    if api.auth == "tokens" and not api.tokens_file:
+        raise ConfigError("SHARDHOUSE_READAPI_TOKENS_FILE is required when SHARDHOUSE_READAPI_AUTH=tokens")
+    if api.idle_timeout_seconds <= 0 or api.max_connections < 1:
+        raise ConfigError("SHARDHOUSE_READAPI_IDLE_TIMEOUT_SECONDS and _MAX_CONNECTIONS must be positive")

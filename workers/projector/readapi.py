@@ -11,15 +11,23 @@ per connection; the Redis client's pool is thread-safe.
     GET /v1/customers/{customer}/entities/{kind}/{id}
     GET /v1/customers/{customer}/top/{measure}?n=10
     GET /v1/customers/{customer}/calendars/{provider}?from=&to=&limit=
+
+Access (threat model in docs/projector.md): ``none`` (loopback only, a warning otherwise),
+``tokens`` (``Authorization: Bearer <token>``, each token scoped to customers or ``*``), or
+``proxy`` (a reverse proxy authenticates and names the customer in a header). Connections idle
+past a timeout are closed and at most ``max_connections`` are served at once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
@@ -28,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from pipeline.core.errors import TerminalError, TransientError
+from pipeline.core.errors import ConfigError, TerminalError, TransientError
 from workers.projector.reader import QueryError, ReadModelReader, parse_time
 
 log = logging.getLogger("shardhouse.readapi")
@@ -105,6 +113,88 @@ def route(path: str) -> tuple[str, Handler, tuple[str, ...]] | None:
     return None
 
 
+#: Routes anyone may call (a load balancer's health check); every other route needs access to
+#: its customer, and ``status`` (all customers' positions) to every customer (``*``).
+PUBLIC_ROUTES: Final = frozenset({"health"})
+ALL: Final = "*"
+MIN_TOKEN_LENGTH: Final = 32
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may read which customer. ``tokens`` maps SHA-256 digests of bearer tokens to their
+    customers (``*`` = all), so a lookup compares digests, never the secrets themselves."""
+
+    mode: str = "none"
+    tokens: Mapping[bytes, frozenset[str]] = field(default_factory=dict)
+    proxy_header: str = "X-Shardhouse-Customer"
+
+    @classmethod
+    def from_lines(cls, lines: list[str], origin: str = "<tokens>") -> Access:
+        """``tokens`` access from ``<token> <customer>[,<customer>…]`` lines (``*`` = every
+        customer; blank lines and ``#`` comments ignored)."""
+        tokens: dict[bytes, frozenset[str]] = {}
+        for number, line in enumerate(lines, 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            token, _, scope = text.partition(" ")
+            customers = frozenset(c.strip() for c in scope.split(",") if c.strip())
+            if len(token) < MIN_TOKEN_LENGTH or not customers:
+                raise ConfigError(
+                    f"{origin}:{number}: expected '<token of {MIN_TOKEN_LENGTH}+ chars> <customer>[,...]|*'"
+                )
+            tokens[_digest(token)] = customers
+        return cls(mode="tokens", tokens=tokens)
+
+    def allowed(self, route_name: str, customer: str | None, headers: Any) -> HTTPStatus | None:
+        """None when the request may proceed, else 401 (no or unknown credentials) or 403.
+        ``headers``: anything with ``get(name)`` (the request's ``http.client`` headers)."""
+        if self.mode == "none" or route_name in PUBLIC_ROUTES:
+            return None
+        if self.mode == "proxy":
+            named = headers.get(self.proxy_header)
+            scope = frozenset(c.strip() for c in named.split(",")) if named else None
+        else:
+            auth = headers.get("Authorization") or ""
+            scheme, _, token = auth.partition(" ")
+            scope = self.tokens.get(_digest(token.strip())) if scheme.lower() == "bearer" else None
+        if scope is None:
+            return HTTPStatus.UNAUTHORIZED
+        if ALL in scope or (customer is not None and customer in scope):
+            return None
+        return HTTPStatus.FORBIDDEN
+
+
+def load_access(mode: str, tokens_file: str | None, proxy_header: str) -> Access:
+    """The Access of the read API's settings (reads the tokens file for ``tokens``)."""
+    if mode == "tokens":
+        if not tokens_file:
+            raise ConfigError("read API auth 'tokens' needs a tokens file")
+        try:
+            with open(tokens_file, encoding="utf-8") as fh:
+                return Access.from_lines(fh.read().splitlines(), tokens_file)
+        except OSError as exc:
+            raise ConfigError(f"cannot read read-API tokens file {tokens_file}: {exc}") from exc
+    if mode not in ("none", "proxy"):
+        raise ConfigError(f"read API auth {mode!r}: expected none, tokens or proxy")
+    return Access(mode=mode, proxy_header=proxy_header)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ReadApiServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -116,9 +206,26 @@ class ReadApiServer(ThreadingHTTPServer):
         reader: ReadModelReader,
         *,
         prom_registry: CollectorRegistry | None = REGISTRY,
+        access: Access | None = None,
+        idle_timeout: float = 30.0,
+        max_connections: int = 256,
     ) -> None:
+        self.access = access or Access()
+        if not is_loopback(address[0]):
+            log.warning(
+                "read API bound to a non-loopback address"
+                + (
+                    " WITHOUT authentication: anyone who reaches it reads every customer"
+                    if self.access.mode == "none"
+                    else ""
+                ),
+                extra={"host": address[0], "auth": self.access.mode},
+            )
         super().__init__(address, _RequestHandler)
         self.reader = reader
+        self.idle_timeout = idle_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.refused_connections = 0
         self.latency = (
             Histogram(
                 "shardhouse_readapi_seconds",
@@ -134,6 +241,25 @@ class ReadApiServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """At most ``max_connections`` at once (a thread each): beyond, the connection is closed
+        at once, so idle or slow clients cannot pile up threads."""
+        if not self._slots.acquire(blocking=False):
+            self.refused_connections += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def start(self) -> threading.Thread:
         """Serve on a daemon thread (tests, benchmarks); stop with :meth:`close`."""
@@ -153,13 +279,25 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server_version = "shardhouse-readapi"
     sys_version = ""
 
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.idle_timeout)  # idle keep-alive connections close
+
     def do_GET(self) -> None:
         started = time.perf_counter()
         parts = urlsplit(self.path)
         found = route(parts.path)
         name = found[0] if found else "unknown"
+        denied = None
+        if found is not None:
+            customer = found[2][0] if found[2] else None
+            denied = self.server.access.allowed(found[0], customer, self.headers)
         if found is None:
-            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {parts.path}"})
+            self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {parts.path[:200]}"})
+        elif denied is not None:
+            self._reply(
+                denied, {"error": "unauthorized" if denied == HTTPStatus.UNAUTHORIZED else "forbidden"}
+            )
         else:
             _, handler, args = found
             params = {k: v[-1] for k, v in parse_qs(parts.query).items()}
@@ -167,6 +305,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 body = handler(self.server.reader, args, params)
             except QueryError as exc:
                 self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            except OverflowError:  # a query value no check foresaw: still the client's, not ours
+                self._reply(HTTPStatus.BAD_REQUEST, {"error": "a query value is out of range"})
             except TransientError as exc:
                 log.warning("read api: redis unavailable", extra={"error": str(exc)})
                 self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "read models unavailable, retry"})
@@ -187,6 +327,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _reply(self, status: HTTPStatus, body: Any) -> None:
         payload = orjson.dumps(body)
         self.send_response(status)
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", 'Bearer realm="shardhouse"')
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", "no-store")

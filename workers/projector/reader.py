@@ -27,6 +27,7 @@ from schemas.read_models import (
     hour_of,
     parse_version,
 )
+from schemas.registry import OCCURRED_AT_MAX, OCCURRED_AT_MIN
 from workers.projector import keys
 from workers.projector.store import ProjectionStore, parse_entity
 
@@ -46,12 +47,21 @@ def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
+#: Query times must fall in the range events may have (schemas: 1970..2200), so no default
+#: span, bucket or window computed from them can leave what ``datetime`` holds (HTTP 400, not 500).
+TIME_MIN: Final = OCCURRED_AT_MIN
+TIME_MAX: Final = OCCURRED_AT_MAX
+
+
 def parse_time(text: str, what: str) -> datetime:
-    """An ISO 8601 date or date-time (UTC when no offset is given)."""
+    """An ISO 8601 date or date-time (UTC when no offset is given) in [TIME_MIN, TIME_MAX)."""
     try:
-        return _utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
-        raise QueryError(f"{what}: {text!r} is not an ISO 8601 date or date-time") from None
+        ts = _utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except (ValueError, OverflowError):
+        raise QueryError(f"{what}: {text[:64]!r} is not an ISO 8601 date or date-time") from None
+    if not TIME_MIN <= ts < TIME_MAX:
+        raise QueryError(f"{what}: {text[:64]!r} is outside [{TIME_MIN:%Y-%m-%d}, {TIME_MAX:%Y-%m-%d})")
+    return ts
 
 
 def _iso(ts: datetime) -> str:

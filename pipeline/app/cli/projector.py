@@ -23,7 +23,7 @@ from pipeline.core.clients import ClientFactory
 from pipeline.core.observability import configure_logging, serve_metrics
 from schemas import load_registry
 from workers.projector.context import build_context
-from workers.projector.readapi import ReadApiServer
+from workers.projector.readapi import ReadApiServer, load_access
 from workers.projector.reader import QueryError, ReadModelReader, parse_time, reader_for
 from workers.projector.rebuild import Archive, CatchUp, Rebuild, RebuildReport
 
@@ -111,7 +111,9 @@ def query_status() -> None:
 
 @app.command("serve-api")
 def serve_api(
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback by default; see SHARDHOUSE_READAPI_AUTH).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0 = any free one, printed).")] = 8080,
     redis_url: Annotated[
         str | None,
@@ -127,7 +129,14 @@ def serve_api(
         settings = replace(settings, redis=replace(settings.redis, url=redis_url))
     configure_logging(settings.log_level, role="readapi")
     serve_metrics(settings.worker.metrics_port)
-    server = ReadApiServer((host, port), reader_for(ClientFactory(settings), settings))
+    api = settings.readapi
+    server = ReadApiServer(
+        (host, port),
+        reader_for(ClientFactory(settings), settings),
+        access=load_access(api.auth, api.tokens_file, api.proxy_header),
+        idle_timeout=api.idle_timeout_seconds,
+        max_connections=api.max_connections,
+    )
     logging.getLogger("workers.projector.readapi").info(
         "read API listening", extra={"url": f"http://{host}:{server.port}"}
     )
