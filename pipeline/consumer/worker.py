@@ -63,6 +63,29 @@ class WorkerConfig:
         return 2 * (self.failover_s + EPSILON_S)
 
 
+@dataclass
+class Schedule:
+    """When each coordinator step of one worker is next due (its own clock), and the records
+    delivered as of the last progress line."""
+
+    renew: float
+    take: float
+    release_scan: float
+    sync: float
+    status: float
+    delivered: int = 0
+
+    @classmethod
+    def starting(cls, now: float, config: WorkerConfig) -> Schedule:
+        return cls(
+            renew=now,
+            take=now,
+            release_scan=now + config.release_scan_s,
+            sync=now + config.shard_sync_s,
+            status=now + config.status_log_s,
+        )
+
+
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.records = Counter(
@@ -114,36 +137,38 @@ class Worker:
     def run(self) -> None:
         self.store.ensure_table()
         self._sync()
-        now = self.clock()
-        next_renew = now
-        next_take = now
-        next_release_scan = now + self.config.release_scan_s
-        next_sync = now + self.config.shard_sync_s
-        next_status, delivered = now + self.config.status_log_s, 0
+        schedule = Schedule.starting(self.clock(), self.config)
         while not self.stop_event.is_set():
-            now = self.clock()
-            self.kcl3.tick(now)  # the table's mode; in 3.x: metrics, discovery, leadership
-            if now >= next_renew:
-                self._step("renew", self._renew)
-                next_renew = now + self.config.renew_s
-            if self.kcl3.protocol is Protocol.KCL3:
-                pass  # a 3.x worker never takes: the leader assigns (KCL-SPEC §2.6)
-            elif now >= next_take:
-                self._step("take", lambda: self._take(self.store.list_leases()))
-                next_take = now + self.config.take_s
-            elif now >= next_release_scan:
-                self._step("scan for released leases", self._scan_for_released)
-                next_release_scan = now + self.config.release_scan_s
-            if now >= next_sync:
-                self._sync()
-                next_sync = now + self.config.shard_sync_s
-            self._step("reap", self._reap)
-            if now >= next_status:
-                delivered = self._report(delivered, self.config.status_log_s + now - next_status)
-                next_status = now + self.config.status_log_s
-            wake = min(next_renew, next_take, next_release_scan, next_sync, next_status, self.kcl3.wake_at())
+            wake = self.tick(schedule)
             self.stop_event.wait(max(0.05, min(0.5, wake - self.clock())))
         self._shutdown()
+
+    def tick(self, schedule: Schedule) -> float:
+        """One coordinator pass: every step that is due on this worker's clock; returns when the
+        next one is due. ``run`` loops it; benchmarks/bench_fleet.py drives it on a simulated clock."""
+        now = self.clock()
+        self.kcl3.tick(now)  # the table's mode; in 3.x: metrics, discovery, leadership
+        if now >= schedule.renew:
+            self._step("renew", self._renew)
+            schedule.renew = now + self.config.renew_s
+        if self.kcl3.protocol is Protocol.KCL3:
+            pass  # a 3.x worker never takes: the leader assigns (KCL-SPEC §2.6)
+        elif now >= schedule.take:
+            self._step("take", lambda: self._take(self.store.list_leases()))
+            schedule.take = now + self.config.take_s
+        elif now >= schedule.release_scan:
+            self._step("scan for released leases", self._scan_for_released)
+            schedule.release_scan = now + self.config.release_scan_s
+        if now >= schedule.sync:
+            self._sync()
+            schedule.sync = now + self.config.shard_sync_s
+        self._step("reap", self._reap)
+        if now >= schedule.status:
+            period = self.config.status_log_s + now - schedule.status
+            schedule.delivered = self._report(schedule.delivered, period)
+            schedule.status = now + self.config.status_log_s
+        due = (schedule.renew, schedule.take, schedule.release_scan, schedule.sync, schedule.status)
+        return min(*due, self.kcl3.wake_at())
 
     # -- coordinator steps --------------------------------------------------------------------
     def _step(self, what: str, step: Callable[[], None]) -> None:
