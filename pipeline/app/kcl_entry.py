@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from pipeline.app.processors import resolve_processor
+from pipeline.consumer.checkpointing import KclError
 from pipeline.consumer.processor import (
     CheckpointError,
     InitializeInput,
@@ -63,7 +64,7 @@ class KclCheckpointer:
             raise CheckpointError(str(exc.value)) from exc
         except (ValueError, BrokenPipeError) as exc:
             # json.loads("") at EOF, or a closed pipe: the daemon is gone, and the lease with it.
-            raise CheckpointError("ShutdownException", "MultiLangDaemon closed the pipe") from exc
+            raise CheckpointError(KclError.SHUTDOWN, "MultiLangDaemon closed the pipe") from exc
 
 
 def to_record(kcl_record: Any) -> Record:

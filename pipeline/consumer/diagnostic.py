@@ -17,9 +17,8 @@ import time
 import orjson
 import redis
 
+from pipeline.consumer.checkpointing import CheckpointFailed, checkpoint
 from pipeline.consumer.processor import (
-    Checkpointer,
-    CheckpointError,
     InitializeInput,
     LeaseLostInput,
     ProcessRecordsInput,
@@ -29,31 +28,10 @@ from pipeline.consumer.processor import (
 )
 from pipeline.core.clients import ClientFactory
 from pipeline.core.errors import TransientError
-from pipeline.core.retry import Backoff, call_with_retry
+from pipeline.core.retry import call_with_retry
 from pipeline.core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class _Throttled(TransientError):
-    pass
-
-
-def checkpoint_retrying_throttles(checkpointer: Checkpointer, seq: str | None, subseq: int | None) -> None:
-    """Checkpoint; retry ThrottlingException only (KCL #677); every other refusal escapes."""
-
-    def attempt() -> None:
-        try:
-            checkpointer.checkpoint(seq, subseq)
-        except CheckpointError as exc:
-            if exc.value == "ThrottlingException":
-                raise _Throttled(str(exc)) from exc
-            raise
-
-    try:
-        call_with_retry(attempt, what="checkpoint", backoff=Backoff(base=0.1, cap=2.0, max_attempts=5))
-    except _Throttled as exc:  # pragma: no cover - needs a throttling DynamoDB
-        raise CheckpointError("ThrottlingException", "still throttled after retries") from exc
 
 
 class NoopProcessor:
@@ -65,7 +43,7 @@ class NoopProcessor:
     def process_records(self, process_records_input: ProcessRecordsInput) -> None:
         if process_records_input.records:
             last = process_records_input.records[-1]
-            checkpoint_retrying_throttles(
+            checkpoint(
                 process_records_input.checkpointer, last.sequence_number, last.sub_sequence_number
             )
 
@@ -73,12 +51,12 @@ class NoopProcessor:
         pass
 
     def shard_ended(self, shard_ended_input: ShardEndedInput) -> None:
-        checkpoint_retrying_throttles(shard_ended_input.checkpointer, None, None)  # SHARD_END (KCL #211)
+        checkpoint(shard_ended_input.checkpointer, None, None)  # SHARD_END (KCL #211)
 
     def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
         try:
-            checkpoint_retrying_throttles(shutdown_requested_input.checkpointer, None, None)
-        except CheckpointError as exc:
+            checkpoint(shutdown_requested_input.checkpointer, None, None)
+        except CheckpointFailed as exc:
             log.warning("shutdown checkpoint refused", extra={"value": exc.value})
 
 
@@ -139,10 +117,10 @@ class RecordingProcessor:
         )
         last = records[-1]
         try:
-            checkpoint_retrying_throttles(
+            checkpoint(
                 process_records_input.checkpointer, last.sequence_number, last.sub_sequence_number
             )
-        except CheckpointError as exc:
+        except CheckpointFailed as exc:
             self._event("checkpoint_refused", value=exc.value, seq=last.sequence_number)
             return
         self._event("checkpoint", seq=last.sequence_number, subseq=last.sub_sequence_number)
@@ -151,14 +129,14 @@ class RecordingProcessor:
         self._event("lease_lost")
 
     def shard_ended(self, shard_ended_input: ShardEndedInput) -> None:
-        checkpoint_retrying_throttles(shard_ended_input.checkpointer, None, None)
+        checkpoint(shard_ended_input.checkpointer, None, None)
         self._event("shard_ended")
 
     def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
         refused = None
         try:
-            checkpoint_retrying_throttles(shutdown_requested_input.checkpointer, None, None)
-        except CheckpointError as exc:
+            checkpoint(shutdown_requested_input.checkpointer, None, None)
+        except CheckpointFailed as exc:
             refused = exc.value
         self._event("shutdown_requested", refused=refused)
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from pipeline.consumer.checkpointing import KclError
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
 from pipeline.consumer.processor import CheckpointError
@@ -62,7 +63,7 @@ class ShardCheckpointer:
     def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
         if not self.accepting:
             raise CheckpointError(
-                "InvalidStateException",
+                KclError.INVALID_STATE,
                 "checkpoints are accepted only in process_records, shard_ended and shutdown_requested",
             )
         if sequence_number is None:
@@ -75,7 +76,7 @@ class ShardCheckpointer:
         with handle.lock:
             if not handle.usable() or handle.token != self.token:
                 raise CheckpointError(
-                    "ShutdownException", f"lease {handle.lease.lease_key} is no longer held"
+                    KclError.SHUTDOWN, f"lease {handle.lease.lease_key} is no longer held"
                 )
             if not validate_checkpoint(
                 target,
@@ -88,11 +89,11 @@ class ShardCheckpointer:
             try:
                 ok = self.store.checkpoint(handle.lease, target)
             except TransientError as exc:
-                raise CheckpointError("ThrottlingException", str(exc)) from exc
+                raise CheckpointError(KclError.THROTTLING, str(exc)) from exc
             if not ok:
                 handle.mark_lost()
                 raise CheckpointError(
-                    "ShutdownException", f"lease {handle.lease.lease_key} was taken by another worker"
+                    KclError.SHUTDOWN, f"lease {handle.lease.lease_key} was taken by another worker"
                 )
             handle.lease = replace(
                 handle.lease,

@@ -10,12 +10,11 @@ from pipeline.consumer.processor import RecordProcessor
 from pipeline.core.clients import ClientFactory
 from pipeline.core.settings import Settings
 from workers.batcher.context import BatcherContext, build_context, context_for
-from workers.batcher.processor import BatcherProcessor, ShardFailed
+from workers.batcher.processor import BatcherProcessor
 
 __all__ = [
     "BatcherContext",
     "BatcherProcessor",
-    "ShardFailed",
     "build_context",
     "context_for",
     "create_processor",

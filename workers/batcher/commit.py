@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.consumer.processor import Checkpointer, CheckpointError
-from pipeline.core.errors import ShardhouseError, TerminalError, TransientError
+from pipeline.consumer.checkpointing import checkpoint
+from pipeline.consumer.processor import Checkpointer
+from pipeline.core.errors import ShardhouseError, TerminalError
 from pipeline.core.manifest import BatchObject
 from pipeline.core.retry import Backoff, call_with_retry
 from workers.batcher import parquet, plan
@@ -61,14 +62,6 @@ WRITTEN = "written"
 ANNOUNCED = "announced"
 MARKED = "marked"
 CHECKPOINTED = "checkpointed"
-
-
-class LeaseLost(ShardhouseError):
-    """The checkpoint was refused because another worker owns the shard now: stop, write nothing."""
-
-
-class CheckpointThrottled(TransientError):
-    pass
 
 
 def _no_crash(_step: str) -> None:
@@ -229,9 +222,11 @@ def finish(pending: PendingCommit, checkpointer: Checkpointer, deps: FlushDeps) 
     if result.outcome != "skipped":
         deps.crash(MARKED)
     if pending.shard_end:
-        checkpoint(deps, checkpointer, None, None)
+        checkpoint(checkpointer, backoff=deps.backoff, sleep=deps.sleep)
     else:
-        checkpoint(deps, checkpointer, batch.last.sequence_number, batch.last.sub_sequence_number)
+        last = batch.last
+        seq, sub = last.sequence_number, last.sub_sequence_number
+        checkpoint(checkpointer, seq, sub, backoff=deps.backoff, sleep=deps.sleep)
     timer.lap("checkpoint")
     deps.crash(CHECKPOINTED)
     result.step_seconds.update(timer.laps)
@@ -348,25 +343,6 @@ def _put(deps: FlushDeps, key: str, body: bytes, metadata: dict[str, str], conte
         lambda: deps.store.put_once(key, body, metadata=metadata, content_type=content_type),
         f"put {key}",
     )
-
-
-def checkpoint(deps: FlushDeps, checkpointer: Checkpointer, seq: str | None, sub: int | None) -> None:
-    """Checkpoint at (seq, sub), or with no arguments (the largest delivered / SHARD_END)."""
-
-    def attempt() -> None:
-        try:
-            if seq is None:
-                checkpointer.checkpoint()
-            else:
-                checkpointer.checkpoint(seq, sub)
-        except CheckpointError as exc:
-            if exc.value == "ShutdownException":
-                raise LeaseLost(f"checkpoint at {seq or 'SHARD_END'} refused: lease lost") from exc
-            if exc.value in {"ThrottlingException", "KinesisClientLibDependencyException"}:
-                raise CheckpointThrottled(str(exc)) from exc
-            raise TerminalError(f"checkpoint at {seq or 'SHARD_END'} refused: {exc}") from exc
-
-    _retry(deps, attempt, f"checkpoint {seq or 'SHARD_END'}")
 
 
 class _Timer:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from pipeline.consumer.checkpointing import LeaseLost, ShardFailed, checkpoint
 from pipeline.consumer.processor import (
     Checkpointer,
     InitializeInput,
@@ -31,17 +32,14 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from pipeline.core.errors import ShardhouseError
 from schemas import InvalidEvent
 from workers.batcher.budget import BudgetHandle
 from workers.batcher.buffer import ShardBuffer
 from workers.batcher.commit import (
     Checked,
     FlushResult,
-    LeaseLost,
     PendingCommit,
     check,
-    checkpoint,
     commit,
     finish,
 )
@@ -54,10 +52,6 @@ T = TypeVar("T")
 
 # Buffer growth is reported to the process-wide budget in steps of this many bytes.
 BUDGET_STEP_BYTES = 256 * 1024
-
-
-class ShardFailed(ShardhouseError):
-    """A flush of this shard failed; the processor refuses further work until restarted."""
 
 
 class BatcherProcessor:
@@ -166,7 +160,7 @@ class BatcherProcessor:
         if self.buffer.records:
             self._flush(FlushReason.SHARD_END, ckpt, shard_end=True)
         else:
-            self._guard(lambda: checkpoint(self.deps, ckpt, None, None))
+            self._guard(lambda: checkpoint(ckpt, backoff=self.deps.backoff, sleep=self.deps.sleep))
         self._close()
 
     def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:

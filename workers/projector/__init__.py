@@ -14,7 +14,7 @@ from pipeline.core.settings import Settings
 from workers.projector.context import ProjectorContext, build_context, context_for
 from workers.projector.fold import EntityState, ReadModels, fold
 from workers.projector.keys import Namespace
-from workers.projector.processor import ProjectorProcessor, ShardFailed
+from workers.projector.processor import ProjectorProcessor
 from workers.projector.store import ProjectionStore
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "ProjectorContext",
     "ProjectorProcessor",
     "ReadModels",
-    "ShardFailed",
     "build_context",
     "context_for",
     "create_processor",

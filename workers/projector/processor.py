@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pipeline.consumer.checkpointing import CheckpointFailed, LeaseLost, ShardFailed, checkpoint
 from pipeline.consumer.processor import (
     Checkpointer,
-    CheckpointError,
     InitializeInput,
     LeaseLostInput,
     ProcessRecordsInput,
@@ -39,26 +39,16 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from pipeline.core.errors import ShardhouseError, TransientError
-from pipeline.core.retry import Backoff, call_with_retry
+from pipeline.core.errors import ShardhouseError
+from pipeline.core.retry import Backoff
 from workers.projector.context import ProjectorContext
 from workers.projector.plan import BatchPlan, Message
 from workers.projector.store import ApplyResult
 
 log = logging.getLogger("shardhouse.projector")
 
-SHUTDOWN = "ShutdownException"
-THROTTLED = "ThrottlingException"
 #: Script calls in flight per shard: one running in Redis, one queued behind it.
 DEPTH = 2
-
-
-class ShardFailed(ShardhouseError):
-    """Redis stayed unreachable for too many batches; restart the shard (it replays safely)."""
-
-
-class _Throttled(TransientError):
-    pass
 
 
 @dataclass
@@ -276,27 +266,14 @@ class ProjectorProcessor:
                 self._unsaved = None
 
     def _checkpoint(self, checkpointer: Checkpointer, seq: str | None, sub: int | None) -> bool:
-        """Checkpoint; ThrottlingException is retried, ShutdownException stops the shard."""
-
-        def attempt() -> None:
-            try:
-                checkpointer.checkpoint(seq, sub)
-            except CheckpointError as exc:
-                if exc.value == THROTTLED:
-                    raise _Throttled(str(exc)) from exc
-                raise
-
+        """Checkpoint (pipeline.consumer.checkpointing); a lost lease stops the shard, any other
+        failure leaves the position unsaved for the next batch to carry."""
         try:
-            call_with_retry(attempt, what="projector checkpoint", backoff=self.checkpoint_backoff)
-        except CheckpointError as exc:
-            if exc.value == SHUTDOWN:
-                self._stop("checkpoint refused: lease lost")
-            else:
-                log.error(
-                    "projector checkpoint refused", extra={"shard_id": self.shard_id, "error": str(exc)}
-                )
+            checkpoint(checkpointer, seq, sub, backoff=self.checkpoint_backoff)
+        except LeaseLost:
+            self._stop("checkpoint refused: lease lost")
             return False
-        except TransientError as exc:
+        except CheckpointFailed as exc:
             log.error("projector checkpoint failed", extra={"shard_id": self.shard_id, "error": str(exc)})
             return False
         self.stats.checkpoints += 1

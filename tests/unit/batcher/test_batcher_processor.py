@@ -25,6 +25,7 @@ from support.batcher_fakes import (
     records_of,
 )
 
+from pipeline.consumer.checkpointing import ShardFailed
 from pipeline.consumer.processor import (
     CheckpointError,
     LeaseLostInput,
@@ -33,7 +34,6 @@ from pipeline.consumer.processor import (
     ShutdownRequestedInput,
 )
 from pipeline.core.errors import TerminalError, TransientError
-from workers.batcher import ShardFailed
 from workers.batcher.commit import ANNOUNCED, MARKED, WRITTEN
 
 

@@ -20,13 +20,14 @@ from support.projector_fakes import (
     synthetic,
 )
 
+from pipeline.consumer.checkpointing import ShardFailed
 from pipeline.consumer.processor import (
     InitializeInput,
     LeaseLostInput,
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from workers.projector import ProjectorProcessor, ShardFailed
+from workers.projector import ProjectorProcessor
 from workers.projector.context import prom_metrics
 
 RECORDS = records_of(synthetic(120, duplicate_ratio=0.0, invalid_ratio=0.0))
