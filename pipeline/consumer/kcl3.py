@@ -101,6 +101,7 @@ class Kcl3Participant:
         now = worker.clock()
         self._next = {"mode": now, "discover": now, "publish": now, "lead": now, "heartbeat": now}
         self.stopping = False
+        self._counters_at_stop: dict[str, tuple[str | None, int]] = {}
 
     @property
     def protocol(self) -> Protocol:
@@ -299,19 +300,35 @@ class Kcl3Participant:
                 self.metrics.delete(self.me)
             except _STEP_ERRORS:
                 log.warning("could not delete worker metrics; they go stale", extra={"worker_id": self.me})
+        if self.protocol is Protocol.KCL3:
+            try:  # counters now vs at hand-off time: whose leases move is alive (choose_successor)
+                self._counters_at_stop = {
+                    x.lease_key: (x.lease_owner, x.lease_counter) for x in self.leases.list()
+                }
+            except _STEP_ERRORS:
+                self._counters_at_stop = {}
 
     def hand_off_all(self, handles: dict[str, LeaseHandle]) -> None:
         """After every processor checkpointed: each lease to the least-loaded live worker, or
         back to the leader (no owner) when there is none; then give up leadership."""
         live = {k: h for k, h in handles.items() if not h.lost.is_set()}
         try:
-            workers = self.metrics.all()
-            owned = Counter(x.lease_owner for x in self.leases.list() if x.lease_owner)
+            workers, leases = self.metrics.all(), self.leases.list()
         except _STEP_ERRORS:
-            workers, owned = [], Counter()
+            workers, leases = [], []
+        owned = Counter(x.lease_owner for x in leases if x.lease_owner)
+        before = self._counters_at_stop
+        proven = {
+            x.lease_owner
+            for x in leases
+            if x.lease_owner
+            and x.lease_key in before
+            and before[x.lease_key] != (x.lease_owner, x.lease_counter)
+            and before[x.lease_key][0] == x.lease_owner
+        }
         successors = choose_successor(
             sorted(k for k, h in live.items() if not h.lease.at_shard_end and k not in self.handoffs),
-            workers, dict(owned), self.me, self.wall(), self.config.assignment,
+            workers, dict(owned), self.me, self.wall(), self.config.assignment, proven=proven,
         )  # fmt: skip
         for key, handle in live.items():
             try:

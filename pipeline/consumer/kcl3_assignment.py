@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.consumer.leases import Lease
@@ -405,19 +405,30 @@ def choose_successor(
     me: str,
     now_s: float,
     config: AssignmentConfig | None = None,
+    *,
+    proven: Collection[str] = (),
 ) -> dict[str, str]:
     """Our shutdown handoff (not KCL's: KCL lets a stopping worker's leases expire): give each of
     ``mine`` to the active worker holding the fewest leases, one at a time, so the leader finds a
     balanced table and the new owner starts on its next lease discovery instead of after
-    failover plus an assignment run. Empty when no other worker is active."""
+    failover plus an assignment run. Empty when no other worker is active.
+
+    KCL counts a worker active for two reporter periods after its last report, so a worker that
+    stopped a minute ago still looks alive. Workers in ``proven`` (whose lease counters were seen
+    moving) come first; the others must have reported within 1.5 periods (+ 2 s)."""
     cfg = config or AssignmentConfig()
-    others = [w.worker_id for w in active_workers(workers, now_s, cfg) if w.worker_id != me]
+    fresh = now_s - (1.5 * cfg.reporter_interval_s + 2)  # lut is whole seconds
+    others = [
+        w.worker_id
+        for w in active_workers(workers, now_s, cfg)
+        if w.worker_id != me and (w.worker_id in proven or (w.last_update or 0) >= fresh)
+    ]
     if not others:
         return {}
     load = {w: owned.get(w, 0) for w in others}
     out: dict[str, str] = {}
     for key in sorted(mine):
-        to = min(others, key=lambda w: (load[w], w))
+        to = min(others, key=lambda w: (w not in proven, load[w], w))
         out[key] = to
         load[to] += 1
     return out

@@ -31,6 +31,7 @@ from kcl_harness import DaemonStarter, bootstrap_leases, create_stream, daemon_l
 from pipeline.app import kcl_daemon
 from pipeline.consumer.diagnostic import create_recorder
 from pipeline.consumer.kcl3 import Kcl3Config
+from pipeline.consumer.kcl3_assignment import AssignmentConfig
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.worker import Worker, WorkerConfig
 from pipeline.core.clients import ClientFactory
@@ -40,9 +41,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.kcl, pytest.mark.timeout(600)
 
 FAILOVER_S = 3.0  # = the Java daemons' failoverTimeMillis in the kcl fixtures
 REPORTER_MS = 2000  # workerMetricsReporterFreqInMillis, the same on both sides
+# Rebalance on every assignment run (KCL's default: every 3rd) on both sides, to keep the test short.
 JAVA_3X = {
     "client_version": kcl_daemon.CLIENT_VERSION_3X,
-    "extra": {"workerMetricsReporterFreqInMillis": str(REPORTER_MS)},
+    "extra": {"workerMetricsReporterFreqInMillis": str(REPORTER_MS), "varianceBalancingFrequency": "1"},
 }
 
 
@@ -128,7 +130,10 @@ class Natives:
         config = WorkerConfig(
             application=self.table, stream=self.stream, worker_id=worker_id, failover_s=FAILOVER_S,
             idle_between_reads_s=0.2, parent_poll_s=0.5,
-            kcl3=Kcl3Config(mode_check_s=1.0, reporter_s=REPORTER_MS / 1000),
+            kcl3=Kcl3Config(
+                mode_check_s=1.0, reporter_s=REPORTER_MS / 1000,
+                assignment=AssignmentConfig(variance_balancing_frequency=1),
+            ),
         )  # fmt: skip
         worker = Worker(
             config, store=LeaseStore(clients.dynamodb(), self.table), kinesis=clients.kinesis(),

@@ -279,6 +279,18 @@ def test_successor_is_the_least_loaded_active_other_worker() -> None:
     assert choose_successor(["s1"], [default("me")], {}, "me", NOW) == {}
 
 
+def test_successor_prefers_workers_seen_alive_over_a_recent_report() -> None:
+    cfg = AssignmentConfig(reporter_interval_s=30)
+    # "quiet" reported 50 s ago: active for KCL (< 60 s) but overdue by one report, so likely gone.
+    workers = [WorkerStats("quiet", int(NOW - 50)), WorkerStats("busy", int(NOW - 10)), default("idle")]
+    assert choose_successor(["s1", "s2"], workers, {"busy": 3}, "me", NOW, cfg) == {
+        "s1": "idle",
+        "s2": "idle",
+    }
+    plan = choose_successor(["s1", "s2"], workers, {"busy": 3}, "me", NOW, cfg, proven={"busy", "quiet"})
+    assert plan == {"s1": "quiet", "s2": "quiet"}  # proven alive beats fresh-but-unproven
+
+
 @given(
     st.lists(st.sampled_from(["w1", "w2", "w3", None]), min_size=1, max_size=12),
     st.lists(st.one_of(st.none(), st.floats(0, 1000)), min_size=12, max_size=12),

@@ -27,7 +27,9 @@ from pipeline.consumer.sequence import SHARD_END, TRIM_HORIZON, ExtendedSequence
 FAILOVER = 10.0
 
 
-def lease(key: str, owner: str | None = None, counter: int = 1, cp: str = TRIM_HORIZON, **kw: object) -> Lease:
+def lease(
+    key: str, owner: str | None = None, counter: int = 1, cp: str = TRIM_HORIZON, **kw: object
+) -> Lease:
     return Lease(key, counter, owner, ExtendedSequenceNumber(cp), **kw)  # type: ignore[arg-type]
 
 
@@ -182,7 +184,13 @@ def test_table_view_counts_me_as_a_worker_while_holding_nothing() -> None:
 
 @pytest.mark.parametrize(
     ("leases", "workers", "cap", "expected"),
-    [(10, 3, float("inf"), 4), (9, 3, float("inf"), 3), (3, 5, float("inf"), 1), (500, 50, 8, 8), (0, 1, 5, 1)],
+    [
+        (10, 3, float("inf"), 4),
+        (9, 3, float("inf"), 3),
+        (3, 5, float("inf"), 1),
+        (500, 50, 8, 8),
+        (0, 1, 5, 1),
+    ],
 )
 def test_target_count_is_the_rounded_up_share_under_the_cap(
     leases: int, workers: int, cap: float, expected: int

@@ -34,13 +34,17 @@ def test_numeric_order_is_numeric_not_lexical(a: int, b: int, sa: int, sb: int) 
 def test_checkpoint_validation() -> None:
     last, delivered = E("10"), E("20", 2)
     assert validate_checkpoint(E("15"), last_checkpoint=last, largest_delivered=delivered, shard_ended=False)
-    assert not validate_checkpoint(E("10"), last_checkpoint=last, largest_delivered=delivered, shard_ended=False)
+    assert not validate_checkpoint(
+        E("10"), last_checkpoint=last, largest_delivered=delivered, shard_ended=False
+    )
     with pytest.raises(CheckpointError) as before:
         validate_checkpoint(E("9"), last_checkpoint=last, largest_delivered=delivered, shard_ended=False)
     assert before.value.value == "IllegalArgumentException"
     with pytest.raises(CheckpointError, match="beyond the largest"):
         validate_checkpoint(E("20", 3), last_checkpoint=last, largest_delivered=delivered, shard_ended=False)
-    assert validate_checkpoint(E(SHARD_END), last_checkpoint=last, largest_delivered=delivered, shard_ended=True)
+    assert validate_checkpoint(
+        E(SHARD_END), last_checkpoint=last, largest_delivered=delivered, shard_ended=True
+    )
 
 
 def aggregate(records: list[tuple[str, bytes]]) -> bytes:
