@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from pipeline.app.processors import resolve_processor
 from pipeline.consumer.checkpointing import KclError
+from pipeline.consumer.dead_letters import S3DeadLetters
 from pipeline.consumer.processor import (
     CheckpointError,
     InitializeInput,
@@ -38,6 +39,7 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
+from pipeline.consumer.resilient import ResilientProcessor
 from pipeline.core.clients import ClientFactory
 from pipeline.core.deployed import load_deployed_settings
 from pipeline.core.errors import ConfigError
@@ -144,7 +146,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if not args.processor:
             raise ConfigError(f"no processor: pass --processor NAME or set {PROCESSOR_ENV}")
         factory = resolve_processor(args.processor)
-        processor = factory(ClientFactory(settings), settings)
+        clients = ClientFactory(settings)
+        res = settings.resources
+        sink = S3DeadLetters(clients.s3(), res.bucket, res.stream, args.processor)
+        # The daemon cannot re-read what a processor failed on: the wrapper keeps and redelivers it.
+        processor = ResilientProcessor(lambda: factory(clients, settings), sink)
     except ConfigError as exc:
         # The daemon logs our stderr; exiting non-zero makes it fail the shard consumer loudly.
         log.error("kcl child cannot start", extra={"error": str(exc)})

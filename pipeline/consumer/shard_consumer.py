@@ -1,4 +1,4 @@
-"""One shard's consumer thread: WAITING_ON_PARENTS → INITIALIZING → PROCESSING → SHUTDOWN
+"""One shard's consumer thread, through the states of :class:`ConsumerState`
 (docs/consumer-runtime.md, "Shard consumers")."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -34,6 +35,18 @@ if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
 
 log = logging.getLogger(__name__)
+
+
+class ConsumerState(Enum):
+    """Where a shard consumer is in its life (KCL's ``ConsumerStates``, without the states the
+    thread-per-shard design does not need)."""
+
+    WAITING_ON_PARENTS = "waiting_on_parents"  # a child shard waits for its parents' SHARD_END
+    INITIALIZING = "initializing"  # processor.initialize, then the first iterator
+    PROCESSING = "processing"  # the read-deliver loop
+    SHARD_ENDING = "shard_ending"  # children's leases created; processor.shard_ended checkpoints
+    SHUTTING_DOWN = "shutting_down"  # shutdown_requested (graceful) or lease_lost
+    SHUTDOWN_COMPLETE = "shutdown_complete"
 
 
 class _Stopped(Exception):
@@ -69,6 +82,7 @@ class ShardConsumer(threading.Thread):
         processor: RecordProcessor,
         config: ConsumerConfig,
         on_records: Callable[[str, int, int], None] = lambda _s, _n, _lag: None,
+        shutdown_requested: threading.Event | None = None,
     ) -> None:
         super().__init__(name=f"shard-{handle.lease.lease_key}", daemon=True)
         self.kinesis = kinesis
@@ -78,28 +92,32 @@ class ShardConsumer(threading.Thread):
         self.processor = processor
         self.config = config
         self.on_records = on_records
-        self.shutdown_requested = threading.Event()
+        self.shutdown_requested = shutdown_requested or threading.Event()
         self.finished = threading.Event()
         self.stats = ShardStats()
         self.shard_id = handle.lease.lease_key
         self.checkpointer = ShardCheckpointer(store, handle, self.token)
         self.reached_shard_end = False
+        self.state = ConsumerState.WAITING_ON_PARENTS
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
         try:
             if not self._wait_for_parents():
                 return
+            self.state = ConsumerState.INITIALIZING
             try:
                 iterator = self._initialize()
             except _Stopped:
                 self._shutdown()  # initialized, then stopped before the first read
                 return
             if iterator is not None or self.handle.lease.at_shard_end:
+                self.state = ConsumerState.PROCESSING
                 self._process(iterator)
         except Exception:
             log.exception("shard consumer failed", extra={"shard_id": self.shard_id})
         finally:
+            self.state = ConsumerState.SHUTDOWN_COMPLETE
             self.finished.set()
 
     def _stopping(self) -> bool:
@@ -202,7 +220,10 @@ class ShardConsumer(threading.Thread):
                 self.stats.bytes += sum(len(r.binary_data) for r in records)
             self.on_records(self.shard_id, len(records), lag)
             # Empty batches are delivered too, so processors can flush on age while idle.
-            self._deliver(records, lag)
+            if not self._deliver(records, lag):
+                self.state = ConsumerState.SHUTTING_DOWN
+                self.processor.lease_lost(LeaseLostInput())  # drop what it holds; write nothing more
+                return
             iterator = page.get("NextShardIterator")
             if iterator is None:
                 self._shard_end(page.get("ChildShards", []))
@@ -225,19 +246,23 @@ class ShardConsumer(threading.Thread):
                 out.append(record)
         return out
 
-    def _deliver(self, records: list[Record], lag: int) -> None:
+    def _deliver(self, records: list[Record], lag: int) -> bool:
+        """Deliver; False if the processor raised. KCL skips such a batch and moves on; here the
+        consumer stops instead, checkpointing nothing more, so the records are read again (the
+        worker wraps processors in pipeline.consumer.resilient, which only raises once stopping)."""
         self.checkpointer.accepting = True
         try:
             self.processor.process_records(ProcessRecordsInput(records, lag, self.checkpointer))
         except Exception:
-            # KCL skips a batch whose processor threw; we log it loudly. Processors of this
-            # product do not throw for bad input (they dead-letter it).
-            log.exception("processor raised; batch skipped", extra={"shard_id": self.shard_id})
+            log.exception("processor raised; stopping, no checkpoint", extra={"shard_id": self.shard_id})
+            return False
         finally:
             self.checkpointer.accepting = False
+        return True
 
     def _shard_end(self, children: list[dict[str, Any]]) -> None:
         """Create child leases, record them on the parent, then the processor must checkpoint."""
+        self.state = ConsumerState.SHARD_ENDING
         from pipeline.consumer.sequence import TRIM_HORIZON
 
         child_ids = []
@@ -277,6 +302,7 @@ class ShardConsumer(threading.Thread):
         self.reached_shard_end = True
 
     def _shutdown(self) -> None:
+        self.state = ConsumerState.SHUTTING_DOWN
         if self.handle.lost.is_set():
             self.processor.lease_lost(LeaseLostInput())
             return

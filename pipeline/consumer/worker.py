@@ -24,7 +24,8 @@ from pipeline.consumer.kcl3 import Kcl3Config, Kcl3Participant
 from pipeline.consumer.kcl3_state import Protocol
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import ExpiryTracker, Lease, deletable_parent, plan_take
-from pipeline.consumer.processor import RecordProcessor
+from pipeline.consumer.processor import Record, RecordProcessor
+from pipeline.consumer.resilient import DeadLetterSink, ResilientProcessor, refuse_dead_letter
 from pipeline.consumer.shard_consumer import ConsumerConfig, ShardConsumer
 from pipeline.consumer.shard_sync import sync_shards
 from pipeline.core.errors import ShardhouseError
@@ -101,6 +102,16 @@ class WorkerMetrics:
         self.leases = Gauge(
             "shardhouse_consumer_leases_held", "Leases held by this worker", ["app"], registry=registry
         )
+        self.failing = Gauge(
+            "shardhouse_consumer_shard_failing",
+            "1 while the shard's processor keeps failing (its records are kept and redelivered)",
+            ["app", "shard_id", "reason"], registry=registry,
+        )  # fmt: skip
+        self.dead_lettered = Counter(
+            "shardhouse_consumer_processor_errors",
+            "Records dead-lettered with reason processor_error",
+            ["app", "shard_id"], registry=registry,
+        )  # fmt: skip
 
 
 class Worker:
@@ -111,6 +122,7 @@ class Worker:
         store: LeaseStore,
         kinesis: KinesisClient,
         processor_factory: Callable[[], RecordProcessor],
+        dead_letter: DeadLetterSink = refuse_dead_letter,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -118,6 +130,8 @@ class Worker:
         self.store = store
         self.kinesis = kinesis
         self.processor_factory = processor_factory
+        self.dead_letter = dead_letter
+        self.failing: dict[str, str] = {}  # shard -> why its processor keeps failing
         self.metrics = metrics
         self.clock = clock
         self.tracker = ExpiryTracker(config.failover_s)
@@ -264,15 +278,40 @@ class Worker:
             if deletable_parent(lease, by_key):
                 self.store.delete(lease.lease_key)
 
+    def _on_failure(self, shard_id: str, reason: str | None) -> None:
+        previous = self.failing.pop(shard_id, None)
+        if reason is not None:
+            self.failing[shard_id] = reason
+        if self.metrics is not None:
+            app = self.config.application
+            if previous is not None:
+                self.metrics.failing.remove(app, shard_id, previous[:120])
+            if reason is not None:
+                self.metrics.failing.labels(app, shard_id, reason[:120]).set(1)
+
+    def _dead_letter(self, shard_id: str, record: Record, failure: BaseException) -> None:
+        self.dead_letter(shard_id, record, failure)
+        if self.metrics is not None:
+            self.metrics.dead_lettered.labels(self.config.application, shard_id).inc()
+
     def _start(self, lease: Lease, taken_at: float) -> None:
         log.info("lease acquired", extra={"shard_id": lease.lease_key, "worker_id": self.config.worker_id})
         handle = LeaseHandle(lease, renewed_at=taken_at, failover_s=self.config.failover_s, clock=self.clock)
         self.handles[lease.lease_key] = handle
+        shutdown = threading.Event()
+        processor = ResilientProcessor(
+            self.processor_factory,
+            self._dead_letter,
+            stopping=lambda: shutdown.is_set() or not handle.usable(),
+            wait=shutdown.wait,
+            on_failure=self._on_failure,
+        )
         consumer = ShardConsumer(
             kinesis=self.kinesis,
             store=self.store,
             handle=handle,
-            processor=self.processor_factory(),
+            processor=processor,
+            shutdown_requested=shutdown,
             config=ConsumerConfig(
                 stream=self.config.stream,
                 max_records=self.config.max_records,

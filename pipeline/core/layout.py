@@ -84,3 +84,18 @@ def dead_letter_key(stream: str, shard_id: str, day: date, first_sequence: str, 
         f"{DEAD_LETTER_PREFIX}stream={safe_stream}/dt={day.isoformat()}/"
         f"{shard_id}-{first_sequence}-{last_sequence}.jsonl"
     )
+
+
+def processor_error_key(
+    stream: str, application: str, shard_id: str, day: date, sequence: str, sub: int
+) -> str:
+    """The dead letter of one record a processor could not process (one object per record and
+    application, so two applications isolating the same record do not overwrite each other)."""
+    _check(shard_id, SHARD_ID, "shard id")
+    _check(sequence, SEQUENCE, "sequence number")
+    safe_stream = re.sub(r"[^A-Za-z0-9_.-]", "_", stream)[:128]
+    safe_app = re.sub(r"[^A-Za-z0-9_.-]", "_", application)[:128]
+    return (
+        f"{DEAD_LETTER_PREFIX}stream={safe_stream}/dt={day.isoformat()}/processor_error/"
+        f"app={safe_app}/{shard_id}-{sequence}-{sub}.jsonl"
+    )

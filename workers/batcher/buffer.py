@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from pipeline.core.dead_letters import Rejected
 from workers.batcher.policy import FlushReason
 
 if TYPE_CHECKING:
@@ -77,19 +78,6 @@ class TypeRows:
 
     def __repr__(self) -> str:
         return f"TypeRows({self.type!r}, {self.version}, {len(self.rows)} rows)"
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """An invalid record, kept byte for byte for its dead letter."""
-
-    data: bytes
-    partition_key: str
-    sequence_number: str
-    sub_sequence_number: int
-    arrival_ms: int
-    reason: str
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from pipeline.consumer.checkpointing import checkpoint
 from pipeline.consumer.processor import Checkpointer
+from pipeline.core.dead_letters import dead_letter_document
 from pipeline.core.errors import ShardhouseError, TerminalError
 from pipeline.core.manifest import BatchObject
 from pipeline.core.retry import Backoff, call_with_retry
@@ -168,7 +169,7 @@ def commit(
         # 2. write — the objects (under way since the check answered), the dead letters; write-once.
         stored = [obj for obj in (f.result() for f in checked.stores) if obj is not None]
         _stop_if(abandoned, bid)
-        dead = plan.dead_letter_document(deps.stream, batch.shard_id, batch.rejected)
+        dead = dead_letter_document(deps.stream, batch.shard_id, batch.rejected)
         if dead:
             dl_key = plan.dead_letter_key_of(deps.stream, batch)
             _put(deps, dl_key, dead, {"batch-id": bid, "rows": "0"}, JSONL)

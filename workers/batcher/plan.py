@@ -7,16 +7,13 @@ replay of the same records derives the same names.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-import orjson
-
 from pipeline.core.layout import EventObjectKey, dead_letter_key
 from pipeline.core.manifest import FORMAT, BatchManifest, BatchObject, batch_id, encode_manifest
-from workers.batcher.buffer import Batch, Rejected, Row
+from workers.batcher.buffer import Batch, Row
 
 GroupKey = tuple[str, str, int]  # (customer_id, type, version)
 
@@ -62,27 +59,6 @@ def dead_letter_key_of(stream: str, batch: Batch) -> str:
     return dead_letter_key(
         stream, batch.shard_id, batch_day(batch), batch.first.sequence_number, batch.last.sequence_number
     )
-
-
-def dead_letter_document(stream: str, shard_id: str, rejected: Sequence[Rejected]) -> bytes:
-    """Newline JSON, one rejected record per line, the raw bytes base64-encoded."""
-    lines = [
-        orjson.dumps(
-            {
-                "stream": stream,
-                "shard_id": shard_id,
-                "sequence_number": r.sequence_number,
-                "sub_sequence_number": r.sub_sequence_number,
-                "partition_key": r.partition_key,
-                "approximate_arrival_timestamp": r.arrival_ms,
-                "reason": r.reason,
-                "detail": r.detail[:2000],
-                "data_base64": base64.b64encode(r.data).decode("ascii"),
-            }
-        )
-        for r in rejected
-    ]
-    return b"\n".join(lines) + b"\n" if lines else b""
 
 
 def rfc3339(value: datetime) -> str:

@@ -15,6 +15,7 @@ import typer
 from pipeline.app.cli import context
 from pipeline.app.cli.app import app
 from pipeline.app.processors import resolve_processor
+from pipeline.consumer.dead_letters import S3DeadLetters
 from pipeline.consumer.kcl3_assignment import AssignmentConfig, WorkerStats, active_workers
 from pipeline.consumer.kcl3_state import ClientVersion, LockItem, mode_for
 from pipeline.consumer.kcl3_tables import CoordinatorState, WorkerMetricsTable, checkpoint_owner
@@ -65,11 +66,13 @@ def worker(
         parent_poll_s=w.parent_poll_ms / 1000,
         status_log_s=status_every,
     )
+    res = settings.resources
     runtime = Worker(
         config,
         store=LeaseStore(clients.dynamodb(), app_name),
         kinesis=clients.kinesis(),
         processor_factory=lambda: factory(clients, settings),
+        dead_letter=S3DeadLetters(clients.s3(), res.bucket, res.stream, app_name),
         metrics=WorkerMetrics(),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,11 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.consumer.processor import Record
+from pipeline.core.dead_letters import Rejected, dead_letter_document
 from pipeline.core.layout import parse_event_key
 from pipeline.core.manifest import BatchObject, decode_manifest, encode_manifest
 from schemas import load_registry
 from workers.batcher import plan
-from workers.batcher.buffer import Batch, Position, Rejected, ShardBuffer
+from workers.batcher.buffer import Batch, Position, ShardBuffer
 from workers.batcher.commit import build_tables
 from workers.batcher.dedupe import pack_rows, parse_check_reply
 from workers.batcher.policy import FlushReason
@@ -116,14 +117,14 @@ def test_keep_unseen() -> None:
 
 def test_dead_letter_document_keeps_raw_bytes() -> None:
     raw = b"\xff\xfe not utf8 \x00"
-    doc = plan.dead_letter_document("s", SHARD, [Rejected(raw, "pk", "17", 2, 1234, "not_utf8", "x" * 5000)])
+    doc = dead_letter_document("s", SHARD, [Rejected(raw, "pk", "17", 2, 1234, "not_utf8", "x" * 5000)])
     lines = doc.splitlines()
     assert len(lines) == 1 and doc.endswith(b"\n")
     entry = orjson.loads(lines[0])
     assert base64.b64decode(entry["data_base64"]) == raw
     assert (entry["shard_id"], entry["sequence_number"], entry["sub_sequence_number"]) == (SHARD, "17", 2)
     assert entry["reason"] == "not_utf8" and len(entry["detail"]) == 2000
-    assert plan.dead_letter_document("s", SHARD, []) == b""
+    assert dead_letter_document("s", SHARD, []) == b""
 
 
 def test_manifest_round_trips_and_splits_deterministically() -> None:

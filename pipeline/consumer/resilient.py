@@ -1,0 +1,267 @@
+"""Nothing is skipped: a processor that raises gets its records again, and a record that fails on
+its own is dead-lettered with reason ``processor_error`` — never dropped, never checkpointed past.
+
+KCL skips a batch whose processor threw and moves on; that loses every record of the batch. Here
+the wrapper keeps every record delivered since the last checkpoint that landed. When the inner
+processor raises (any exception: a bug, RecursionError on a hostile record, a dependency outage
+that outlived the processor's own retries), the wrapper:
+
+1. drops the inner processor (``lease_lost``: it writes and checkpoints nothing more) and makes a
+   fresh one from the factory, initialized at the last checkpoint;
+2. after ``isolate_after`` failures of the same records, probes them one at a time, each with a
+   fresh processor whose checkpoints are refused: a record that raises alone is dead-lettered
+   (the dead letter must land first) and left out from then on;
+3. waits a jittered, capped backoff and delivers the kept records again, until they go through.
+
+A dependency outage therefore heals by itself once the dependency is back, and the checkpoint
+never passes a record that was neither processed nor dead-lettered. Policy and trade-offs:
+docs/consumer-runtime.md ("Processor failures").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from pipeline.consumer.checkpointing import ShardFailed
+from pipeline.consumer.processor import (
+    Checkpointer,
+    InitializeInput,
+    LeaseLostInput,
+    ProcessRecordsInput,
+    Record,
+    RecordProcessor,
+    ShardEndedInput,
+    ShutdownRequestedInput,
+)
+from pipeline.core.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+#: Dead-letter one record a processor cannot process; raises if the dead letter did not land.
+DeadLetterSink = Callable[[str, Record, BaseException], None]
+#: Told ``(shard_id, reason)`` when a shard starts failing and ``(shard_id, None)`` when it heals.
+FailureListener = Callable[[str, str | None], None]
+
+
+def refuse_dead_letter(shard_id: str, record: Record, failure: BaseException) -> None:
+    """The sink of a runtime given none: the record stays kept (and the shard stalls, visibly)."""
+    raise ShardFailed(f"{shard_id}: no dead-letter sink configured for a processor_error")
+
+
+@dataclass(frozen=True)
+class RecoveryPolicy:
+    #: Delays between redeliveries; ``max_attempts`` only sizes the delay sequence (it repeats).
+    backoff: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=30.0, max_attempts=64))
+    #: Failed deliveries of the same kept records before they are probed one at a time.
+    isolate_after: int = 3
+
+
+def position_of(record: Record) -> tuple[int, int]:
+    return int(record.sequence_number), record.sub_sequence_number
+
+
+def kept_after(records: Sequence[Record], sequence: str | None, sub: int | None) -> list[Record]:
+    """The kept records still unsaved after a checkpoint at (sequence, sub); ``None``: all saved."""
+    if sequence is None:
+        return []
+    at = (int(sequence), sub or 0)
+    return [r for r in records if position_of(r) > at]
+
+
+class _Discarding:
+    """A probe's checkpointer: it accepts and forgets, so a probe never moves the lease's
+    checkpoint and a processor's own refusal handling is not mistaken for a failing record."""
+
+    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
+        return None
+
+
+class _Tracking:
+    """Forwards checkpoints and lets the wrapper forget what they saved."""
+
+    def __init__(self, owner: ResilientProcessor, inner: Checkpointer) -> None:
+        self._owner = owner
+        self._inner = inner
+
+    def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
+        self._inner.checkpoint(sequence_number, sub_sequence_number)
+        self._owner._saved(sequence_number, sub_sequence_number)
+
+
+class ResilientProcessor:
+    """A :class:`RecordProcessor` around processors made by ``factory`` (one shard's)."""
+
+    def __init__(
+        self,
+        factory: Callable[[], RecordProcessor],
+        dead_letter: DeadLetterSink,
+        *,
+        policy: RecoveryPolicy | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+        wait: Callable[[float], object] | None = None,
+        on_failure: FailureListener = lambda _shard, _reason: None,
+    ) -> None:
+        self._factory = factory
+        self._dead_letter = dead_letter
+        self.policy = policy or RecoveryPolicy()
+        self._stopping = stopping
+        self._wait = wait or _sleep
+        self._on_failure = on_failure
+        self._inner: RecordProcessor | None = None
+        self._init: InitializeInput | None = None
+        self._kept: list[Record] = []
+        self.shard_id = "?"
+        self.failures = 0  # consecutive failed deliveries of the kept records
+        self.dead_lettered = 0
+        self._probed: tuple[int, int] | None = None  # (first position, count) last probed
+
+    # -- the contract ---------------------------------------------------------------------------
+    def initialize(self, initialize_input: InitializeInput) -> None:
+        self.shard_id = initialize_input.shard_id
+        self._init = initialize_input
+        self._inner = self._factory()
+        self._inner.initialize(initialize_input)
+
+    def process_records(self, process_records_input: ProcessRecordsInput) -> None:
+        checkpointer = _Tracking(self, process_records_input.checkpointer)
+        self._kept.extend(process_records_input.records)
+        try:
+            self._current().process_records(replace(process_records_input, checkpointer=checkpointer))
+        except Exception as exc:
+            self._recover(exc, process_records_input, checkpointer)
+
+    def lease_lost(self, lease_lost_input: LeaseLostInput) -> None:
+        self._kept.clear()
+        if self._inner is not None:
+            self._inner.lease_lost(lease_lost_input)
+
+    def shard_ended(self, shard_ended_input: ShardEndedInput) -> None:
+        tracking = _Tracking(self, shard_ended_input.checkpointer)
+        self._current().shard_ended(replace(shard_ended_input, checkpointer=tracking))
+
+    def shutdown_requested(self, shutdown_requested_input: ShutdownRequestedInput) -> None:
+        if self.failures:
+            # The kept records never went through: a shutdown checkpoint ("everything delivered")
+            # would pass them. Drop the processor instead; the next owner replays them.
+            self._drop()
+            return
+        tracking = _Tracking(self, shutdown_requested_input.checkpointer)
+        self._current().shutdown_requested(replace(shutdown_requested_input, checkpointer=tracking))
+
+    # -- recovery -------------------------------------------------------------------------------
+    def _current(self) -> RecordProcessor:
+        if self._inner is None:
+            raise ShardFailed(f"{self.shard_id}: processor used before initialize")
+        return self._inner
+
+    def _saved(self, sequence: str | None, sub: int | None) -> None:
+        """A checkpoint landed: forget what it saved; a restart starts there."""
+        if sequence is None:  # "everything delivered so far"
+            if not self._kept:
+                return
+            sequence, sub = self._kept[-1].sequence_number, self._kept[-1].sub_sequence_number
+        self._kept = kept_after(self._kept, sequence, sub)
+        if self._init is not None:
+            self._init = replace(self._init, sequence_number=sequence, sub_sequence_number=sub or 0)
+
+    def _recover(self, exc: BaseException, given: ProcessRecordsInput, checkpointer: _Tracking) -> None:
+        delays = self.policy.backoff.delays()
+        while True:
+            self.failures += 1
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            log.error(
+                "processor failed; records kept for redelivery",
+                extra={"shard_id": self.shard_id, "attempt": self.failures, "kept": len(self._kept),
+                       "error": reason},
+            )  # fmt: skip
+            self._on_failure(self.shard_id, reason)
+            self._restart()
+            if self.failures >= self.policy.isolate_after:
+                self._isolate()
+            delay = next(delays, None)
+            if delay is None:
+                delays = self.policy.backoff.delays()
+                delay = next(delays, self.policy.backoff.cap)
+            self._wait(delay)
+            if self._stopping():
+                raise ShardFailed(f"{self.shard_id}: stopped while recovering from {reason}") from exc
+            try:
+                again = replace(given, records=list(self._kept), checkpointer=checkpointer)
+                self._current().process_records(again)
+            except Exception as retry_exc:
+                exc = retry_exc
+                continue
+            log.info("processor recovered", extra={"shard_id": self.shard_id, "after": self.failures})
+            self.failures = 0
+            self._on_failure(self.shard_id, None)
+            return
+
+    def _drop(self) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            try:
+                inner.lease_lost(LeaseLostInput())
+            except Exception:
+                log.exception("dropping a failed processor raised", extra={"shard_id": self.shard_id})
+
+    def _restart(self) -> None:
+        self._drop()
+        if self._init is None:
+            raise ShardFailed(f"{self.shard_id}: processor failed before initialize")
+        fresh = self._factory()
+        fresh.initialize(self._init)
+        self._inner = fresh
+
+    def _isolate(self) -> None:
+        """Probe the kept records one at a time; dead-letter and leave out each that fails alone."""
+        if not self._kept or self._init is None:
+            return
+        state = (position_of(self._kept[0])[0], len(self._kept))
+        if state == self._probed:
+            return  # the same records were probed already: they fail only together (or outside)
+        self._probed = state
+        keep: list[Record] = []
+        for record in self._kept:
+            if self._stopping():
+                keep.append(record)
+                continue
+            failure = self._probe(record)
+            if failure is None:
+                keep.append(record)
+                continue
+            try:
+                self._dead_letter(self.shard_id, record, failure)
+            except Exception:
+                log.exception("dead letter failed; record kept", extra={"shard_id": self.shard_id})
+                keep.append(record)
+                self._probed = None  # probe again after the next backoff: the sink may heal
+                continue
+            self.dead_lettered += 1
+            log.error(
+                "record dead-lettered: processor_error",
+                extra={"shard_id": self.shard_id, "sequence_number": record.sequence_number,
+                       "sub_sequence_number": record.sub_sequence_number, "error": type(failure).__name__},
+            )  # fmt: skip
+        self._kept = keep
+
+    def _probe(self, record: Record) -> BaseException | None:
+        assert self._init is not None
+        probe = self._factory()
+        try:
+            probe.initialize(self._init)
+            probe.process_records(ProcessRecordsInput([record], 0, _Discarding()))
+        except Exception as exc:
+            return exc
+        finally:
+            try:
+                probe.lease_lost(LeaseLostInput())
+            except Exception:
+                log.debug("probe lease_lost raised", exc_info=True)
+        return None
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
