@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_inserter.py --rows 200000 --sizes 1000000
 
 1. **staging**: rows/s from S3 Parquet into a PostgreSQL staging table — the shipped vectorized
-   COPY BINARY encoder (``inserter.pgbinary``) against psycopg's ``Copy.write_row`` with
+   COPY BINARY encoder (``inserter.destinations.postgres.pgbinary``) against psycopg's ``Copy.write_row`` with
    ``set_types`` (``to_pylist`` per batch), on the same objects.
 2. **load**: a whole load (S3 → staging → dedupe → insert into the indexed target → ledger →
    commit) of ``--rows`` rows in ``--objects`` objects, into an empty table.
@@ -38,12 +38,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
 
-from inserter.dialect import PostgresDialect
+from inserter.destinations.postgres.dialect import PostgresDialect
+from inserter.destinations.postgres.stager import PostgresCopyStager
 from inserter.loader import Loader
 from inserter.naming import TableRef
 from inserter.plan import combine_plans, plan_load
 from inserter.source import ObjectSource
-from inserter.stagers import PostgresCopyStager
 from pipeline.app.provision import ensure_bucket, ensure_database
 from pipeline.app.servers import stack as local_stack
 from pipeline.app.servers.process import free_port

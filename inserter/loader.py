@@ -1,5 +1,5 @@
 """Load one :class:`~inserter.plan.LoadPlan` exactly once: DDL first (short transactions of its
-own), then one load transaction — the order is written down in :mod:`inserter.dialect`.
+own), then one load transaction — the order is written down in :mod:`inserter.destinations.postgres.dialect`.
 
 Exactly once holds because, inside one transaction, (1) objects already in the ledger are
 skipped, (2) rows are deduplicated within the batch and against the target (by event_id, within
@@ -21,11 +21,12 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from inserter.dialect import PostgresDialect, WarehouseColumn
+from inserter.destinations.postgres.dialect import PostgresDialect
+from inserter.destinations.sql import WarehouseColumn
+from inserter.destinations.staging import Stager
 from inserter.errors import LoadError, classify_pg
 from inserter.naming import ADMIN_ROLE, TableRef, reader_role
 from inserter.plan import LoadPlan, ObjectLoad, TableLoad, merge_window
-from inserter.stagers import Stager
 
 log = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]

@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -74,17 +75,22 @@ class RedisSettings:
         )
 
 
+class WarehouseDialect(StrEnum):
+    POSTGRES = "postgres"
+    REDSHIFT = "redshift"
+
+
 @dataclass(frozen=True)
 class WarehouseSettings:
     url: str = "postgresql://shardhouse@127.0.0.1:5432/shardhouse"
-    dialect: str = "postgres"  # postgres | redshift
+    dialect: WarehouseDialect = WarehouseDialect.POSTGRES
     redshift_iam_role: str | None = None
     connect_timeout: float = 10.0
     dedupe_window_days: int = 7
 
     def __repr__(self) -> str:
         return (
-            f"WarehouseSettings(url={redact_url(self.url)!r}, dialect={self.dialect!r}, "
+            f"WarehouseSettings(url={redact_url(self.url)!r}, dialect={self.dialect.value!r}, "
             f"dedupe_window_days={self.dedupe_window_days})"
         )
 
@@ -181,6 +187,17 @@ def _convert(name: str, raw: str, kind: Callable[[str], T]) -> T:
         raise ConfigError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
 
 
+E = TypeVar("E", bound=Enum)
+
+
+def _choice(name: str, raw: str, kind: type[E]) -> E:
+    try:
+        return kind(raw.strip().lower())
+    except ValueError as exc:
+        choices = " or ".join(str(m.value) for m in kind)
+        raise ConfigError(f"{name}={raw!r}: expected {choices}") from exc
+
+
 def _load_section(cls: type[T], prefix: str, env: Mapping[str, str]) -> T:
     default = cls()
     changes: dict[str, Any] = {}
@@ -190,7 +207,9 @@ def _load_section(cls: type[T], prefix: str, env: Mapping[str, str]) -> T:
             continue
         current = getattr(default, f.name)
         raw = env[key]
-        if isinstance(current, bool):
+        if isinstance(current, Enum):
+            changes[f.name] = _choice(key, raw, type(current))
+        elif isinstance(current, bool):
             changes[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
         elif isinstance(current, int):
             changes[f.name] = _convert(key, raw, int)
@@ -234,10 +253,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
 
 def validate_settings(settings: Settings) -> None:
-    if settings.warehouse.dialect not in {"postgres", "redshift"}:
-        raise ConfigError(
-            f"SHARDHOUSE_WAREHOUSE_DIALECT={settings.warehouse.dialect!r}: expected postgres or redshift"
-        )
     if settings.resources.shard_count < 1:
         raise ConfigError("SHARDHOUSE_SHARD_COUNT must be at least 1")
     if settings.worker.initial_position not in {"TRIM_HORIZON", "LATEST"}:

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.field_values import OCCURRED, field_value, text
 
-from inserter.dialect import PostgresDialect
-from inserter.pgbinary import Column, encode_batch
+from inserter.destinations.postgres.dialect import PostgresDialect
+from inserter.destinations.postgres.pgbinary import Column, encode_batch
 from inserter.plan import merge_window
 from pipeline.consumer.processor import Record
 from schemas import REASONS, Event, EventType, InvalidEvent, load_registry

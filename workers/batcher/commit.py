@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
@@ -89,10 +90,16 @@ class FlushDeps:
     crash: Callable[[str], None] = _no_crash
 
 
+class FlushOutcome(StrEnum):
+    WRITTEN = "written"
+    SKIPPED = "skipped"  # committed by an earlier owner of the shard: nothing written again
+    EMPTY = "empty"  # nothing valid left after dedupe: no objects, no announcement
+
+
 @dataclass
 class FlushResult:
     batch_id: str
-    outcome: str  # "written" | "skipped" (committed by an earlier owner) | "empty" (nothing valid left)
+    outcome: FlushOutcome
     objects: list[BatchObject] = field(default_factory=list)
     manifests: int = 0
     rows_written: int = 0
@@ -157,11 +164,11 @@ def commit(
     invalid_by_reason: dict[str, int] = {}
     for rejected in batch.rejected:
         invalid_by_reason[rejected.reason] = invalid_by_reason.get(rejected.reason, 0) + 1
-    result = FlushResult(batch_id=bid, outcome="written", invalid_by_reason=invalid_by_reason)
+    result = FlushResult(batch_id=bid, outcome=FlushOutcome.WRITTEN, invalid_by_reason=invalid_by_reason)
     result.dead_letters = len(batch.rejected)
 
     if answer.batch_committed:
-        result.outcome = "skipped"
+        result.outcome = FlushOutcome.SKIPPED
         result.duplicates_redis = len(ids)
     else:
         result.duplicates_redis = sum(answer.seen)
@@ -195,7 +202,7 @@ def commit(
                 _retry(deps, announce, f"announce {manifest.batch_id}")
             result.manifests = len(manifests)
         else:
-            result.outcome = "empty"
+            result.outcome = FlushOutcome.EMPTY
         timer.lap("announce")
         deps.crash(ANNOUNCED)
 
@@ -220,7 +227,7 @@ def finish(pending: PendingCommit, checkpointer: Checkpointer, deps: FlushDeps) 
     result = pending.work.result()  # re-raises the commit's error: no checkpoint then
     batch = pending.batch
     timer.lap("wait")
-    if result.outcome != "skipped":
+    if result.outcome is not FlushOutcome.SKIPPED:
         deps.crash(MARKED)
     if pending.shard_end:
         checkpoint(checkpointer, backoff=deps.backoff, sleep=deps.sleep)

@@ -12,6 +12,7 @@ from pipeline.app.cli import context
 from pipeline.app.cli.app import app
 from pipeline.app.provision import provision_all
 from pipeline.app.servers import stack
+from pipeline.core.settings import WarehouseDialect
 
 
 def _say(message: str) -> None:
@@ -85,13 +86,14 @@ def provision(
 
         resources = replace(resources, shard_count=shards)
     factory = context.clients()
+    wh_is_postgres = settings.warehouse.dialect is WarehouseDialect.POSTGRES
     provision_all(
         kinesis=factory.kinesis(),
         s3=factory.s3(),
         sqs=factory.sqs(),
         resources=resources,
         region=settings.aws.region,
-        warehouse_url=settings.warehouse.url if settings.warehouse.dialect == "postgres" else None,
+        warehouse_url=settings.warehouse.url if wh_is_postgres else None,
         report=lambda what, outcome: _say(f"  {outcome:8} {what}"),
     )
     _say("shardhouse: provisioned")

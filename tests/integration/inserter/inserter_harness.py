@@ -24,12 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry
 
-from inserter.dialect import PostgresDialect
+from inserter.destinations.postgres.dialect import PostgresDialect
+from inserter.destinations.postgres.stager import PostgresCopyStager
 from inserter.loader import Loader
 from inserter.queue import BatchQueue
 from inserter.service import Inserter, InserterConfig, InserterMetrics
 from inserter.source import ObjectSource
-from inserter.stagers import PostgresCopyStager
 from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues
 from pipeline.core.clients import ClientFactory
 from pipeline.core.layout import EventObjectKey

@@ -13,11 +13,13 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from inserter.dialect import LEDGER_COLUMNS, PostgresDialect, RedshiftDialect, render
+from inserter.destinations.postgres.dialect import PostgresDialect
+from inserter.destinations.redshift.dialect import RedshiftDialect
+from inserter.destinations.redshift.stager import RedshiftCopyStager
+from inserter.destinations.sql import LEDGER_COLUMNS, render
 from inserter.loader import Loader
 from inserter.naming import TableRef, reader_role, target_table
 from inserter.plan import plan_load
-from inserter.stagers import RedshiftCopyStager
 from pipeline.core.layout import EventObjectKey
 from pipeline.core.manifest import BatchManifest, BatchObject
 from schemas import load_registry

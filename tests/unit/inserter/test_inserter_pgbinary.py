@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inserter.pgbinary import (
+from inserter.destinations.postgres.pgbinary import (
     HEADER,
     PG_EPOCH_OFFSET_US,
     TRAILER,

@@ -1,4 +1,4 @@
-"""Every SQL statement the inserter runs, per dialect — pure functions of names and plans.
+"""Every SQL statement the inserter runs on PostgreSQL — pure functions of names and plans.
 
 The Redshift dialect is the PostgreSQL dialect with differences (dlt's
 ``RedshiftSqlClient(Psycopg2SqlClient)`` shape): Redshift speaks the PostgreSQL protocol, so one
@@ -23,66 +23,24 @@ The load transaction, in order (:class:`inserter.loader.Loader` drives it)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
 
 from psycopg import sql
 
+from inserter.destinations.sql import (
+    LEDGER_COLUMNS,
+    OBJ,
+    TIE_BREAK,
+    Params,
+    Statement,
+    WarehouseColumn,
+    _id,
+    _ids,
+    _placeholders,
+    _table,
+)
 from inserter.naming import ADMIN_ROLE, TableRef, ledger_table, lock_key
 from schemas import Registry
-from schemas import ddl as schema_ddl
-
-Statement = sql.Composed
-Params = tuple[Any, ...]
-
-#: Staging-only column: the object (ordinal within the load) a row came from.
-OBJ: Final = "_obj"
-#: Dedupe tie-break among copies of one event_id: first object of the load, then stream position.
-TIE_BREAK: Final = (OBJ, "_shard_id", "_sequence_number", "_sub_sequence_number")
-
-LEDGER_COLUMNS: Final = (
-    "object_key",
-    "batch_id",
-    "load_id",
-    "customer_id",
-    "event_type",
-    "event_version",
-    "target_table",
-    "rows_loaded",
-    "rows_skipped",
-    "min_occurred_at",
-    "max_occurred_at",
-    "loaded_at",
-    "duration_ms",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class WarehouseColumn:
-    """A target column: its name, its type in the target, its type in staging."""
-
-    name: str
-    target_type: str
-    staging_type: str
-
-
-def _id(name: str) -> sql.Identifier:
-    return sql.Identifier(name)
-
-
-def _table(ref: TableRef) -> sql.Composed:
-    return sql.SQL("{}.{}").format(_id(ref.schema), _id(ref.table))
-
-
-def _ids(names: Sequence[str], prefix: str = "") -> sql.Composed:
-    if prefix:
-        return sql.SQL(", ").join(sql.SQL("{}.{}").format(_id(prefix), _id(n)) for n in names)
-    return sql.SQL(", ").join(_id(n) for n in names)
-
-
-def _placeholders(n: int) -> sql.Composed:
-    return sql.SQL(", ").join(sql.Placeholder() for _ in range(n))
 
 
 class PostgresDialect:
@@ -374,164 +332,3 @@ class PostgresDialect:
             "SELECT customer_id, max(loaded_at), max(max_occurred_at), sum(rows_loaded), "
             "count(DISTINCT load_id) FROM {ledger} GROUP BY customer_id ORDER BY customer_id"
         ).format(ledger=_table(ledger_table()))
-
-
-class RedshiftDialect(PostgresDialect):
-    """Redshift: staging filled by ``COPY … FROM 's3://…manifest' IAM_ROLE … FORMAT AS PARQUET
-    MANIFEST``; the target is ``DISTKEY(event_id) SORTKEY(occurred_at)`` (see docs/inserter.md)
-    and has no index: the merge's ``occurred_at`` window is what keeps it cheap, through the
-    sort key's zone maps. No advisory locks: ``LOCK`` the ledger and the targets as the first
-    statement (Redshift's serializable isolation would otherwise abort one of two concurrent
-    merges). JSON payload fields are SUPER; they travel as VARCHAR and go through JSON_PARSE."""
-
-    name = "redshift"
-    lock_before_staging = True
-
-    def __init__(self, registry: Registry, *, iam_role: str) -> None:
-        super().__init__(registry)
-        self.iam_role = iam_role
-
-    def _target_types(self, event_type: str) -> list[tuple[str, str]]:
-        return self.registry.redshift_columns(event_type)
-
-    def staging_type(self, target_type: str) -> str:
-        return f"VARCHAR({schema_ddl.REDSHIFT_MAX_VARCHAR})" if target_type == "SUPER" else target_type
-
-    def version_columns(self, event_type: str, version: int) -> list[WarehouseColumn]:
-        """The columns of one version's Parquet files, *in file order*: Redshift's columnar COPY
-        maps by position, so each object lands in a table shaped exactly like its file and moves
-        into staging by name."""
-        et = self.registry.get(event_type, version)
-        return [
-            WarehouseColumn(n, t, self.staging_type(t)) for n, t in schema_ddl.redshift_columns(et.fields)
-        ]
-
-    def role_exists(self, role: str) -> tuple[Statement, Params]:
-        return sql.SQL("SELECT 1 FROM svv_roles WHERE role_name = %s").format(), (role,)
-
-    def ddl_lock(self, name: str) -> list[tuple[Statement, Params]]:
-        """No advisory locks: DDL serializes on the ledger's table lock (once it exists)."""
-        if name == "ledger":
-            return []
-        return [(sql.SQL("LOCK {}").format(_table(ledger_table())), ())]
-
-    def create_role(self, role: str) -> Statement:
-        return sql.SQL("CREATE ROLE {}").format(_id(role))
-
-    def _grantee(self, role: str) -> sql.Composable:
-        return sql.SQL("ROLE {}").format(_id(role))
-
-    def create_table(self, ref: TableRef, event_type: str, reader: str) -> list[Statement]:
-        ddl = self.registry.redshift_ddl(event_type, ref.schema, ref.table)
-        stmts = [sql.SQL(ddl).format()]
-        for role in (reader, ADMIN_ROLE):
-            stmts.append(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(_table(ref), self._grantee(role)))
-        return stmts
-
-    def _table_extras(self, ref: TableRef) -> list[Statement]:
-        return []
-
-    def ledger_ddl(self) -> list[Statement]:
-        led = _table(ledger_table())
-        s = _id(ledger_table().schema)
-        return [
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
-            sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(s),
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} ("
-                "object_key VARCHAR(1024) NOT NULL PRIMARY KEY, batch_id VARCHAR(1024) NOT NULL, "
-                "load_id VARCHAR(36) NOT NULL, customer_id VARCHAR(48) NOT NULL, "
-                "event_type VARCHAR(48) NOT NULL, event_version SMALLINT NOT NULL, "
-                "target_table VARCHAR(128) NOT NULL, "
-                "rows_loaded BIGINT NOT NULL, rows_skipped BIGINT NOT NULL, "
-                "min_occurred_at TIMESTAMPTZ, max_occurred_at TIMESTAMPTZ, loaded_at TIMESTAMPTZ NOT NULL, "
-                "duration_ms INTEGER NOT NULL) DISTSTYLE KEY DISTKEY (object_key) SORTKEY (loaded_at)"
-            ).format(led),
-            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, self._grantee(ADMIN_ROLE)),
-            sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(led, self._grantee(ADMIN_ROLE)),
-        ]
-
-    def session_setup(self) -> list[Statement]:
-        return [sql.SQL("SET application_name TO 'shardhouse-inserter'").format()]
-
-    def lock_tables(self, refs: Sequence[TableRef]) -> list[tuple[Statement, Params]]:
-        tables = [ledger_table(), *sorted(set(refs))]
-        return [(sql.SQL("LOCK {}").format(sql.SQL(", ").join(_table(t) for t in tables)), ())]
-
-    def create_staging(self, stage: str, columns: Sequence[WarehouseColumn]) -> list[Statement]:
-        cols = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(_id(c.name), sql.SQL(c.staging_type)) for c in columns
-        )
-        return [
-            sql.SQL("DROP TABLE IF EXISTS {}").format(_id(stage)),
-            sql.SQL("CREATE TEMP TABLE {} ({} INTEGER NOT NULL, {}) DISTSTYLE KEY DISTKEY (event_id)").format(
-                _id(stage), _id(OBJ), cols
-            ),
-        ]
-
-    def create_raw(self, raw: str, columns: Sequence[WarehouseColumn]) -> list[Statement]:
-        cols = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(_id(c.name), sql.SQL(c.staging_type)) for c in columns
-        )
-        return [
-            sql.SQL("DROP TABLE IF EXISTS {}").format(_id(raw)),
-            sql.SQL("CREATE TEMP TABLE {} ({}) DISTSTYLE KEY DISTKEY (event_id)").format(_id(raw), cols),
-        ]
-
-    def copy_from_s3(self, raw: str, manifest_url: str) -> Statement:
-        """One object through a one-entry manifest (exactly that file: a bare S3 URL would be a
-        *prefix* and could load more). Temp tables need no compression analysis or stats."""
-        return sql.SQL(
-            "COPY {} FROM {} IAM_ROLE {} FORMAT AS PARQUET MANIFEST COMPUPDATE OFF STATUPDATE OFF"
-        ).format(_id(raw), sql.Literal(manifest_url), sql.Literal(self.iam_role))
-
-    def move_raw(
-        self, stage: str, raw: str, ordinal: int, columns: Sequence[WarehouseColumn]
-    ) -> list[Statement]:
-        names = [c.name for c in columns]
-        return [
-            sql.SQL("INSERT INTO {} ({}) SELECT {}, {} FROM {}").format(
-                _id(stage), _ids([OBJ, *names]), sql.Literal(int(ordinal)), _ids(names), _id(raw)
-            ),
-            sql.SQL("DROP TABLE {}").format(_id(raw)),
-        ]
-
-    def merge_setup(self) -> list[Statement]:
-        return []  # Redshift sizes its own query memory (WLM)
-
-    def _deduped(
-        self, stage: str, target: TableRef, columns: Sequence[WarehouseColumn], lo: datetime, hi: datetime
-    ) -> sql.Composed:
-        """As PostgreSQL's, with ROW_NUMBER for DISTINCT ON (Redshift has no DISTINCT ON), and
-        no index to probe: Redshift decorrelates the NOT EXISTS into an anti-join whose scan of
-        the target is pruned to the window by the occurred_at sort key's zone maps."""
-        names = [OBJ, *(c.name for c in columns)]
-        return sql.SQL(
-            "SELECT {dcols} FROM (SELECT {scols}, ROW_NUMBER() OVER (PARTITION BY s.event_id ORDER BY {tie}) "
-            "AS _rn FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {target} AS t "
-            "WHERE t.event_id = s.event_id AND t.occurred_at BETWEEN {lo} AND {hi})) AS d WHERE d._rn = 1"
-        ).format(
-            dcols=_ids(names, "d"),
-            scols=_ids(names, "s"),
-            tie=_ids(TIE_BREAK, "s"),
-            stage=_id(stage),
-            target=_table(target),
-            lo=sql.Literal(lo),
-            hi=sql.Literal(hi),
-        )
-
-    def _create_temp_as(self, name: str) -> sql.Composed:
-        return sql.SQL("CREATE TEMP TABLE {} DISTSTYLE KEY DISTKEY (event_id) AS ").format(_id(name))
-
-    def _load_expr(self, column: WarehouseColumn) -> sql.Composable:
-        if column.target_type == "SUPER":
-            return sql.SQL("JSON_PARSE(f.{})").format(_id(column.name))
-        return super()._load_expr(column)
-
-    def cleanup(self, tables: Sequence[str]) -> list[Statement]:
-        return [sql.SQL("DROP TABLE IF EXISTS {}").format(_id(t)) for t in tables]
-
-
-def render(stmt: Statement) -> str:
-    """SQL text of a statement without a connection (tests, ``--dry-run``, logs)."""
-    return stmt.as_string(None)

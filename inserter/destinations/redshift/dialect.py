@@ -1,0 +1,172 @@
+"""Redshift: PostgreSQL's statements with the differences below (dlt's
+``RedshiftSqlClient(Psycopg2SqlClient)`` shape). Redshift speaks the PostgreSQL protocol, so one
+loader runs both through psycopg."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from psycopg import sql
+
+from inserter.destinations.postgres.dialect import PostgresDialect
+from inserter.destinations.sql import OBJ, TIE_BREAK, Params, Statement, WarehouseColumn, _id, _ids, _table
+from inserter.naming import ADMIN_ROLE, TableRef, ledger_table
+from schemas import Registry
+from schemas import ddl as schema_ddl
+
+
+class RedshiftDialect(PostgresDialect):
+    """Redshift: staging filled by ``COPY … FROM 's3://…manifest' IAM_ROLE … FORMAT AS PARQUET
+    MANIFEST``; the target is ``DISTKEY(event_id) SORTKEY(occurred_at)`` (see docs/inserter.md)
+    and has no index: the merge's ``occurred_at`` window is what keeps it cheap, through the
+    sort key's zone maps. No advisory locks: ``LOCK`` the ledger and the targets as the first
+    statement (Redshift's serializable isolation would otherwise abort one of two concurrent
+    merges). JSON payload fields are SUPER; they travel as VARCHAR and go through JSON_PARSE."""
+
+    name = "redshift"
+    lock_before_staging = True
+
+    def __init__(self, registry: Registry, *, iam_role: str) -> None:
+        super().__init__(registry)
+        self.iam_role = iam_role
+
+    def _target_types(self, event_type: str) -> list[tuple[str, str]]:
+        return self.registry.redshift_columns(event_type)
+
+    def staging_type(self, target_type: str) -> str:
+        return f"VARCHAR({schema_ddl.REDSHIFT_MAX_VARCHAR})" if target_type == "SUPER" else target_type
+
+    def version_columns(self, event_type: str, version: int) -> list[WarehouseColumn]:
+        """The columns of one version's Parquet files, *in file order*: Redshift's columnar COPY
+        maps by position, so each object lands in a table shaped exactly like its file and moves
+        into staging by name."""
+        et = self.registry.get(event_type, version)
+        return [
+            WarehouseColumn(n, t, self.staging_type(t)) for n, t in schema_ddl.redshift_columns(et.fields)
+        ]
+
+    def role_exists(self, role: str) -> tuple[Statement, Params]:
+        return sql.SQL("SELECT 1 FROM svv_roles WHERE role_name = %s").format(), (role,)
+
+    def ddl_lock(self, name: str) -> list[tuple[Statement, Params]]:
+        """No advisory locks: DDL serializes on the ledger's table lock (once it exists)."""
+        if name == "ledger":
+            return []
+        return [(sql.SQL("LOCK {}").format(_table(ledger_table())), ())]
+
+    def create_role(self, role: str) -> Statement:
+        return sql.SQL("CREATE ROLE {}").format(_id(role))
+
+    def _grantee(self, role: str) -> sql.Composable:
+        return sql.SQL("ROLE {}").format(_id(role))
+
+    def create_table(self, ref: TableRef, event_type: str, reader: str) -> list[Statement]:
+        ddl = self.registry.redshift_ddl(event_type, ref.schema, ref.table)
+        stmts = [sql.SQL(ddl).format()]
+        for role in (reader, ADMIN_ROLE):
+            stmts.append(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(_table(ref), self._grantee(role)))
+        return stmts
+
+    def _table_extras(self, ref: TableRef) -> list[Statement]:
+        return []
+
+    def ledger_ddl(self) -> list[Statement]:
+        led = _table(ledger_table())
+        s = _id(ledger_table().schema)
+        return [
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
+            sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(s),
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                "object_key VARCHAR(1024) NOT NULL PRIMARY KEY, batch_id VARCHAR(1024) NOT NULL, "
+                "load_id VARCHAR(36) NOT NULL, customer_id VARCHAR(48) NOT NULL, "
+                "event_type VARCHAR(48) NOT NULL, event_version SMALLINT NOT NULL, "
+                "target_table VARCHAR(128) NOT NULL, "
+                "rows_loaded BIGINT NOT NULL, rows_skipped BIGINT NOT NULL, "
+                "min_occurred_at TIMESTAMPTZ, max_occurred_at TIMESTAMPTZ, loaded_at TIMESTAMPTZ NOT NULL, "
+                "duration_ms INTEGER NOT NULL) DISTSTYLE KEY DISTKEY (object_key) SORTKEY (loaded_at)"
+            ).format(led),
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, self._grantee(ADMIN_ROLE)),
+            sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(led, self._grantee(ADMIN_ROLE)),
+        ]
+
+    def session_setup(self) -> list[Statement]:
+        return [sql.SQL("SET application_name TO 'shardhouse-inserter'").format()]
+
+    def lock_tables(self, refs: Sequence[TableRef]) -> list[tuple[Statement, Params]]:
+        tables = [ledger_table(), *sorted(set(refs))]
+        return [(sql.SQL("LOCK {}").format(sql.SQL(", ").join(_table(t) for t in tables)), ())]
+
+    def create_staging(self, stage: str, columns: Sequence[WarehouseColumn]) -> list[Statement]:
+        cols = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(_id(c.name), sql.SQL(c.staging_type)) for c in columns
+        )
+        return [
+            sql.SQL("DROP TABLE IF EXISTS {}").format(_id(stage)),
+            sql.SQL("CREATE TEMP TABLE {} ({} INTEGER NOT NULL, {}) DISTSTYLE KEY DISTKEY (event_id)").format(
+                _id(stage), _id(OBJ), cols
+            ),
+        ]
+
+    def create_raw(self, raw: str, columns: Sequence[WarehouseColumn]) -> list[Statement]:
+        cols = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(_id(c.name), sql.SQL(c.staging_type)) for c in columns
+        )
+        return [
+            sql.SQL("DROP TABLE IF EXISTS {}").format(_id(raw)),
+            sql.SQL("CREATE TEMP TABLE {} ({}) DISTSTYLE KEY DISTKEY (event_id)").format(_id(raw), cols),
+        ]
+
+    def copy_from_s3(self, raw: str, manifest_url: str) -> Statement:
+        """One object through a one-entry manifest (exactly that file: a bare S3 URL would be a
+        *prefix* and could load more). Temp tables need no compression analysis or stats."""
+        return sql.SQL(
+            "COPY {} FROM {} IAM_ROLE {} FORMAT AS PARQUET MANIFEST COMPUPDATE OFF STATUPDATE OFF"
+        ).format(_id(raw), sql.Literal(manifest_url), sql.Literal(self.iam_role))
+
+    def move_raw(
+        self, stage: str, raw: str, ordinal: int, columns: Sequence[WarehouseColumn]
+    ) -> list[Statement]:
+        names = [c.name for c in columns]
+        return [
+            sql.SQL("INSERT INTO {} ({}) SELECT {}, {} FROM {}").format(
+                _id(stage), _ids([OBJ, *names]), sql.Literal(int(ordinal)), _ids(names), _id(raw)
+            ),
+            sql.SQL("DROP TABLE {}").format(_id(raw)),
+        ]
+
+    def merge_setup(self) -> list[Statement]:
+        return []  # Redshift sizes its own query memory (WLM)
+
+    def _deduped(
+        self, stage: str, target: TableRef, columns: Sequence[WarehouseColumn], lo: datetime, hi: datetime
+    ) -> sql.Composed:
+        """As PostgreSQL's, with ROW_NUMBER for DISTINCT ON (Redshift has no DISTINCT ON), and
+        no index to probe: Redshift decorrelates the NOT EXISTS into an anti-join whose scan of
+        the target is pruned to the window by the occurred_at sort key's zone maps."""
+        names = [OBJ, *(c.name for c in columns)]
+        return sql.SQL(
+            "SELECT {dcols} FROM (SELECT {scols}, ROW_NUMBER() OVER (PARTITION BY s.event_id ORDER BY {tie}) "
+            "AS _rn FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {target} AS t "
+            "WHERE t.event_id = s.event_id AND t.occurred_at BETWEEN {lo} AND {hi})) AS d WHERE d._rn = 1"
+        ).format(
+            dcols=_ids(names, "d"),
+            scols=_ids(names, "s"),
+            tie=_ids(TIE_BREAK, "s"),
+            stage=_id(stage),
+            target=_table(target),
+            lo=sql.Literal(lo),
+            hi=sql.Literal(hi),
+        )
+
+    def _create_temp_as(self, name: str) -> sql.Composed:
+        return sql.SQL("CREATE TEMP TABLE {} DISTSTYLE KEY DISTKEY (event_id) AS ").format(_id(name))
+
+    def _load_expr(self, column: WarehouseColumn) -> sql.Composable:
+        if column.target_type == "SUPER":
+            return sql.SQL("JSON_PARSE(f.{})").format(_id(column.name))
+        return super()._load_expr(column)
+
+    def cleanup(self, tables: Sequence[str]) -> list[Statement]:
+        return [sql.SQL("DROP TABLE IF EXISTS {}").format(_id(t)) for t in tables]

@@ -1,0 +1,57 @@
+"""How a table's objects get into its staging table — the one step where the dialects do
+different I/O (PostgreSQL: binary COPY from the inserter; Redshift: the cluster reads S3). Both
+fill the same staging shape (the target's columns + ``_obj``), so everything after staging is one
+code path (:mod:`inserter.loader`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import psycopg
+
+from inserter.destinations.sql import WarehouseColumn
+from inserter.errors import LoadError
+from inserter.plan import ObjectLoad, TableLoad
+from schemas.definition import ENVELOPE_COLUMNS, METADATA_COLUMNS
+
+REQUIRED_COLUMNS = (*ENVELOPE_COLUMNS, *METADATA_COLUMNS)
+
+
+class Stager(Protocol):
+    def begin(self, bucket: str, objects: Sequence[ObjectLoad]) -> None:
+        """The objects the next ``stage`` calls will stage, in that order (to read ahead)."""
+        ...
+
+    def end(self) -> None:
+        """The load's staging is over (or failed): drop anything read ahead."""
+        ...
+
+    def stage(
+        self,
+        cur: psycopg.Cursor[Any],
+        stage: str,
+        table: TableLoad,
+        columns: Sequence[WarehouseColumn],
+        bucket: str,
+    ) -> None:
+        """Fill ``stage`` with every row of ``table.objects``, each tagged with its ordinal."""
+        ...
+
+
+def file_columns(schema: Any, columns: Sequence[WarehouseColumn], key: str) -> list[str]:
+    """The object's columns, by name, that the table has; refuses a file with a column the
+    table does not know (newer definitions are needed) or without the envelope columns."""
+    known = {c.name for c in columns}
+    names = list(schema.names)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise LoadError(f"{key}: columns {unknown} are not in the table's definitions")
+    missing = [n for n in REQUIRED_COLUMNS if n not in names]
+    if missing:
+        raise LoadError(f"{key}: required columns {missing} missing")
+    if len(set(names)) != len(names):
+        raise LoadError(f"{key}: duplicate column names")
+    return names
+
+
