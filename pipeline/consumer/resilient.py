@@ -8,8 +8,8 @@ that outlived the processor's own retries), the wrapper:
 
 1. drops the inner processor (``lease_lost``: it writes and checkpoints nothing more) and makes a
    fresh one from the factory, initialized at the last checkpoint;
-2. after ``isolate_after`` failures of the same records, probes them one at a time, each with a
-   fresh processor whose checkpoints are refused: a record that raises alone is dead-lettered
+2. after ``isolate_after`` failures of the same records, probes them by bisection, each probe a
+   fresh processor whose checkpoints are discarded: a record that raises alone is dead-lettered
    (the dead letter must land first) and left out from then on;
 3. waits a jittered, capped backoff and delivers the kept records again, until they go through.
 
@@ -216,19 +216,18 @@ class ResilientProcessor:
         self._inner = fresh
 
     def _isolate(self) -> None:
-        """Probe the kept records one at a time; dead-letter and leave out each that fails alone."""
+        """Find the kept records that fail on their own by bisection (a few probes per poison
+        record, not one per record), dead-letter them and leave them out from then on."""
         if not self._kept or self._init is None:
             return
         state = (position_of(self._kept[0])[0], len(self._kept))
         if state == self._probed:
             return  # the same records were probed already: they fail only together (or outside)
         self._probed = state
+        poisoned = {position_of(r): exc for r, exc in self._failing_alone(self._kept)}
         keep: list[Record] = []
         for record in self._kept:
-            if self._stopping():
-                keep.append(record)
-                continue
-            failure = self._probe(record)
+            failure = poisoned.get(position_of(record))
             if failure is None:
                 keep.append(record)
                 continue
@@ -247,12 +246,31 @@ class ResilientProcessor:
             )  # fmt: skip
         self._kept = keep
 
-    def _probe(self, record: Record) -> BaseException | None:
+    def _failing_alone(self, records: list[Record]) -> list[tuple[Record, BaseException]]:
+        """The records among ``records`` that make a fresh processor raise on their own: a group
+        that goes through is cleared whole; a failing group is split in halves."""
+        found: list[tuple[Record, BaseException]] = []
+        groups = [records]
+        while groups:
+            group = groups.pop()
+            if self._stopping():
+                break
+            failure = self._probe(group)
+            if failure is None:
+                continue
+            if len(group) == 1:
+                found.append((group[0], failure))
+                continue
+            half = len(group) // 2
+            groups += [group[half:], group[:half]]
+        return found
+
+    def _probe(self, records: list[Record]) -> BaseException | None:
         assert self._init is not None
         probe = self._factory()
         try:
             probe.initialize(self._init)
-            probe.process_records(ProcessRecordsInput([record], 0, _Discarding()))
+            probe.process_records(ProcessRecordsInput(records, 0, _Discarding()))
         except Exception as exc:
             return exc
         finally:

@@ -127,3 +127,13 @@ def test_a_dead_letter_that_fails_keeps_the_record() -> None:
     proc.initialize(InitializeInput("shardId-000000000001", "TRIM_HORIZON", 0))
     deliver(proc, records_of([b"ok0", b"boom", b"ok2"]), ckpt)
     assert world.dead == [("101", "RecursionError")] and set(world.processed) == {"ok0", "ok2"}
+
+
+def test_isolation_bisects_instead_of_probing_every_record() -> None:
+    world, ckpt = World(), Checkpoints()
+    datas = [b"boom" if i == 500 else f"ok{i}".encode() for i in range(1000)]
+    deliver(wrapped(world), records_of(datas), ckpt, chunk=1000)
+    assert world.dead == [("600", "RecursionError")]
+    assert set(world.processed) == {f"ok{i}" for i in range(1000) if i != 500}
+    # One processor per delivery and restart, plus ~2·log2(1000) probes — not 1000.
+    assert world.made < 40
