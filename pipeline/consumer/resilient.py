@@ -113,6 +113,7 @@ class ResilientProcessor:
         self._inner: RecordProcessor | None = None
         self._init: InitializeInput | None = None
         self._kept: list[Record] = []
+        self._dead: list[Record] = []  # dead-lettered, not yet passed by a checkpoint
         self.shard_id = "?"
         self.failures = 0  # consecutive failed deliveries of the kept records
         self.dead_lettered = 0
@@ -130,11 +131,13 @@ class ResilientProcessor:
         self._kept.extend(process_records_input.records)
         try:
             self._current().process_records(replace(process_records_input, checkpointer=checkpointer))
+            self._pass_dead_letters(checkpointer)
         except Exception as exc:
             self._recover(exc, process_records_input, checkpointer)
 
     def lease_lost(self, lease_lost_input: LeaseLostInput) -> None:
         self._kept.clear()
+        self._dead.clear()
         if self._inner is not None:
             self._inner.lease_lost(lease_lost_input)
 
@@ -164,6 +167,7 @@ class ResilientProcessor:
                 return
             sequence, sub = self._kept[-1].sequence_number, self._kept[-1].sub_sequence_number
         self._kept = kept_after(self._kept, sequence, sub)
+        self._dead = kept_after(self._dead, sequence, sub)
         if self._init is not None:
             self._init = replace(self._init, sequence_number=sequence, sub_sequence_number=sub or 0)
 
@@ -196,8 +200,21 @@ class ResilientProcessor:
                 continue
             log.info("processor recovered", extra={"shard_id": self.shard_id, "after": self.failures})
             self.failures = 0
+            self._pass_dead_letters(checkpointer)
             self._on_failure(self.shard_id, None)
             return
+
+    def _pass_dead_letters(self, checkpointer: _Tracking) -> None:
+        """Checkpoint past dead-lettered records that nothing unsaved precedes: the processor
+        never saw them, so its own checkpoints would stop short of one at a shard's tail and a
+        restart would read (and dead-letter) it again."""
+        if not self._dead:
+            return
+        first_unsaved = position_of(self._kept[0]) if self._kept else None
+        passable = [r for r in self._dead if first_unsaved is None or position_of(r) < first_unsaved]
+        if passable:
+            last = passable[-1]
+            checkpointer.checkpoint(last.sequence_number, last.sub_sequence_number)
 
     def _drop(self) -> None:
         inner, self._inner = self._inner, None
@@ -239,6 +256,7 @@ class ResilientProcessor:
                 self._probed = None  # probe again after the next backoff: the sink may heal
                 continue
             self.dead_lettered += 1
+            self._dead.append(record)
             log.error(
                 "record dead-lettered: processor_error",
                 extra={"shard_id": self.shard_id, "sequence_number": record.sequence_number,

@@ -1,9 +1,12 @@
 """The real batcher (workers.batcher:create_processor) under the Java MultiLangDaemon: every valid
-event lands in S3 exactly once, manifests reach SQS, checkpoints reach the lease table."""
+event lands in S3 exactly once, manifests reach SQS, checkpoints reach the lease table — and
+records the processor raises on, in the same GetRecords pages, are dead-lettered with reason
+processor_error instead of taking their batch down with them (KCL itself skips such a batch)."""
 
 from __future__ import annotations
 
 import io
+import json
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +23,7 @@ from kcl_harness import (
     put_payloads,
     wait_until,
 )
+from support.poison import MARK
 
 from pipeline.app.provision import ensure_bucket, ensure_queues
 from pipeline.core.clients import ClientFactory
@@ -65,10 +69,15 @@ def test_batcher_under_the_java_daemon(
     )
     # The producer's partition keys: a duplicate goes to its original's shard, where the batcher's
     # Redis dedupe drops it (cross-shard duplicates are the inserter's job).
-    puts = put_payloads(kinesis, name, [r.data for r in synthetic], keys=[r.partition_key for r in synthetic])
+    payloads, keys = [r.data for r in synthetic], [r.partition_key for r in synthetic]
+    for i in (5, 250, 251, 600):  # poison records among valid ones, on both shards
+        payloads.insert(i, MARK + str(i).encode())
+        keys.insert(i, f"poison-{i}")
+    puts = put_payloads(kinesis, name, payloads, keys=keys)
     expected = {r.event_id for r in synthetic if r.valid}
+    poisoned = {(p.shard_id, p.seq) for p, data in zip(puts, payloads, strict=True) if data.startswith(MARK)}
 
-    start_daemon(settings, app=name, worker_id="java-batcher", processor="batcher")
+    start_daemon(settings, app=name, worker_id="java-batcher", processor="tests.support.poison:create_batcher")
     # Full batches flush on size; the tails flush on the idle rule, fed by empty processRecords calls.
     wait_until(
         lambda: set(objects_by_event_id(clients, name)) >= expected,
@@ -102,3 +111,19 @@ def test_batcher_under_the_java_daemon(
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=msg["ReceiptHandle"])
     assert sum(o.rows for m in manifests for o in m.objects) == len(expected)
     assert {m.shard_id for m in manifests} == set(last)
+    assert processor_errors(clients, name) == poisoned
+
+
+def processor_errors(clients: ClientFactory, bucket: str) -> set[tuple[str, str]]:
+    """(shard, sequence) of every processor_error dead letter, checking each names the exception."""
+    s3 = clients.s3()
+    out: set[tuple[str, str]] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="dead-letter/"):
+        for obj in page.get("Contents", []):
+            if "/processor_error/" not in obj["Key"]:
+                continue
+            for line in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().splitlines():
+                doc = json.loads(line)
+                assert doc["reason"] == "processor_error" and doc["detail"].startswith("RuntimeError: ")
+                out.add((doc["shard_id"], doc["sequence_number"]))
+    return out

@@ -137,3 +137,9 @@ def test_isolation_bisects_instead_of_probing_every_record() -> None:
     assert set(world.processed) == {f"ok{i}" for i in range(1000) if i != 500}
     # One processor per delivery and restart, plus ~2·log2(1000) probes — not 1000.
     assert world.made < 40
+
+
+def test_a_dead_lettered_record_at_the_tail_is_checkpointed_past() -> None:
+    world, ckpt = World(), Checkpoints()
+    deliver(wrapped(world), records_of([b"ok0", b"ok1", b"boom"]), ckpt)
+    assert world.dead == [("102", "RecursionError")] and ckpt.last == ("102", 0)

@@ -1,0 +1,84 @@
+"""Nothing is skipped by the native runtime: valid events and records the processor raises on share
+GetRecords pages; a worker process runs the real batcher behind a processor that raises on the
+poison records, the inserter loads what it wrote. Every valid event is in the warehouse once,
+every poison record is dead-lettered with reason processor_error, and each shard's checkpoint
+reaches its last record. (The same under the Java MultiLangDaemon: tests/integration/kcl/
+test_daemon_batcher.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from consumer_fleet import Fleet
+from support.poison import MARK
+
+from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings
+from pipeline.producer.synthetic import SyntheticConfig, generate
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_poison_records_are_dead_lettered_and_every_valid_event_loads_once(
+    fleet: Fleet, settings: Settings, clients: ClientFactory, tmp_path: Path
+) -> None:
+    name = fleet.stream
+    resources = {"SHARDHOUSE_BUCKET": name, "SHARDHOUSE_QUEUE": name, "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq"}
+    ensure_bucket(clients.s3(), name, settings.aws.region)
+    ensure_queues(clients.sqs(), replace(settings.resources, queue=name, dead_letter_queue=f"{name}-dlq"))
+    db = psycopg.conninfo.make_conninfo(settings.warehouse.url, dbname=f"{name}_poison")
+    ensure_database(db)
+
+    synthetic = list(generate(SyntheticConfig(seed=5, customers=3, duplicate_ratio=0.0, invalid_ratio=0.0), 400))
+    payloads = [r.data for r in synthetic]
+    for i in (0, 7, 8, 200, 399):
+        payloads.insert(i, MARK + str(i).encode())
+    kinesis = clients.kinesis()
+    out = kinesis.put_records(
+        StreamName=name, Records=[{"Data": p, "PartitionKey": f"pk-{i % 16}"} for i, p in enumerate(payloads)]
+    )
+    assert out["FailedRecordCount"] == 0
+    positions = [(r["ShardId"], r["SequenceNumber"]) for r in out["Records"]]
+    poisoned = {pos for pos, data in zip(positions, payloads, strict=True) if data.startswith(MARK)}
+    last = {}
+    for shard, seq in positions:
+        last[shard] = max(int(seq), int(last.get(shard, 0)))
+
+    fleet.start(
+        "w1", processor="tests.support.poison:create_batcher",
+        SHARDHOUSE_FLUSH_RECORDS="1000", SHARDHOUSE_FLUSH_AGE_SECONDS="1", **resources,
+    )  # fmt: skip
+    def checkpoints() -> dict[str, int]:
+        return {x.lease_key: int(x.checkpoint.sequence_number) for x in fleet.leases() if x.checkpoint.sequence_number.isdigit()}
+
+    fleet.wait_for(f"checkpoints at every shard's last record {last}", lambda: checkpoints() == last, timeout=60)
+    assert dead_lettered(clients, name) == poisoned
+
+    env = fleet.env(SHARDHOUSE_WAREHOUSE_URL=db, **resources)
+    subprocess.run(
+        [sys.executable, "-c", "from pipeline.app.cli import main; main()", "inserter", "--once", "--wait-seconds", "1"],
+        env=env, check=True, timeout=120, capture_output=True,
+    )  # fmt: skip
+    with psycopg.connect(db) as conn:
+        tables = [t for (t,) in conn.execute("SELECT DISTINCT target_table FROM shardhouse.load_ledger")]
+        loaded = [eid for t in tables for (eid,) in conn.execute(f"SELECT event_id::text FROM {t}")]
+    assert sorted(loaded) == sorted(str(r.event_id) for r in synthetic)
+
+
+def dead_lettered(clients: ClientFactory, bucket: str) -> set[tuple[str, str]]:
+    s3 = clients.s3()
+    out = set()
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix="dead-letter/").get("Contents", []):
+        assert "/processor_error/" in obj["Key"], obj["Key"]
+        for line in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().splitlines():
+            doc = json.loads(line)
+            assert doc["reason"] == "processor_error" and doc["detail"].startswith("RuntimeError: poisoned")
+            out.add((doc["shard_id"], doc["sequence_number"]))
+    return out
