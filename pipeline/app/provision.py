@@ -107,6 +107,18 @@ def ensure_database(url: str, *, connect_timeout: int = 10) -> str:
     return "created"
 
 
+def drop_database(url: str, *, connect_timeout: int = 10) -> bool:
+    """Drop the database named in ``url`` (its sessions are ended first); True if it existed."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    dbname = str(info.get("dbname") or "shardhouse")
+    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True, connect_timeout=connect_timeout) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            return False
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    return True
+
+
 def provision_all(
     *,
     kinesis: KinesisClient,

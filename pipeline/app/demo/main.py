@@ -209,7 +209,7 @@ def execute(config: DemoConfig, console: Console, say: Callable[[str], None]) ->
     chaos: ChaosDriver | None = None
     try:
         say(f"provisioning a {config.shards}-shard stream, bucket, queue + DLQ, warehouse")
-        provision(run)
+        provision(run, say)
         run.roles = _roles(config)
         for role in run.roles:
             role.start(env)

@@ -24,7 +24,7 @@ from psycopg import sql
 from pipeline.app.demo.expected import Expected, Observed
 from pipeline.app.demo.metrics_scrape import bucket_quantile, histogram_buckets, merged, scrape
 from pipeline.app.demo.roles import Role
-from pipeline.app.provision import provision_all
+from pipeline.app.provision import drop_database, provision_all
 from pipeline.app.servers import stack as local_stack
 from pipeline.app.servers.process import free_port, pid_alive, port_open
 from pipeline.core.clients import ClientFactory
@@ -84,6 +84,12 @@ def _port(preferred: int) -> int:
 def start_stack(
     config: DemoConfig, say: Callable[[str], None]
 ) -> tuple[local_stack.StackConfig, local_stack.StackState]:
+    """A clean stack for this run: a previous demo's stack (``--keep``, or one a crash left) is
+    stopped first — moto, kinesis-mock and redis-server start empty — and only PostgreSQL's data
+    directory survives a restart, so the warehouse is reset in :func:`provision`."""
+    if local_stack.read_state(config.state_dir) is not None:
+        say(f"stopping the previous demo's stack in {config.state_dir} (each run starts clean)")
+        local_stack.down(config.state_dir)
     cfg = local_stack.StackConfig(
         state_dir=config.state_dir,
         aws_port=_port(4566),
@@ -181,8 +187,10 @@ def observe(run: DemoRun, loaded_rows: Callable[[], int], projected: Callable[[]
     )
 
 
-def provision(run: DemoRun) -> None:
+def provision(run: DemoRun, say: Callable[[str], None] = lambda _m: None) -> None:
     s = run.settings
+    if drop_database(s.warehouse.url):
+        say("dropped the previous run's warehouse database (its checks count only this run's events)")
     provision_all(
         kinesis=run.clients.kinesis(),
         s3=run.clients.s3(),
