@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from botocore.exceptions import ClientError
@@ -95,13 +95,22 @@ def ensure_queues(sqs: SQSClient, resources: ResourceSettings, *, visibility_tim
     return "created"
 
 
-def ensure_database(url: str, *, connect_timeout: int = 10) -> str:
-    """Create the warehouse database named in ``url`` by connecting to the server's ``postgres`` db."""
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    dbname = str(info.get("dbname") or "shardhouse")
+def _admin(url: str, connect_timeout: int) -> tuple[psycopg.Connection[Any], str]:
+    """An autocommit session on the server's ``postgres`` database, and the dbname ``url`` names."""
+    dbname = str(psycopg.conninfo.conninfo_to_dict(url).get("dbname") or "shardhouse")
     admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True, connect_timeout=connect_timeout) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+    return psycopg.connect(admin, autocommit=True, connect_timeout=connect_timeout), dbname
+
+
+def _exists(conn: psycopg.Connection[Any], dbname: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone() is not None
+
+
+def ensure_database(url: str, *, connect_timeout: int = 10) -> str:
+    """Create the warehouse database named in ``url``."""
+    conn, dbname = _admin(url, connect_timeout)
+    with conn:
+        if _exists(conn, dbname):
             return "exists"
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     return "created"
@@ -109,11 +118,9 @@ def ensure_database(url: str, *, connect_timeout: int = 10) -> str:
 
 def drop_database(url: str, *, connect_timeout: int = 10) -> bool:
     """Drop the database named in ``url`` (its sessions are ended first); True if it existed."""
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    dbname = str(info.get("dbname") or "shardhouse")
-    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True, connect_timeout=connect_timeout) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+    conn, dbname = _admin(url, connect_timeout)
+    with conn:
+        if not _exists(conn, dbname):
             return False
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname)))
     return True

@@ -1,4 +1,4 @@
-"""``shardhouse kcl-daemon`` / ``kcl-command``: run our processors under the Java KCL MultiLangDaemon."""
+"""``shardhouse kcl-daemon``: run our processors under the Java KCL MultiLangDaemon."""
 
 from __future__ import annotations
 
@@ -105,11 +105,17 @@ def kcl_daemon_command(
     properties: list[str] = PropOpt,
     workdir: Path = WorkdirOpt,
     java: str | None = JavaOpt,
+    print_command: bool = typer.Option(
+        False, "--print-command", help="print the java command (for systemd, Docker…) and exit"
+    ),
     skip_preflight: bool = typer.Option(False, "--skip-preflight", help="don't probe the Kinesis endpoint"),
 ) -> None:
     """Run the Java KCL MultiLangDaemon with PROCESSOR as the per-shard child (Ctrl-C stops it gracefully)."""
     settings, cfg = _config(**_config_options(locals()))
     launch = kcl_daemon.prepare(cfg, workdir=workdir, settings=settings, java=java)
+    if print_command:
+        typer.echo(shlex.join(launch.command))
+        return
     if not skip_preflight:
         kcl_daemon.preflight(cfg)
     typer.echo(
@@ -117,25 +123,3 @@ def kcl_daemon_command(
         err=True,
     )
     kcl_daemon.run_foreground(launch, grace=cfg.shutdown_grace_ms / 1000 + 5)
-
-
-@app.command("kcl-command")
-def kcl_command(
-    processor: str = ProcessorOpt,
-    app_name: str | None = AppOpt,
-    stream: str | None = StreamOpt,
-    kinesis_endpoint: str | None = KinesisOpt,
-    dynamodb_endpoint: str | None = DynamoOpt,
-    initial_position: str | None = PositionOpt,
-    failover_ms: int | None = FailoverOpt,
-    worker_id: str | None = WorkerOpt,
-    client_version: str = VersionOpt,
-    cbor: bool | None = CborOpt,
-    properties: list[str] = PropOpt,
-    workdir: Path = WorkdirOpt,
-    java: str | None = JavaOpt,
-) -> None:
-    """Render the properties file and print the java command that runs the daemon (for systemd, Docker…)."""
-    settings, cfg = _config(**_config_options(locals()))
-    launch = kcl_daemon.prepare(cfg, workdir=workdir, settings=settings, java=java)
-    typer.echo(shlex.join(launch.command))
