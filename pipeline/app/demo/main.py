@@ -15,7 +15,7 @@ from rich.table import Table
 
 from pipeline.app.demo.chaos import ChaosDriver, ChaosLog, ChaosPlan
 from pipeline.app.demo.expected import Observed, caught_up
-from pipeline.app.demo.roles import Role
+from pipeline.app.demo.roles import Role, stop_roles
 from pipeline.app.demo.run import (
     DemoConfig,
     DemoRun,
@@ -234,8 +234,7 @@ def execute(config: DemoConfig, console: Console, say: Callable[[str], None]) ->
     finally:
         if chaos is not None:
             chaos.stop()
-        for role in run.roles:
-            role.stop()
+        stop_roles(run.roles, say)
         if not config.keep:
             local_stack.down(config.state_dir)
             say("stopped everything (use --keep to leave the stack running)")

@@ -7,11 +7,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.app.servers.process import pid_alive, spawn, stop_pid
+from pipeline.app.servers.process import pid_alive, spawn, stop_pid, stop_pids
 
 CLI = [sys.executable, "-c", "from pipeline.app.cli import main; main()"]
 
@@ -65,3 +65,17 @@ class Role:
             i = self.args.index("--worker-id") + 1
             self.args[i] = f"{self.args[i].split('~')[0]}~{self.restarts}"
         self.start(self.env)
+
+
+def stop_roles(roles: Sequence[Role], say: Callable[[str], None], grace: float = 20.0) -> None:
+    """SIGTERM every role at once — workers flush and hand their leases over, the inserter
+    finishes its load — and say how long it took and what had to be killed."""
+    running = [r for r in roles if r.alive]
+    if not running:
+        return
+    say(f"stopping {', '.join(r.name for r in running)} (workers flush what they hold; up to {grace:.0f}s)")
+    started = time.monotonic()
+    killed = set(stop_pids([r.pid for r in running], grace=grace))
+    late = [r.name for r in running if r.pid in killed]
+    note = f"; killed after {grace:.0f}s: {', '.join(late)}" if late else ""
+    say(f"roles stopped in {time.monotonic() - started:.1f}s{note}")

@@ -88,14 +88,21 @@ def pid_alive(pid: int) -> bool:
 
 def stop_pid(pid: int, *, grace: float = 10.0) -> None:
     """SIGTERM the process group, then SIGKILL it if it has not gone after ``grace`` seconds."""
-    if not pid_alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
+    stop_pids([pid], grace=grace)
+
+
+def stop_pids(pids: Sequence[int], *, grace: float = 10.0) -> list[int]:
+    """:func:`stop_pid` for several process groups at once (they wind down in parallel, so the
+    whole stop takes the slowest one's time, not the sum); returns the pids that had to be killed."""
+    alive = [pid for pid in pids if pid > 0 and pid_alive(pid)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if pid_alive(pid)]
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    return alive
