@@ -402,7 +402,7 @@ def redis_bytes(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         mark_s = check_s = 0.0
         for i in range(0, n, batch):
-            ids = [layout.pack(str(uuid.uuid4()), now) for _ in range(min(batch, n - i))]
+            ids = [layout.pack("acme", str(uuid.uuid4()), now) for _ in range(min(batch, n - i))]
             t = time.perf_counter()
             store.check(None, ids)
             check_s += time.perf_counter() - t

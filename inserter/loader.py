@@ -2,9 +2,9 @@
 own), then one load transaction — the order is written down in :mod:`inserter.destinations.postgres.dialect`.
 
 Exactly once holds because, inside one transaction, (1) objects already in the ledger are
-skipped, (2) rows are deduplicated within the batch and against the target (by event_id, within
-the dedupe window), (3) the objects are recorded in the ledger, and (4) loads into one table are
-serialized, so (1) and (2) always see every earlier commit. A crash anywhere before COMMIT
+skipped, (2) rows are deduplicated within the batch and against the target (by (customer_id,
+event_id), within the dedupe window), (3) the objects are recorded in the ledger, and (4) loads
+into one table are serialized, so (1) and (2) always see every earlier commit. A crash anywhere before COMMIT
 leaves nothing behind; the message comes back and the load runs again.
 """
 

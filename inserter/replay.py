@@ -3,9 +3,10 @@ under a prefix, group them back into their original batches (shard + first-last 
 every key carries), describe each object from its Parquet footer (rows, occurred_at range) and
 send one manifest per batch through the same queue the batcher uses.
 
-Replay is safe to repeat: the ledger skips objects already loaded and the merge drops event_ids
-already present, so replaying everything twice changes no row. Grouping and manifest building
-are pure; listing, footer reads and sends are the I/O edge (:class:`Replayer`).
+Replay is safe to repeat: the ledger skips objects already loaded and the merge drops
+(customer_id, event_id) pairs already present, so replaying everything twice changes no row.
+Grouping and manifest building are pure; listing, footer reads and sends are the I/O edge
+(:class:`Replayer`).
 """
 
 from __future__ import annotations

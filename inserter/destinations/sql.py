@@ -20,7 +20,8 @@ Params = tuple[Any, ...]
 
 #: Staging-only column: the object (ordinal within the load) a row came from.
 OBJ: Final = "_obj"
-#: Dedupe tie-break among copies of one event_id: first object of the load, then stream position.
+#: Dedupe tie-break among copies of one (customer_id, event_id): first object of the load, then
+#: stream position.
 TIE_BREAK: Final = (OBJ, "_shard_id", "_sequence_number", "_sub_sequence_number")
 
 LEDGER_COLUMNS: Final = (

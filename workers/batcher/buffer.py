@@ -1,4 +1,5 @@
-"""One shard's open batch: valid rows (first occurrence of each event_id) per event type+version,
+"""One shard's open batch: valid rows (first occurrence of each (customer_id, event_id)) per event
+type+version,
 rejected records, and the stream position it covers. Plain data; no I/O.
 """
 
@@ -122,6 +123,7 @@ class ShardBuffer:
         "first_sequence",
         "first_sub",
         "ids",
+        "kept",
         "last_sequence",
         "last_sub",
         "memory",
@@ -150,13 +152,19 @@ class ShardBuffer:
         self.last_sequence, self.last_sub = seq, sub
         self.records += 1
         self.raw_bytes += size
-        ids = self.ids
+        # identity is (customer_id, event_id): one set of event ids per customer, so no key
+        # object is allocated per event
+        customer = event.customer_id
+        ids = self.ids.get(customer)
+        if ids is None:
+            ids = self.ids[customer] = set()
         kept = len(ids)
         event_id = event.event_id
         ids.add(event_id)
         if len(ids) == kept:  # one hash lookup instead of `in` + add
             self.duplicates += 1
             return 0
+        self.kept += 1
         payload = event.payload
         group = self.types.get(payload.__class__)
         if group is None:
@@ -164,7 +172,7 @@ class ShardBuffer:
         values = _astuple(payload)
         if group.json_at:
             values = group.text(values)
-        group.rows.append((event_id, event.customer_id, event.occurred_at, seq, sub, *values))
+        group.rows.append((event_id, customer, event.occurred_at, seq, sub, *values))
         added = size + ROW_OVERHEAD_BYTES
         self.memory += added
         return added
@@ -172,7 +180,7 @@ class ShardBuffer:
     @property
     def valid(self) -> int:
         """Valid rows buffered (first occurrences)."""
-        return len(self.ids)
+        return self.kept
 
     def add_invalid(self, record: Record, reason: str, detail: str) -> int:
         if not self.records:
@@ -218,8 +226,8 @@ class ShardBuffer:
     def clear(self) -> None:
         self.types: dict[type, TypeRows] = {}  # by payload struct class
         self.rejected: list[Rejected] = []
-        self.ids: set[str] = set()
-        self.records = self.raw_bytes = self.memory = self.duplicates = 0
+        self.ids: dict[str, set[str]] = {}  # event ids per customer
+        self.records = self.raw_bytes = self.memory = self.duplicates = self.kept = 0
         self.first_sequence = self.last_sequence = ""
         self.first_sub = self.last_sub = 0
         self.first_arrival_ms = 0

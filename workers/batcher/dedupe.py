@@ -1,6 +1,7 @@
-"""Exact event_id dedupe in Redis at 16-26 bytes per remembered id (a plain key per id: 133).
+"""(customer_id, event_id) dedupe in Redis at 16-26 bytes per remembered id (a plain key per id: 133).
 
-Layout (pure, below) — ids live as 16-byte binary records packed into plain string values:
+Layout (pure, below) — each event lives as its 16-byte identity (BLAKE2b-128 of customer and
+event id, workers/idset/identity.py) packed into plain string values:
 
     <prefix><hour>:<level>:<slot>      prefix = "seen:<stream>:", hour = occurred_at // 3600
 
@@ -9,27 +10,28 @@ Layout (pure, below) — ids live as 16-byte binary records packed into plain st
   to the window, so an id is remembered for at least the window and a parent never expires
   before its children.
 * **Levels**: level 0 has ``2**base_bits`` (4,096) slots per hour; a key holds ``ids_per_key``
-  (511) ids and is then full: its ids continue in its 16 children one level down (slot = CRC-32
-  mod ``2**(base_bits + level*level_bits)``). A lookup walks down only while the key it searched
-  is full, so the structure sizes itself to the hour's volume (one level up to 2 M ids an hour).
+  (511) ids and is then full: its ids continue in its 16 children one level down (slot = the
+  identity's first 4 bytes mod ``2**(base_bits + level*level_bits)``). A lookup walks down
+  only while the key it searched is full, so the structure sizes itself to the hour's volume
+  (one level up to 2 M ids an hour).
 * **Strings, not hashes**: a lookup is a ``memchr``-driven search of at most 8 KB inside the
   script, after one ``MGET`` per level (a hash's listpack compares field by field); a mark
   ``APPEND``s, and a key that fills is rewritten once at its exact size: 511 ids (8,176 bytes +
   header) in an 8 KiB jemalloc size class. Strings have no encoding thresholds to tune
   (ElastiCache refuses CONFIG).
-* The slot hash is CRC-32 of the id, not a prefix of it: time-ordered UUIDs (v7) share prefixes.
+* The slot hash comes from the digest, not from the UUID: time-ordered UUIDs (v7) share prefixes.
 
-Exact by construction: an id is "seen" only if its 16 bytes sit at a 16-byte boundary of a key
-on its path. Anything that makes Redis forget (restart, FLUSHALL, eviction, a producer that
+Exact up to a 128-bit collision (≈ 2⁻¹¹⁷ per lookup, identity.py): an event is "seen" only if its
+identity sits at a 16-byte boundary of a key on its path, so customer B's event that reuses
+customer A's id is new to B. Anything that makes Redis forget (restart, FLUSHALL, eviction, a producer that
 changes ``occurred_at`` on retry) can only produce a *missed* duplicate, which the inserter's
-merge on event_id removes — never a false "seen". The batch marker ``<prefix>b:<batch_id>`` is
+merge on (customer_id, event_id) removes — never a false "seen". The batch marker ``<prefix>b:<batch_id>`` is
 set in the same script, after the batch was announced, so a new owner replaying the same records
 skips straight to the checkpoint. Measurements: docs/batcher.md.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -40,8 +42,9 @@ import redis
 
 from pipeline.core.errors import TerminalError
 from pipeline.core.redis_errors import classify_redis
-from workers.batcher.buffer import EVENT_ID, OCCURRED_AT
-from workers.idset.layout import HEADER, U32, DedupeLayout, with_walk
+from workers.batcher.buffer import CUSTOMER_ID, EVENT_ID, OCCURRED_AT
+from workers.idset.identity import IDENTITIES
+from workers.idset.layout import BUCKET, U32, DedupeLayout, with_walk
 
 if TYPE_CHECKING:
     from workers.batcher.buffer import Row
@@ -50,32 +53,27 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def pack_rows(layout: DedupeLayout, rows: Sequence[Row]) -> list[bytes]:
-    """:meth:`DedupeLayout.pack` for every buffered row (buffer.Row: event_id first, occurred_at third).
+    """:meth:`DedupeLayout.pack` for every buffered row (buffer.Row: event_id, customer_id,
+    occurred_at first).
 
     The UUIDs are decoded in one ``bytes.fromhex`` call (schemas guarantees the canonical
     36-character form), and with hour buckets the hour comes from integer date arithmetic on
     the aware UTC datetime instead of a float ``timestamp()`` (same value: both floor whole
     hours since the epoch, and the float only differs near an hour's end after year 2200)."""
-    header, crc32 = HEADER.pack, zlib.crc32
+    bucket_pack, ident = BUCKET.pack, IDENTITIES
     raws = bytes.fromhex("".join([row[EVENT_ID] for row in rows]).replace("-", ""))
     if len(raws) != 16 * len(rows):
         raise ValueError("not canonical UUIDs")
     out = []
     start = 0
-    if layout.bucket_seconds == 3600:
-        for row in rows:
-            raw = raws[start : start + 16]
-            start += 16
-            at = row[OCCURRED_AT]
-            hour = (at.toordinal() - _EPOCH_ORDINAL) * 24 + at.hour
-            out.append(header(hour if 0 <= hour <= U32 else min(max(hour, 0), U32), crc32(raw)) + raw)
-        return out
+    hourly = layout.bucket_seconds == 3600
     bucket = layout.bucket_seconds
     for row in rows:
-        raw = raws[start : start + 16]
+        d = ident(row[CUSTOMER_ID], raws[start : start + 16])
         start += 16
-        hour = int(row[OCCURRED_AT].timestamp()) // bucket
-        out.append(header(hour if 0 <= hour <= U32 else min(max(hour, 0), U32), crc32(raw)) + raw)
+        at = row[OCCURRED_AT]
+        hour = (at.toordinal() - _EPOCH_ORDINAL) * 24 + at.hour if hourly else int(at.timestamp()) // bucket
+        out.append(bucket_pack(hour if 0 <= hour <= U32 else min(max(hour, 0), U32)) + d[:4] + d)
     return out
 
 

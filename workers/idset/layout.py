@@ -1,6 +1,7 @@
 """The id-set layout shared by the batcher's dedupe and the projector's gate: 24-byte id records
-(bucket | CRC-32 | binary UUID) packed into plain Redis strings, walked level by level by
-``walk.lua``. How and why: docs/batcher.md ("Dedupe in Redis")."""
+(bucket | slot hash | 16-byte identity of (customer, event id), workers/idset/identity.py) packed
+into plain Redis strings or hash fields, walked level by level by ``walk.lua``. How and why:
+docs/batcher.md ("Dedupe memory layout")."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from datetime import datetime
 from importlib import resources
 from typing import Final
 
+from workers.idset.identity import IDENTITIES
+
 ID_BLOB_BYTES: Final = 24
 U32: Final = 0xFFFFFFFF
-#: bucket (u32) | CRC-32 of the id (u32), in front of the 16 id bytes.
+#: bucket (u32) | slot hash (u32), in front of the 16 identity bytes.
 HEADER: Final = struct.Struct(">II")
+BUCKET: Final = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +51,19 @@ class DedupeLayout:
     def fanout(self) -> int:
         return 1 << self.level_bits
 
-    def pack(self, event_id: str, occurred_at: datetime) -> bytes:
-        """The 24-byte lookup record of one id: hour bucket | CRC-32 | binary UUID."""
+    def bucket(self, occurred_at: datetime) -> int:
+        return min(max(int(occurred_at.timestamp()) // self.bucket_seconds, 0), U32)
+
+    def pack(self, customer_id: str, event_id: str, occurred_at: datetime) -> bytes:
+        """The 24-byte lookup record of one event: bucket | slot hash | identity (the slot hash is
+        the identity's first four bytes: a digest is already well mixed)."""
+        return record(self.bucket(occurred_at), IDENTITIES(customer_id, uuid_bytes(event_id)))
+
+    def legacy_pack(self, event_id: str, occurred_at: datetime) -> bytes:
+        """The record the same event had before identities were per customer (bucket | CRC-32 |
+        raw UUID): what the projector's gate still consults for one window after an upgrade."""
         raw = uuid_bytes(event_id)
-        hour = int(occurred_at.timestamp()) // self.bucket_seconds
-        return HEADER.pack(min(max(hour, 0), U32), zlib.crc32(raw)) + raw
+        return HEADER.pack(self.bucket(occurred_at), zlib.crc32(raw)) + raw
 
     def batch_key(self, batch_id: str) -> str:
         return f"{self.prefix}b:{batch_id}"
@@ -65,6 +77,11 @@ class DedupeLayout:
         """Every key on an id's walk, level 0 first."""
         hour, id_hash = HEADER.unpack_from(blob)
         return [self.key_of(hour, level, id_hash) for level in range(self.max_level + 1)]
+
+
+def record(bucket: int, ident: bytes) -> bytes:
+    """bucket | first four identity bytes | identity."""
+    return BUCKET.pack(bucket) + ident[:4] + ident
 
 
 def uuid_bytes(event_id: str) -> bytes:

@@ -1,18 +1,22 @@
 -- shardhouse projector: apply one chunk of events to the read models, idempotently.
--- ARGV[1]: msgpack [header, events, effects, entities]; ARGV[2]: gate records, 24 bytes per event
--- (format: workers/projector/plan.py).
+-- ARGV[1]: msgpack [header, events, effects, entities]; ARGV[2]: gate records, 24 bytes per event;
+-- ARGV[3]: legacy gate records, 24 bytes per event or '' (format: workers/projector/plan.py).
 --
 -- For each target generation (live: <ns>current, created if missing, plus <ns>building while a
 -- rebuild runs; or exactly the generation a rebuild names):
 --   1. gate: which events are new to this generation. Check-and-insert into the applied set in
 --      one walk (group(): workers/idset/walk.lua, registered in front of this file) over
 --      the batcher's self-sizing layout (workers/batcher/dedupe.py): hash
---      <gen>ap:<bucket>:<level>:<id hash mod slots(level)>, field = binary UUID, plus the field
+--      <gen>ap:<bucket>:<level>:<id hash mod slots(level)>, field = the event's 16-byte identity
+--      (customer and event id, workers/idset/identity.py), plus the field
 --      "#" = how many ids it holds. Ids go into the first hash on their path that has room; a
 --      hash at capacity is full for good, and only then do ids spill one level down, so a lookup
 --      that meets a hash with room and without the id knows the id is new. Every hash written
 --      to, and every full hash passed on the way down to it, gets its TTL refreshed: a parent
 --      never expires before its children.
+--      While an upgrade's window lasts, ARGV[3] holds each event's record as versions before
+--      per-customer identities stored it (binary UUID at its CRC-32 path, same hashes); an event
+--      found there was applied before the upgrade: it is not new, and is not marked again.
 --   2. increments of the new events, summed per target, one HINCRBY/ZINCRBY each;
 --   3. entities (one MGET for all): the chunk's highest version replaces the stored state only
 --      if higher (versions are fixed-width digit/hex strings: string order is (occurred_at,
@@ -31,6 +35,7 @@
 local m = cmsgpack.unpack(ARGV[1])
 local hdr, ev, eff, ents = m[1], m[2], m[3], m[4]
 local gate = ARGV[2]
+local legacy = ARGV[3] or ''
 local ns, target, shard, seq = hdr[1], hdr[2], hdr[3], hdr[4]
 local gate_ttl, cap, base, fan, max_level, ent_ttl = hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10]
 local call = redis.call
@@ -62,11 +67,45 @@ local buckets, hashes = decode(gate)
 local ids = {}
 for i = 1, n do ids[i] = sub(gate, i * 24 - 15, i * 24) end
 
+-- 0. legacy records (read-only walk): old[i] = true for events marked in the old format.
+local lbuckets, lhashes
+if #legacy > 0 then lbuckets, lhashes = decode(legacy) end
+local function applied_before(gp)
+  local old = {}
+  if #legacy == 0 then return old end
+  local pending = {}
+  for i = 1, n do pending[i] = i end
+  local slots = base
+  for level = 0, max_level do
+    if #pending == 0 then break end
+    local keys, lists = group(gp, level, slots, lbuckets, lhashes, pending)
+    local nxt = {}
+    for k, key in ipairs(keys) do
+      local members = lists[k]
+      for s = 1, #members, 4000 do
+        local e = #members
+        if e > s + 3999 then e = s + 3999 end
+        local fields = {'#'}
+        for j = s, e do fields[#fields + 1] = sub(legacy, members[j] * 24 - 15, members[j] * 24) end
+        local vals = call('HMGET', key, unpack(fields))
+        local full = level < max_level and (tonumber(vals[1]) or 0) >= cap
+        for j = s, e do
+          if vals[j - s + 2] then old[members[j]] = true elseif full then nxt[#nxt + 1] = members[j] end
+        end
+      end
+    end
+    pending = nxt
+    slots = slots * fan
+  end
+  return old
+end
+
 -- 1. the gate: fresh[i] = true for the events not applied to this generation before.
 local function admit(gp)
   local fresh = {}
   local pending = {}
-  for i = 1, n do pending[i] = i end
+  local old = applied_before(gp)
+  for i = 1, n do if not old[i] then pending[#pending + 1] = i end end
   local slots = base
   for level = 0, max_level do
     if #pending == 0 then break end

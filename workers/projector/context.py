@@ -6,7 +6,9 @@ metrics are registered once however many shards the runtime opens.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 
 from pipeline.core.clients import ClientFactory
+from pipeline.core.errors import ShardhouseError
 from pipeline.core.memo import IdentityMemo
 from pipeline.core.settings import Settings
 from schemas import Registry, load_registry
@@ -22,6 +25,8 @@ from schemas.read_models import ENTITY_RETENTION
 from workers.projector import keys
 from workers.projector.plan import DEFAULT_CHUNK_EVENTS, GateConfig, Planner
 from workers.projector.store import ProjectionStore, listpack_cap
+
+log = logging.getLogger("shardhouse.projector")
 
 
 @dataclass
@@ -112,6 +117,7 @@ class ProjectorContext:
     max_pending_batches: int = 64
     _stats: dict[str, ShardStats] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _legacy_until: int | None = None
 
     def planner(self) -> Planner:
         return Planner(
@@ -120,7 +126,23 @@ class ProjectorContext:
             self.gate,
             entity_ttl=self.entity_ttl,
             chunk_events=self.chunk_events,
+            legacy_until=self.legacy_until(),
         )
+
+    def legacy_until(self) -> int:
+        """Until when (epoch s) events also carry their pre-upgrade gate record: two windows after
+        the first projector keyed by (customer_id, event_id) met the namespace — one for a
+        rolling upgrade to finish, one for the last old marks to expire (docs/projector.md).
+        Redis unreachable: as if the upgrade began now (checking costs time, never correctness)."""
+        with self._lock:
+            if self._legacy_until is None:
+                try:
+                    since = self.store.identities_since()
+                except ShardhouseError as exc:
+                    log.warning("identities marker unreadable; checking legacy gate records", exc_info=exc)
+                    return int(time.time()) + 2 * self.gate.window_seconds
+                self._legacy_until = since + 2 * self.gate.window_seconds if since else 0
+            return self._legacy_until
 
     def shard_stats(self, shard_id: str) -> ShardStats:
         with self._lock:

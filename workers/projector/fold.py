@@ -60,12 +60,12 @@ class ReadModels:
 
 
 def fold(events: Iterable[Event], *, now: datetime | None = None) -> ReadModels:
-    """Read models of the distinct events (by event_id) in ``events``, in any order.
+    """Read models of the distinct events (by (customer_id, event_id)) in ``events``, in any order.
 
     ``now``: leave out count buckets whose retention ended before it, as the projector does."""
-    unique: dict[str, Event] = {}
+    unique: dict[tuple[str, str], Event] = {}
     for ev in events:
-        unique.setdefault(ev.event_id, ev)
+        unique.setdefault((ev.customer_id, ev.event_id), ev)
     cutoff = None if now is None else epoch_seconds(now)
     return fold_projections((p for ev in unique.values() if (p := project(ev)) is not None), cutoff=cutoff)
 

@@ -5,11 +5,13 @@ Everything lives under one namespace per stream, ``rm:<stream>:``:
 * ``<ns>current`` — the generation readers and the projector use; ``<ns>building`` — the one a
   rebuild is filling (the projector writes both while it exists); ``<ns>genseq`` — generation
   counter; ``<ns>origin`` — how the current generation came to be; ``<ns>pos`` — per shard, the
-  highest sequence number the projector applied (a rebuild's catch-up target).
+  highest sequence number the projector applied (a rebuild's catch-up target); ``<ns>idv2`` —
+  when the first projector keyed by (customer_id, event_id) started (epoch seconds; 0 = on an
+  empty namespace), which bounds the upgrade's legacy gate check (docs/projector.md).
 * ``<ns><gen>:`` — one generation of the models; every key below is relative to it:
 
   ======================================  ===========================================
-  ``ap:<second>:<level>:<slot>``          applied event ids (hash, binary UUID fields)
+  ``ap:<second>:<level>:<slot>``          applied events (hash, 16-byte identity fields)
   ``ch:<customer>:<YYYYMMDD>``            hourly counts, field ``<type>:<HH>``
   ``cd:<customer>:<YYYYMM>``              daily counts, field ``<type>:<DD>``
   ``e:<customer>:<kind>:<id>``            entity (string): version, first seen, event
@@ -60,6 +62,10 @@ class Namespace:
     @property
     def origin(self) -> str:
         return f"{self.prefix}origin"
+
+    @property
+    def identities(self) -> str:
+        return f"{self.prefix}idv2"
 
     @property
     def positions(self) -> str:

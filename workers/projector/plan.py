@@ -4,12 +4,17 @@ A message is two script arguments: a msgpack array the script unpacks with cmsgp
 
 ``[header, events, effects, entities]``
 
-and the gate records, raw (Redis' cmsgpack has no binary type, so bytes travel apart):
+and the gate records, raw (Redis' cmsgpack has no binary type, so bytes travel apart), plus the
+legacy gate records while an upgrade's window lasts (else empty):
 
 * ``header``: ``[namespace, target generation ("" = live), shard, last sequence, gate ttl,
   ids per gate hash, base slots, fanout, max level, entity ttl]``
-* gate: 24 bytes per event (second bucket | CRC-32 | binary UUID): ``DedupeLayout.pack`` of
-  the batcher's dedupe (workers/batcher/dedupe.py) with one-second buckets;
+* gate: 24 bytes per event (second bucket | slot hash | identity of (customer_id, event_id)):
+  ``DedupeLayout.pack`` of the batcher's dedupe (workers/batcher/dedupe.py) with one-second
+  buckets;
+* legacy: 24 bytes per event (second bucket | CRC-32 | binary UUID), ``DedupeLayout.legacy_pack``:
+  how versions before per-customer identities marked an event, consulted read-only until
+  ``Planner.legacy_until`` (docs/projector.md, "Upgrading to per-customer identities");
 * ``events``: 5 integers per event: hourly-count effect, daily-count effect, top effect (effect
   indexes, 0 = none), top amount, entity index;
 * ``effects``: 4 values per distinct increment target: op (1 HINCRBY, 2 ZINCRBY), key, field or
@@ -37,7 +42,8 @@ import msgspec
 from pipeline.consumer.processor import Record
 from schemas import Event, InvalidEvent, Registry
 from schemas.read_models import HourBucket, Projection, hour_bucket, project
-from workers.idset.layout import HEADER, DedupeLayout
+from workers.idset.identity import IDENTITIES
+from workers.idset.layout import BUCKET, HEADER, DedupeLayout
 from workers.projector import keys
 
 #: Events per script call: a whole GetRecords batch (at most 10,000 records), so one batch is one
@@ -86,10 +92,11 @@ class GateConfig:
 
 
 class Message(NamedTuple):
-    """The two arguments of one ``apply.lua`` call."""
+    """The three arguments of one ``apply.lua`` call."""
 
     body: bytes
     gate: bytes
+    legacy: bytes = b""
 
 
 @dataclass
@@ -97,6 +104,7 @@ class Chunk:
     """A message under construction; :meth:`encode` gives the bytes for the script."""
 
     gate: list[bytes] = field(default_factory=list)
+    legacy: list[bytes] = field(default_factory=list)
     events: list[int] = field(default_factory=list)
     effects: dict[tuple[int, str, str], int] = field(default_factory=dict)
     effect_args: list[Any] = field(default_factory=list)
@@ -144,7 +152,9 @@ class Chunk:
 
     def encode(self, header: Sequence[Any]) -> Message:
         return Message(
-            _ENCODER.encode([header, self.events, self.effect_args, self.entity_args]), b"".join(self.gate)
+            _ENCODER.encode([header, self.events, self.effect_args, self.entity_args]),
+            b"".join(self.gate),
+            b"".join(self.legacy),
         )
 
 
@@ -212,6 +222,7 @@ class Planner:
         *,
         entity_ttl: int,
         chunk_events: int = DEFAULT_CHUNK_EVENTS,
+        legacy_until: int = 0,
     ) -> None:
         self.registry = registry
         self.namespace = namespace
@@ -219,6 +230,8 @@ class Planner:
         self.layout = gate.layout()  # checks the parameters; plan_events inlines its pack()
         self.entity_ttl = entity_ttl
         self.chunk_events = chunk_events
+        #: epoch seconds until which events also carry their legacy gate record
+        self.legacy_until = legacy_until
         self._buckets: dict[int, HourBucket] = {}
 
     def header(self, target: str, shard_id: str, last_sequence: str) -> list[Any]:
@@ -278,21 +291,23 @@ class Planner:
         ``emit`` is handed each message as soon as it is encoded, so it can be applied while the
         next one is built."""
         header = self.header(target, shard_id, last_sequence)
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         messages: list[Message] = []
         chunk = Chunk()
         counts: dict[tuple[str, str, int], tuple[int, int]] = {}
         total = duplicates = unprojected = 0
         buckets = self._buckets
         bucket_us = self.gate.bucket_seconds * 1_000_000
-        gate_header, crc32, fromhex = HEADER.pack, zlib.crc32, bytes.fromhex
+        bucket_pack, legacy_header, crc32, fromhex = BUCKET.pack, HEADER.pack, zlib.crc32, bytes.fromhex
+        ident = IDENTITIES
+        legacy = now < self.legacy_until
         chunk_events = self.chunk_events
         for ev in events:
-            event_id = ev.event_id
-            if event_id in seen:
+            pair = (ev.customer_id, ev.event_id)
+            if pair in seen:
                 duplicates += 1
                 continue
-            seen.add(event_id)
+            seen.add(pair)
             p = project(ev)
             if p is None:
                 unprojected += 1
@@ -315,9 +330,12 @@ class Planner:
                 t = chunk.effect(ZINCRBY, keys.top_key(customer, measure), member, 0)
             raw = fromhex(p.version[18:])
             second = (micros - _EPOCH_US) // bucket_us
-            chunk.gate.append(
-                gate_header(second if 0 <= second <= _U32 else min(max(second, 0), _U32), crc32(raw)) + raw
-            )
+            if not 0 <= second <= _U32:
+                second = min(max(second, 0), _U32)
+            d = ident(customer, raw)
+            chunk.gate.append(bucket_pack(second) + d[:4] + d)
+            if legacy:
+                chunk.legacy.append(legacy_header(second, crc32(raw)) + raw)
             chunk.events.extend((effects[0], effects[1], t, amount, chunk.entity(p)))
             total += 1
             if len(chunk.gate) >= chunk_events:

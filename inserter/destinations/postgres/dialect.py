@@ -15,8 +15,8 @@ The load transaction, in order (:class:`inserter.loader.Loader` drives it)::
     [PostgreSQL: pg_advisory_xact_lock per target, sorted]
     re-check ledger under the locks → drop rows of objects loaded meanwhile
     stats per object (rows, occurred_at range, identity check)
-    dedupe: staging rows, one per event_id, whose event_id the target does not hold within the
-            dedupe window → "fresh" temp table
+    dedupe: staging rows, one per (customer_id, event_id), whose pair the target does not hold
+            within the dedupe window → "fresh" temp table
     insert fresh into target → ledger rows → COMMIT
 """
 
@@ -229,9 +229,13 @@ class PostgresDialect:
     def _deduped(
         self, stage: str, target: TableRef, columns: Sequence[WarehouseColumn], lo: datetime, hi: datetime
     ) -> sql.Composed:
-        """One row per event_id of ``stage`` (first object, then stream position), keeping only
-        event_ids the target does not hold with occurred_at in ``[lo, hi]`` — the batch's
-        occurred_at range widened by the dedupe window on both sides.
+        """One row per (customer_id, event_id) of ``stage`` (first object, then stream position),
+        keeping only pairs the target does not hold with occurred_at in ``[lo, hi]`` — the
+        batch's occurred_at range widened by the dedupe window on both sides. Identity is per
+        customer (DESIGN invariant 9): the pair, not the id, so a staging table or target that
+        holds several customers' rows keeps each customer's copy of a shared id. The probe
+        stays one lookup of the (event_id, occurred_at) index; customer_id is compared only on
+        the rows it finds, and a new event finds none.
 
         ``OFFSET 0`` keeps the NOT EXISTS a correlated sub-plan instead of letting the planner
         turn it into an anti-join: each staged row is one probe of the (event_id, occurred_at)
@@ -240,10 +244,10 @@ class PostgresDialect:
         follows the table."""
         names = [OBJ, *(c.name for c in columns)]
         return sql.SQL(
-            "SELECT DISTINCT ON (s.event_id) {cols} FROM {stage} AS s "
+            "SELECT DISTINCT ON (s.customer_id, s.event_id) {cols} FROM {stage} AS s "
             "WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE t.event_id = s.event_id "
-            "AND t.occurred_at BETWEEN {lo} AND {hi} OFFSET 0) "
-            "ORDER BY s.event_id, {tie}"
+            "AND t.customer_id = s.customer_id AND t.occurred_at BETWEEN {lo} AND {hi} OFFSET 0) "
+            "ORDER BY s.customer_id, s.event_id, {tie}"
         ).format(
             cols=_ids(names, "s"),
             stage=_id(stage),

@@ -142,14 +142,16 @@ class RedshiftDialect(PostgresDialect):
     def _deduped(
         self, stage: str, target: TableRef, columns: Sequence[WarehouseColumn], lo: datetime, hi: datetime
     ) -> sql.Composed:
-        """As PostgreSQL's, with ROW_NUMBER for DISTINCT ON (Redshift has no DISTINCT ON), and
+        """As PostgreSQL's (one row per (customer_id, event_id)), with ROW_NUMBER for DISTINCT ON
+        (Redshift has no DISTINCT ON), and
         no index to probe: Redshift decorrelates the NOT EXISTS into an anti-join whose scan of
         the target is pruned to the window by the occurred_at sort key's zone maps."""
         names = [OBJ, *(c.name for c in columns)]
         return sql.SQL(
-            "SELECT {dcols} FROM (SELECT {scols}, ROW_NUMBER() OVER (PARTITION BY s.event_id ORDER BY {tie}) "
-            "AS _rn FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {target} AS t "
-            "WHERE t.event_id = s.event_id AND t.occurred_at BETWEEN {lo} AND {hi})) AS d WHERE d._rn = 1"
+            "SELECT {dcols} FROM (SELECT {scols}, ROW_NUMBER() OVER (PARTITION BY s.customer_id, s.event_id "
+            "ORDER BY {tie}) AS _rn FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {target} AS t "
+            "WHERE t.event_id = s.event_id AND t.customer_id = s.customer_id "
+            "AND t.occurred_at BETWEEN {lo} AND {hi})) AS d WHERE d._rn = 1"
         ).format(
             dcols=_ids(names, "d"),
             scols=_ids(names, "s"),

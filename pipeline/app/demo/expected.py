@@ -18,7 +18,7 @@ class Expected:
     invalid: int = 0
     invalid_by_reason: Counter[str] = field(default_factory=Counter)
     per_customer: Counter[str] = field(default_factory=Counter)
-    event_ids: set[str] = field(default_factory=set)
+    event_ids: set[tuple[str, str]] = field(default_factory=set)  # (customer_id, event_id)
 
     def add(self, record: SyntheticRecord) -> None:
         self.sent += 1
@@ -27,10 +27,11 @@ class Expected:
             self.invalid_by_reason[record.invalid_reason or "unknown"] += 1
             return
         assert record.event_id is not None and record.customer_id is not None
-        if record.event_id in self.event_ids:
+        pair = (record.customer_id, record.event_id)
+        if pair in self.event_ids:
             self.duplicates += 1
             return
-        self.event_ids.add(record.event_id)
+        self.event_ids.add(pair)
         self.unique_valid += 1
         self.per_customer[record.customer_id] += 1
 

@@ -77,11 +77,14 @@ def warehouse_ids(run: DemoRun) -> dict[str, Counter[str]]:
 
 def unique_events(records: list[SyntheticRecord]) -> list[Event]:
     registry = load_registry()
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     events = []
     for r in records:
-        if r.valid and r.event_id is not None and r.event_id not in seen:
-            seen.add(r.event_id)
+        if r.valid and r.event_id is not None and r.customer_id is not None:
+            pair = (r.customer_id, r.event_id)
+            if pair in seen:
+                continue
+            seen.add(pair)
             events.append(registry.decode(r.data))
     return events
 

@@ -41,8 +41,8 @@ def test_dedupe_is_exact_across_levels_in_one_round_trip(clients: ClientFactory,
         max_level=6,
     )
     store = RedisDedupeStore(client, layout)
-    marked = [layout.pack(str(uuid.uuid4()), NOW) for _ in range(20_000)]
-    fresh = [layout.pack(str(uuid.uuid4()), NOW) for _ in range(20_000)]
+    marked = [layout.pack("acme", str(uuid.uuid4()), NOW) for _ in range(20_000)]
+    fresh = [layout.pack("acme", str(uuid.uuid4()), NOW) for _ in range(20_000)]
 
     calls = _evalsha_calls(client)
     answer = store.check("b1", marked)
@@ -76,18 +76,28 @@ def test_dedupe_matches_whole_ids_only(clients: ClientFactory, unique_name: str)
     client = clients.redis()
     layout = DedupeLayout(prefix=f"seen:{unique_name}:", window_seconds=600, base_bits=0)  # one key
     store = RedisDedupeStore(client, layout)
-    a, b = uuid.uuid4(), uuid.uuid4()
-    store.mark(None, [layout.pack(str(a), NOW), layout.pack(str(b), NOW)])
-    straddling = uuid.UUID(bytes=a.bytes[8:] + b.bytes[:8])
-    answer = store.check(None, [layout.pack(str(straddling), NOW), layout.pack(str(b), NOW)])
+    ra, rb = (layout.pack("acme", str(uuid.uuid4()), NOW) for _ in range(2))
+    store.mark(None, [ra, rb])
+    straddling = ra[:8] + ra[16:] + rb[8:16]  # the key holds ra's identity, then rb's
+    answer = store.check(None, [straddling, rb])
     assert answer.seen == [False, True]
+
+
+def test_dedupe_is_per_customer(clients: ClientFactory, unique_name: str) -> None:
+    """Customer B's event reusing customer A's id is new to B; A's own repeat is a duplicate."""
+    layout = DedupeLayout.for_stream(unique_name, 600)
+    store = RedisDedupeStore(clients.redis(), layout)
+    eid = str(uuid.uuid4())
+    store.mark(None, [layout.pack("acme", eid, NOW)])
+    answer = store.check(None, [layout.pack("acme", eid, NOW), layout.pack("globex", eid, NOW)])
+    assert answer.seen == [True, False]
 
 
 def test_dedupe_marks_are_idempotent_and_hour_scoped(clients: ClientFactory, unique_name: str) -> None:
     layout = DedupeLayout.for_stream(unique_name, 600)
     store = RedisDedupeStore(clients.redis(), layout)
     eid = str(uuid.uuid4())
-    now, later = layout.pack(eid, NOW), layout.pack(eid, NOW + timedelta(hours=2))
+    now, later = layout.pack("acme", eid, NOW), layout.pack("acme", eid, NOW + timedelta(hours=2))
     store.mark(None, [now])
     store.mark(None, [now])
     assert store.check(None, [now, later]).seen == [True, False]
@@ -145,7 +155,7 @@ def test_dedupe_splits_huge_batches_and_marks_the_batch_last(
     monkeypatch.setattr(dedupe_module, "MAX_IDS_PER_CALL", 7)
     layout = DedupeLayout.for_stream(unique_name, 600)
     store = RedisDedupeStore(clients.redis(), layout)
-    ids = [layout.pack(str(uuid.uuid4()), NOW) for _ in range(30)]
+    ids = [layout.pack("acme", str(uuid.uuid4()), NOW) for _ in range(30)]
     assert store.check("big", ids).seen == [False] * 30
     assert store.mark("big", ids[:20]) == 20
     assert store.check("big", ids).batch_committed

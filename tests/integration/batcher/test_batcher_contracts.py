@@ -39,7 +39,7 @@ def store(request: Any, clients: ClientFactory, settings: Settings, unique_name:
 def test_dedupe_contract(dedupe: tuple[DedupeStore, DedupeLayout]) -> None:
     store, layout = dedupe
     now = datetime.now(UTC)
-    a, b, c = (layout.pack(str(uuid.uuid4()), now) for _ in range(3))
+    a, b, c = (layout.pack("acme", str(uuid.uuid4()), now) for _ in range(3))
     first = store.check("batch-1", [a, b])
     assert not first.batch_committed and first.seen == [False, False]
     store.mark("batch-1", [a, b])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import struct
 import uuid
-import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +24,7 @@ from workers.batcher.buffer import Batch, ShardBuffer
 from workers.batcher.commit import build_tables, encode_objects
 from workers.batcher.dedupe import pack_rows
 from workers.batcher.policy import FlushReason
+from workers.idset.identity import identity
 from workers.idset.layout import DedupeLayout
 
 REGISTRY = load_registry()
@@ -49,7 +49,8 @@ def _event(draw: st.DrawFn, ids: list[str]) -> bytes:
     for f in et.fields:
         if f.required or draw(st.booleans()):
             payload[f.name] = draw(_value(f) if f.required else st.none() | _value(f))
-    # a few event_ids repeat (in-batch duplicates: the first occurrence is kept)
+    # a few event_ids repeat, with the same customer (in-batch duplicates: the first occurrence is
+    # kept) or another one (a new event of that customer: kept too)
     event_id = draw(st.sampled_from(ids)) if ids and draw(st.integers(0, 4)) == 0 else str(draw(st.uuids()))
     ids.append(event_id)
     return encode_event(
@@ -73,12 +74,12 @@ def _batches(draw: st.DrawFn) -> list[bytes]:
 def _buffered(datas: list[bytes]) -> tuple[Batch, list[tuple[Event, str, int]]]:
     """The batch, and the reference: first occurrences (event, sequence, sub) in arrival order."""
     buf = ShardBuffer(SHARD)
-    kept: dict[str, tuple[Event, str, int]] = {}
+    kept: dict[tuple[str, str], tuple[Event, str, int]] = {}  # first occurrence per (customer, id)
     for i, data in enumerate(datas):
         event = REGISTRY.decode(data)
         record = Record(data, "pk", str(5000 + i), i % 3, 1714607999000 + i)
         buf.add_valid(record, event)
-        kept.setdefault(event.event_id, (event, record.sequence_number, record.sub_sequence_number))
+        kept.setdefault((event.customer_id, event.event_id), (event, record.sequence_number, record.sub_sequence_number))
     return buf.seal(FlushReason.RECORDS), list(kept.values())
 
 
@@ -115,15 +116,15 @@ def test_tables_equal_the_to_columns_path_down_to_the_parquet_bytes(datas: list[
 @given(_batches(), st.data())
 def test_seen_rows_are_filtered_out_of_their_group(datas: list[bytes], data: st.DataObject) -> None:
     batch, _ = _buffered(datas)
-    ids = [row[0] for row in batch.rows()]
+    ids = [(row[1], row[0]) for row in batch.rows()]
     seen = data.draw(st.lists(st.booleans(), min_size=len(ids), max_size=len(ids)))
     written = encode_objects(batch, build_tables(REGISTRY, batch), seen)
     unseen = {i for i, dup in zip(ids, seen, strict=True) if not dup}
-    got: list[str] = []
+    got: list[tuple[str, str]] = []
     for _group, _key, body, meta in written:
         table = pq.read_table(pa.BufferReader(body))
         assert meta.rows == table.num_rows > 0
-        got += table.column("event_id").to_pylist()
+        got += zip(table.column("customer_id").to_pylist(), table.column("event_id").to_pylist(), strict=True)
     assert sorted(got) == sorted(unseen)
 
 
@@ -134,13 +135,13 @@ def test_pack_rows_matches_pack_and_the_float_hour(datas: list[bytes]) -> None:
     lay = DedupeLayout.for_stream("s", 86400)
     rows = batch.rows()
     packed = pack_rows(lay, rows)
-    assert packed == [lay.pack(r[0], r[2]) for r in rows]
+    assert packed == [lay.pack(r[1], r[0], r[2]) for r in rows]
     for blob, row in zip(packed, rows, strict=True):
-        hour, crc = struct.unpack(">II", blob[:8])
-        assert blob[8:] == uuid.UUID(row[0]).bytes and crc == zlib.crc32(blob[8:])
+        hour = struct.unpack(">I", blob[:4])[0]
+        assert blob[8:] == identity(row[1], uuid.UUID(row[0]).bytes) and blob[4:8] == blob[8:12]
         assert hour == min(max(int(row[2].timestamp()) // 3600, 0), 0xFFFFFFFF)
     other = DedupeLayout(prefix="p", bucket_seconds=600)
-    assert pack_rows(other, rows) == [other.pack(r[0], r[2]) for r in rows]
+    assert pack_rows(other, rows) == [other.pack(r[1], r[0], r[2]) for r in rows]
 
 
 def test_json_values_are_the_producers_text() -> None:

@@ -23,6 +23,7 @@ from workers.batcher.buffer import Batch, Position, ShardBuffer
 from workers.batcher.commit import build_tables
 from workers.batcher.dedupe import pack_rows, parse_check_reply
 from workers.batcher.policy import FlushReason
+from workers.idset.identity import identity
 from workers.idset.layout import DedupeLayout, uuid_bytes
 
 REGISTRY = load_registry()
@@ -160,23 +161,33 @@ def test_rfc3339_is_utc_z() -> None:
 def test_pack_rows_matches_pack() -> None:
     lay = DedupeLayout.for_stream("s", 86400)
     batch = _batch([_event(1), _event(2, at=datetime(1970, 1, 1, tzinfo=UTC))])
-    assert pack_rows(lay, batch.rows()) == [lay.pack(r[0], r[2]) for r in batch.rows()]
+    assert pack_rows(lay, batch.rows()) == [lay.pack(r[1], r[0], r[2]) for r in batch.rows()]
 
 
-def test_pack_is_hour_crc_and_uuid() -> None:
+def test_pack_is_hour_slot_hash_and_identity() -> None:
     lay = DedupeLayout.for_stream("s", 86400)
     eid = "0190f0e2-8c2b-7a6b-9c3d-1234567890ab"
-    blob = lay.pack(eid, datetime(2024, 5, 1, 12, 30, tzinfo=UTC))
-    raw = uuid.UUID(eid).bytes
-    assert len(blob) == 24 and blob[8:] == raw
-    hour, crc = struct.unpack(">II", blob[:8])
+    blob = lay.pack("acme", eid, datetime(2024, 5, 1, 12, 30, tzinfo=UTC))
+    ident = identity("acme", uuid.UUID(eid).bytes)
+    assert len(blob) == 24 and blob[8:] == ident and blob[4:8] == ident[:4]
+    hour = struct.unpack(">I", blob[:4])[0]
     assert hour == int(datetime(2024, 5, 1, 12, tzinfo=UTC).timestamp()) // 3600
-    assert crc == zlib.crc32(raw)
     # Same event (a producer retry) → same lookup record; another hour → another bucket.
-    assert lay.pack(eid, datetime(2024, 5, 1, 12, 59, tzinfo=UTC)) == blob
-    assert lay.pack(eid, datetime(2024, 5, 1, 13, 0, tzinfo=UTC)) != blob
+    assert lay.pack("acme", eid, datetime(2024, 5, 1, 12, 59, tzinfo=UTC)) == blob
+    assert lay.pack("acme", eid, datetime(2024, 5, 1, 13, 0, tzinfo=UTC)) != blob
+    # Another customer's event with the same id: another identity, in the same bucket.
+    other = lay.pack("acme2", eid, datetime(2024, 5, 1, 12, 30, tzinfo=UTC))
+    assert other[:4] == blob[:4] and other[8:] != blob[8:]
     # Before 1970 clamps to bucket 0 rather than failing.
-    assert struct.unpack(">I", lay.pack(eid, datetime(1960, 1, 1, tzinfo=UTC))[:4]) == (0,)
+    assert struct.unpack(">I", lay.pack("acme", eid, datetime(1960, 1, 1, tzinfo=UTC))[:4]) == (0,)
+
+
+def test_legacy_pack_is_hour_crc_and_uuid() -> None:
+    lay = DedupeLayout.for_stream("s", 86400)
+    eid = "0190f0e2-8c2b-7a6b-9c3d-1234567890ab"
+    blob = lay.legacy_pack(eid, datetime(2024, 5, 1, 12, 30, tzinfo=UTC))
+    raw = uuid.UUID(eid).bytes
+    assert blob[8:] == raw and struct.unpack(">II", blob[:8]) == (476_268, zlib.crc32(raw))
 
 
 @given(st.uuids())
@@ -191,7 +202,7 @@ def test_uuid_bytes_refuses_non_uuid() -> None:
 
 def test_paths_fan_out_from_parent_slots() -> None:
     lay = DedupeLayout.for_stream("s", 86400)
-    blob = lay.pack(str(uuid.uuid4()), T0)
+    blob = lay.pack("acme", str(uuid.uuid4()), T0)
     path = lay.path(blob)
     assert len(path) == lay.max_level + 1
     slots = [int(p.rsplit(":", 1)[1]) for p in path]

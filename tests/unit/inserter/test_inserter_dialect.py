@@ -122,13 +122,18 @@ def test_postgres_merge_shape() -> None:
     ref = target_table("acme", "appointment_booked")
     cols = PG.columns("appointment_booked")
     text = render(PG.dedupe("_stage_0", "_fresh_0", ref, cols, LO, HI))
-    assert text.startswith('CREATE TEMP TABLE "_fresh_0" ON COMMIT DROP AS SELECT DISTINCT ON (s.event_id)')
+    assert text.startswith(
+        'CREATE TEMP TABLE "_fresh_0" ON COMMIT DROP AS SELECT DISTINCT ON (s.customer_id, s.event_id)'
+    )
+    # identity is the pair: a staged row is a duplicate only of its own customer's copy
+    assert "t.event_id = s.event_id AND t.customer_id = s.customer_id" in text
     assert (
         "BETWEEN '2024-04-24 00:00:00+00:00'::timestamptz AND '2024-05-08 00:00:00+00:00'::timestamptz"
         in text
     )
     assert text.endswith(
-        'ORDER BY s.event_id, "s"."_obj", "s"."_shard_id", "s"."_sequence_number", "s"."_sub_sequence_number"'
+        'ORDER BY s.customer_id, s.event_id, "s"."_obj", "s"."_shard_id", "s"."_sequence_number", '
+        '"s"."_sub_sequence_number"'
     )
     insert = render(PG.insert_fresh(ref, "_fresh_0", cols))
     assert 'CAST(f."fee" AS numeric(10,2))' in insert  # numeric is staged as text
@@ -268,7 +273,7 @@ def test_a_redshift_load_of_several_objects_per_table_counts_each_through_a_temp
     assert [(o.rows_loaded, o.rows_skipped) for o in result.loaded] == [(3, 0), (2, 1)]
     texts = [t for t, _ in conn.log]
     fresh = next(t for t in texts if t.startswith('CREATE TEMP TABLE "_fresh_0"'))
-    assert "ROW_NUMBER() OVER (PARTITION BY s.event_id" in fresh and "DISTKEY (event_id)" in fresh
+    assert "ROW_NUMBER() OVER (PARTITION BY s.customer_id, s.event_id" in fresh and "DISTKEY (event_id)" in fresh
     assert any(
         t.startswith('INSERT INTO "c_acme"."page_view"') and t.endswith('FROM "_fresh_0" AS f') for t in texts
     )

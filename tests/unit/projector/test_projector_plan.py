@@ -69,7 +69,7 @@ def test_gate_records_are_the_batchers_layout_with_one_second_buckets() -> None:
     plan = planner().plan_events(events, now=NOW, target="7")
     msg = decode_message(plan.messages[0])
     layout = DedupeLayout(prefix="ap:", bucket_seconds=1, base_bits=4, level_bits=2, max_level=6)
-    assert msg["gate"] == [layout.pack(ev.event_id, ev.occurred_at) for ev in events]
+    assert msg["gate"] == [layout.pack(ev.customer_id, ev.event_id, ev.occurred_at) for ev in events]
     assert msg["header"][1] == "7"
 
 

@@ -27,6 +27,7 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
+from workers.idset.identity import identity
 from workers.projector import ProjectorProcessor
 from workers.projector.context import prom_metrics
 
@@ -78,7 +79,8 @@ def test_redis_outage_keeps_batches_and_checkpoints_nothing_past_them() -> None:
     store.down = False
     deliver(proc, [], ckpt)
     assert ckpt.calls == [last_seq(CHUNKS[0]), last_seq(CHUNKS[2])]
-    everything = {bytes.fromhex(REGISTRY.decode(r.binary_data).event_id.replace("-", "")) for r in RECORDS}
+    events = [REGISTRY.decode(r.binary_data) for r in RECORDS]
+    everything = {identity(e.customer_id, bytes.fromhex(e.event_id.replace("-", ""))) for e in events}
     assert set(store.applied_ids()) == everything  # nothing lost
 
 
