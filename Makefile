@@ -22,7 +22,7 @@ test: deps
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/cfn-lint deploy/*.yaml
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 test-unit: deps
 	$(BIN)/pytest -q tests/unit

@@ -12,7 +12,8 @@ from rich.console import Console
 from pipeline.app.demo.main import execute
 from pipeline.app.demo.run import DemoConfig
 
-pytestmark = pytest.mark.timeout(300)
+# Demos prefer the well-known ports (4566, 6379, 5432): one xdist process runs them all.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("demo")]
 
 
 def test_the_demo_passes_twice_in_a_row_in_one_state_dir(tmp_path: Path) -> None:

@@ -204,7 +204,26 @@ def run_demo(config: DemoConfig, console: Console, say: Callable[[str], None]) -
 def execute(config: DemoConfig, console: Console, say: Callable[[str], None]) -> Outcome:
     cfg, state = start_stack(config, say)
     env = demo_settings(state, config)
-    os.environ.update({k: v for k, v in state.env.items() if k.startswith("AWS_")})  # boto3 reads these
+    saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    # boto3 reads credentials and region from the environment; put the caller's back afterwards
+    # (tests and the chaos run call execute() inside a process that has its own stack).
+    os.environ.update({k: v for k, v in state.env.items() if k.startswith("AWS_")})
+    try:
+        return _execute(config, console, say, cfg, state, env)
+    finally:
+        for key in [k for k in os.environ if k.startswith("AWS_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+
+
+def _execute(
+    config: DemoConfig,
+    console: Console,
+    say: Callable[[str], None],
+    cfg: local_stack.StackConfig,
+    state: local_stack.StackState,
+    env: dict[str, str],
+) -> Outcome:
     run = new_run(config, env)
     chaos: ChaosDriver | None = None
     try:

@@ -23,7 +23,8 @@ from rich.console import Console
 from pipeline.app.demo.main import execute
 from pipeline.app.demo.run import DemoConfig
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(1200)]
+# Demos prefer the well-known ports (4566, 6379, 5432): one xdist process runs them all.
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.xdist_group("demo")]
 
 
 def test_every_valid_event_lands_exactly_once_through_kills_and_a_redis_restart(tmp_path: Path) -> None:
