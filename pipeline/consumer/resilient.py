@@ -8,7 +8,8 @@ that outlived the processor's own retries), the wrapper:
 
 1. drops the inner processor (``lease_lost``: it writes and checkpoints nothing more) and makes a
    fresh one from the factory, initialized at the last checkpoint;
-2. after ``isolate_after`` failures of the same records, probes them by bisection, each probe a
+2. after ``isolate_after`` failures of the same records that are not a dependency outage
+   (:func:`is_outage`), probes them by bisection, each probe a
    fresh processor whose checkpoints are discarded: a record that raises alone is dead-lettered
    (the dead letter must land first) and left out from then on;
 3. waits a jittered, capped backoff and delivers the kept records again, until they go through.
@@ -36,6 +37,7 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
+from pipeline.core.errors import TransientError
 from pipeline.core.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,22 @@ class RecoveryPolicy:
     backoff: Backoff = field(default_factory=lambda: Backoff(base=0.5, cap=30.0, max_attempts=64))
     #: Failed deliveries of the same kept records before they are probed one at a time.
     isolate_after: int = 3
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failure is a dependency's (an outage, throttling, a timeout) rather than the
+    records': anywhere in its cause chain a :class:`TransientError` (errors are classified where
+    they enter: AWS, Redis, SQL) or a builtin connection error or timeout. Records are never
+    isolated on such a failure — during an outage every probe fails, and dead-lettering them all
+    would take valid events out of the warehouse."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TransientError | ConnectionError | TimeoutError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def position_of(record: Record) -> tuple[int, int]:
@@ -183,7 +201,7 @@ class ResilientProcessor:
             )  # fmt: skip
             self._on_failure(self.shard_id, reason)
             self._restart()
-            if self.failures >= self.policy.isolate_after:
+            if self.failures >= self.policy.isolate_after and not is_outage(exc):
                 self._isolate()
             delay = next(delays, None)
             if delay is None:
@@ -276,6 +294,9 @@ class ResilientProcessor:
             failure = self._probe(group)
             if failure is None:
                 continue
+            if is_outage(failure):
+                self._probed = None  # inconclusive: the dependency failed, not the records
+                return []
             if len(group) == 1:
                 found.append((group[0], failure))
                 continue

@@ -17,7 +17,8 @@ from pipeline.consumer.processor import (
     ShardEndedInput,
     ShutdownRequestedInput,
 )
-from pipeline.consumer.resilient import RecoveryPolicy, ResilientProcessor
+from pipeline.consumer.resilient import RecoveryPolicy, ResilientProcessor, is_outage
+from pipeline.core.errors import RetriesExhausted
 from pipeline.core.retry import Backoff
 
 FAST = RecoveryPolicy(backoff=Backoff(base=0.0, cap=0.0, max_attempts=4), isolate_after=2)
@@ -29,6 +30,7 @@ class World:
 
     processed: list[str] = field(default_factory=list)  # data of records written (at checkpoint)
     outage: int = 0  # deliveries that still fail as a dependency outage would
+    outage_hits_single_records: bool = False  # a one-record delivery fails during the outage too
     made: int = 0
     dead: list[tuple[str, str]] = field(default_factory=list)
 
@@ -49,7 +51,7 @@ class Flaky:
             if record.binary_data == b"boom":
                 raise RecursionError("maximum recursion depth exceeded")
             self.buffer.append(record)
-        if self.world.outage and len(self.buffer) > 1:
+        if self.world.outage and (len(self.buffer) > 1 or self.world.outage_hits_single_records):
             self.world.outage -= 1
             raise ConnectionError("redis: connection refused")
         if self.buffer:
@@ -143,3 +145,32 @@ def test_a_dead_lettered_record_at_the_tail_is_checkpointed_past() -> None:
     world, ckpt = World(), Checkpoints()
     deliver(wrapped(world), records_of([b"ok0", b"ok1", b"boom"]), ckpt)
     assert world.dead == [("102", "RecursionError")] and ckpt.last == ("102", 0)
+
+
+def test_an_outage_never_dead_letters_records_even_when_probes_fail_too() -> None:
+    # Every delivery and every probe fails as it would while Redis is down: only the outage rule
+    # keeps bisection from dead-lettering each record.
+    world, ckpt = World(outage=40, outage_hits_single_records=True), Checkpoints()
+    deliver(wrapped(world), records_of([f"ok{i}".encode() for i in range(8)]), ckpt, chunk=8)
+    assert world.dead == [] and set(world.processed) == {f"ok{i}" for i in range(8)}
+    assert ckpt.last == ("107", 0)
+
+
+@pytest.mark.parametrize(
+    ("exc", "outage"),
+    [
+        (ConnectionError("refused"), True),
+        (TimeoutError(), True),
+        (RetriesExhausted("flush", 4, OSError("x")), True),
+        (RecursionError(), False),
+        (ValueError("bad decimal"), False),
+    ],
+)
+def test_outage_classification_follows_the_cause_chain(exc: BaseException, outage: bool) -> None:
+    try:
+        try:
+            raise exc
+        except BaseException as inner:
+            raise ShardFailed("flush failed") from inner
+    except ShardFailed as wrapped_exc:
+        assert is_outage(wrapped_exc) is outage
