@@ -42,15 +42,16 @@ from pipeline.core.retry import Backoff
 
 log = logging.getLogger(__name__)
 
-#: Dead-letter one record a processor cannot process; raises if the dead letter did not land.
-DeadLetterSink = Callable[[str, Record, BaseException], None]
+#: Dead-letter one record ``(shard_id, record, reason, detail)``; raises if it did not land.
+DeadLetterSink = Callable[[str, Record, str, str], None]
+PROCESSOR_ERROR = "processor_error"
 #: Told ``(shard_id, reason)`` when a shard starts failing and ``(shard_id, None)`` when it heals.
 FailureListener = Callable[[str, str | None], None]
 
 
-def refuse_dead_letter(shard_id: str, record: Record, failure: BaseException) -> None:
+def refuse_dead_letter(shard_id: str, record: Record, reason: str, detail: str) -> None:
     """The sink of a runtime given none: the record stays kept (and the shard stalls, visibly)."""
-    raise ShardFailed(f"{shard_id}: no dead-letter sink configured for a processor_error")
+    raise ShardFailed(f"{shard_id}: no dead-letter sink configured for a {reason} record")
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,14 @@ class ResilientProcessor:
         tracking = _Tracking(self, shutdown_requested_input.checkpointer)
         self._current().shutdown_requested(replace(shutdown_requested_input, checkpointer=tracking))
 
+    def refuse(self, record: Record, reason: str, detail: str) -> None:
+        """Dead-letter a record the runtime will not deliver (an aggregate over the limits); the
+        checkpoint may then pass it once nothing unsaved precedes it. Raises if the dead letter
+        did not land: the consumer then stops and reads it again later."""
+        self._dead_letter(self.shard_id, record, reason, detail)
+        self._dead.append(record)
+        self._dead.sort(key=position_of)
+
     # -- recovery -------------------------------------------------------------------------------
     def _current(self) -> RecordProcessor:
         if self._inner is None:
@@ -267,7 +276,8 @@ class ResilientProcessor:
                 keep.append(record)
                 continue
             try:
-                self._dead_letter(self.shard_id, record, failure)
+                detail = f"{type(failure).__name__}: {failure}"
+                self._dead_letter(self.shard_id, record, PROCESSOR_ERROR, detail)
             except Exception:
                 log.exception("dead letter failed; record kept", extra={"shard_id": self.shard_id})
                 keep.append(record)

@@ -8,14 +8,15 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from pipeline.consumer.checkpointing import ShardFailed
 from pipeline.consumer.handle import LeaseHandle, ShardCheckpointer
-from pipeline.consumer.kpl import deaggregate
+from pipeline.consumer.kpl import AggregateLimits, AggregateRefused, deaggregate
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease, may_create_child, parents_done
 from pipeline.consumer.processor import (
@@ -62,6 +63,22 @@ class ConsumerConfig:
     # per-shard GetRecords limit, so a shard that keeps up never throttles itself.
     busy_interval_s: float = 0.2
     parent_poll_s: float = 10.0
+    aggregate_limits: AggregateLimits = field(default_factory=AggregateLimits)
+    #: Sub-records per process_records call: a page of aggregates is delivered in pieces.
+    max_delivery_records: int = 10_000
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A record the runtime dead-letters instead of delivering (pipeline.consumer.kpl limits)."""
+
+    record: Record
+    reason: str
+    detail: str
+
+
+def refuse_without_sink(record: Record, reason: str, detail: str) -> None:
+    raise ShardFailed(f"no dead-letter sink for a {reason} record at {record.sequence_number}")
 
 
 @dataclass
@@ -83,6 +100,7 @@ class ShardConsumer(threading.Thread):
         config: ConsumerConfig,
         on_records: Callable[[str, int, int], None] = lambda _s, _n, _lag: None,
         shutdown_requested: threading.Event | None = None,
+        refuse: Callable[[Record, str, str], None] = refuse_without_sink,
     ) -> None:
         super().__init__(name=f"shard-{handle.lease.lease_key}", daemon=True)
         self.kinesis = kinesis
@@ -92,6 +110,7 @@ class ShardConsumer(threading.Thread):
         self.processor = processor
         self.config = config
         self.on_records = on_records
+        self.refuse = refuse
         self.shutdown_requested = shutdown_requested or threading.Event()
         self.finished = threading.Event()
         self.stats = ShardStats()
@@ -204,47 +223,97 @@ class ShardConsumer(threading.Thread):
                         break
                     continue
                 raise
-            records = self._records(page.get("Records", []), last_delivered)
+            items = self._page(page.get("Records", []), last_delivered)
             lag = int(page.get("MillisBehindLatest", 0) or 0)
             self.stats.millis_behind_latest = lag
             self.stats.last_fetch_at = time.time()
+            delivered = 0
+            for item in items:
+                if self._stopping():
+                    # Fetched but never delivered: the largest-delivered bound (what checkpoint()
+                    # with no argument writes in shutdown_requested) must not pass these records.
+                    break
+                if isinstance(item, Refusal):
+                    ok = self._refuse(item)
+                    if ok:  # handled: a checkpoint may pass it, a refreshed iterator skips it
+                        last_delivered = ExtendedSequenceNumber(item.record.sequence_number, 0)
+                        self.checkpointer.largest_delivered = last_delivered
+                else:
+                    if item:
+                        last = item[-1]
+                        last_delivered = ExtendedSequenceNumber(
+                            last.sequence_number, last.sub_sequence_number
+                        )
+                        self.checkpointer.largest_delivered = last_delivered
+                        self.stats.records += len(item)
+                        self.stats.bytes += sum(len(r.binary_data) for r in item)
+                        delivered += len(item)
+                    # Empty batches are delivered too, so processors can flush on age while idle.
+                    ok = self._deliver(item, lag)
+                if not ok:
+                    self.state = ConsumerState.SHUTTING_DOWN
+                    self.processor.lease_lost(LeaseLostInput())  # drop what it holds; write nothing more
+                    return
             if self._stopping():
-                # Fetched but never delivered: the largest-delivered bound (what checkpoint() with
-                # no argument writes in shutdown_requested) must not move past these records.
                 break
-            if records:
-                last = records[-1]
-                last_delivered = ExtendedSequenceNumber(last.sequence_number, last.sub_sequence_number)
-                self.checkpointer.largest_delivered = last_delivered
-                self.stats.records += len(records)
-                self.stats.bytes += sum(len(r.binary_data) for r in records)
-            self.on_records(self.shard_id, len(records), lag)
-            # Empty batches are delivered too, so processors can flush on age while idle.
-            if not self._deliver(records, lag):
-                self.state = ConsumerState.SHUTTING_DOWN
-                self.processor.lease_lost(LeaseLostInput())  # drop what it holds; write nothing more
-                return
+            self.on_records(self.shard_id, delivered, lag)
             iterator = page.get("NextShardIterator")
             if iterator is None:
                 self._shard_end(page.get("ChildShards", []))
                 return
-            pause = self.config.idle_between_reads_s if not records else self.config.busy_interval_s
+            pause = self.config.idle_between_reads_s if not delivered else self.config.busy_interval_s
             self.shutdown_requested.wait(max(0.0, read_at + pause - time.monotonic()))
         if iterator is None and self.handle.lease.at_shard_end and not self._stopping():
             self._shard_end([])
             return
         self._shutdown()
 
-    def _records(self, raw: list[dict[str, Any]], after: ExtendedSequenceNumber) -> list[Record]:
-        out: list[Record] = []
+    def _page(self, raw: list[dict[str, Any]], after: ExtendedSequenceNumber) -> list[list[Record] | Refusal]:
+        """The page as deliveries of at most ``max_delivery_records`` sub-records, in stream
+        order, with a :class:`Refusal` where an aggregate broke the limits (always at least one
+        delivery, maybe empty)."""
+        items: list[list[Record] | Refusal] = []
+        chunk: list[Record] = []
         for item in raw:
             arrival = item.get("ApproximateArrivalTimestamp")
             arrival_ms = int(arrival.timestamp() * 1000) if arrival is not None else 0
-            for record in deaggregate(item["Data"], item["PartitionKey"], item["SequenceNumber"], arrival_ms):
+            data, key, seq = item["Data"], item["PartitionKey"], item["SequenceNumber"]
+            try:
+                records = deaggregate(data, key, seq, arrival_ms, self.config.aggregate_limits)
+            except AggregateRefused as refused:
+                if ExtendedSequenceNumber(seq, 0) > after:
+                    if chunk:
+                        items.append(chunk)
+                        chunk = []
+                    whole = Record(data, key, seq, 0, arrival_ms)
+                    items.append(Refusal(whole, refused.reason, refused.detail))
+                continue
+            for record in records:
                 if ExtendedSequenceNumber(record.sequence_number, record.sub_sequence_number) <= after:
                     continue  # already delivered or checkpointed (resume mid-aggregate)
-                out.append(record)
-        return out
+                chunk.append(record)
+                if len(chunk) >= self.config.max_delivery_records:
+                    items.append(chunk)
+                    chunk = []
+        if chunk or not any(isinstance(i, list) for i in items):
+            items.append(chunk)
+        return items
+
+    def _refuse(self, refusal: Refusal) -> bool:
+        """Dead-letter a record the runtime will not deliver; False if that failed (the consumer
+        then stops, and the record is read and refused again later)."""
+        try:
+            self.refuse(refusal.record, refusal.reason, refusal.detail)
+        except Exception:
+            log.exception("dead letter of a refused record failed; stopping, no checkpoint",
+                          extra={"shard_id": self.shard_id, "reason": refusal.reason})  # fmt: skip
+            return False
+        log.warning(
+            "record refused and dead-lettered",
+            extra={"shard_id": self.shard_id, "sequence_number": refusal.record.sequence_number,
+                   "reason": refusal.reason, "detail": refusal.detail},
+        )  # fmt: skip
+        return True
 
     def _deliver(self, records: list[Record], lag: int) -> bool:
         """Deliver; False if the processor raised. KCL skips such a batch and moves on; here the

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from pipeline.consumer.handle import LeaseHandle
 from pipeline.consumer.kcl3 import Kcl3Config, Kcl3Participant
 from pipeline.consumer.kcl3_state import Protocol
+from pipeline.consumer.kpl import AggregateLimits
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import ExpiryTracker, Lease, deletable_parent, plan_take
 from pipeline.consumer.processor import Record, RecordProcessor
@@ -49,6 +50,8 @@ class WorkerConfig:
     max_records: int = 10_000
     idle_between_reads_s: float = 1.5
     parent_poll_s: float = 10.0
+    aggregate_limits: AggregateLimits = field(default_factory=AggregateLimits)
+    max_delivery_records: int = 10_000
     # A light scan for released (ownerless) leases between full taker runs: the handoff gap.
     release_scan_s: float = 1.0
     shard_sync_s: float = 60.0
@@ -108,9 +111,9 @@ class WorkerMetrics:
             ["app", "shard_id", "reason"], registry=registry,
         )  # fmt: skip
         self.dead_lettered = Counter(
-            "shardhouse_consumer_processor_errors",
-            "Records dead-lettered with reason processor_error",
-            ["app", "shard_id"], registry=registry,
+            "shardhouse_consumer_dead_letters",
+            "Records the runtime dead-lettered (processor_error, aggregate limits)",
+            ["app", "shard_id", "reason"], registry=registry,
         )  # fmt: skip
 
 
@@ -289,10 +292,10 @@ class Worker:
             if reason is not None:
                 self.metrics.failing.labels(app, shard_id, reason[:120]).set(1)
 
-    def _dead_letter(self, shard_id: str, record: Record, failure: BaseException) -> None:
-        self.dead_letter(shard_id, record, failure)
+    def _dead_letter(self, shard_id: str, record: Record, reason: str, detail: str) -> None:
+        self.dead_letter(shard_id, record, reason, detail)
         if self.metrics is not None:
-            self.metrics.dead_lettered.labels(self.config.application, shard_id).inc()
+            self.metrics.dead_lettered.labels(self.config.application, shard_id, reason).inc()
 
     def _start(self, lease: Lease, taken_at: float) -> None:
         log.info("lease acquired", extra={"shard_id": lease.lease_key, "worker_id": self.config.worker_id})
@@ -317,8 +320,11 @@ class Worker:
                 max_records=self.config.max_records,
                 idle_between_reads_s=self.config.idle_between_reads_s,
                 parent_poll_s=self.config.parent_poll_s,
+                aggregate_limits=self.config.aggregate_limits,
+                max_delivery_records=self.config.max_delivery_records,
             ),
             on_records=self._on_records,
+            refuse=lambda record, reason, detail: processor.refuse(record, reason, detail),
         )
         self.consumers[lease.lease_key] = consumer
         consumer.start()

@@ -86,16 +86,18 @@ def dead_letter_key(stream: str, shard_id: str, day: date, first_sequence: str, 
     )
 
 
-def processor_error_key(
-    stream: str, application: str, shard_id: str, day: date, sequence: str, sub: int
+def runtime_dead_letter_key(
+    stream: str, application: str, reason: str, shard_id: str, day: date, sequence: str, sub: int
 ) -> str:
-    """The dead letter of one record a processor could not process (one object per record and
-    application, so two applications isolating the same record do not overwrite each other)."""
+    """The dead letter of one record the consumer runtime refused (``aggregate_too_large``…) or a
+    processor could not process (``processor_error``): one object per record and application, so
+    two applications refusing the same record do not overwrite each other."""
     _check(shard_id, SHARD_ID, "shard id")
     _check(sequence, SEQUENCE, "sequence number")
     safe_stream = re.sub(r"[^A-Za-z0-9_.-]", "_", stream)[:128]
     safe_app = re.sub(r"[^A-Za-z0-9_.-]", "_", application)[:128]
+    safe_reason = re.sub(r"[^a-z0-9_]", "_", reason)[:64]
     return (
-        f"{DEAD_LETTER_PREFIX}stream={safe_stream}/dt={day.isoformat()}/processor_error/"
+        f"{DEAD_LETTER_PREFIX}stream={safe_stream}/dt={day.isoformat()}/{safe_reason}/"
         f"app={safe_app}/{shard_id}-{sequence}-{sub}.jsonl"
     )

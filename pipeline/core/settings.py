@@ -103,6 +103,11 @@ class WorkerSettings:
     failover_ms: int = 10_000
     max_leases_for_worker: int = 0  # 0 = unlimited
     max_records: int = 10_000
+    #: Bounded input (docs/consumer-runtime.md, "Bounded input"): a KPL aggregate over either
+    #: limit is dead-lettered whole; a page is handed to the processor in pieces of this many.
+    max_aggregate_records: int = 50_000
+    max_aggregate_bytes: int = 1024 * 1024
+    max_delivery_records: int = 10_000
     idle_between_reads_ms: int = 1_500
     initial_position: str = "TRIM_HORIZON"
     parent_poll_ms: int = 10_000
@@ -255,6 +260,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 def validate_settings(settings: Settings) -> None:
     if settings.resources.shard_count < 1:
         raise ConfigError("SHARDHOUSE_SHARD_COUNT must be at least 1")
+    for name in ("max_aggregate_records", "max_aggregate_bytes", "max_delivery_records"):
+        if getattr(settings.worker, name) < 1:
+            raise ConfigError(f"SHARDHOUSE_{name.upper()} must be at least 1")
     if settings.worker.initial_position not in {"TRIM_HORIZON", "LATEST"}:
         raise ConfigError("SHARDHOUSE_INITIAL_POSITION must be TRIM_HORIZON or LATEST")
     api = settings.readapi

@@ -19,6 +19,7 @@ from pipeline.consumer.dead_letters import S3DeadLetters
 from pipeline.consumer.kcl3_assignment import AssignmentConfig, WorkerStats, active_workers
 from pipeline.consumer.kcl3_state import ClientVersion, LockItem, mode_for
 from pipeline.consumer.kcl3_tables import CoordinatorState, WorkerMetricsTable, checkpoint_owner
+from pipeline.consumer.kpl import AggregateLimits
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
 from pipeline.consumer.spot import watch_spot_notice
@@ -62,6 +63,8 @@ def worker(
         max_leases_for_worker=w.max_leases_for_worker,
         initial_position=w.initial_position,
         max_records=w.max_records,
+        aggregate_limits=AggregateLimits(w.max_aggregate_records, w.max_aggregate_bytes),
+        max_delivery_records=w.max_delivery_records,
         idle_between_reads_s=w.idle_between_reads_ms / 1000,
         parent_poll_s=w.parent_poll_ms / 1000,
         status_log_s=status_every,

@@ -1,4 +1,4 @@
-"""Nothing is skipped by the native runtime: valid events and records the processor raises on share
+"""Nothing is skipped or unbounded in the native runtime: valid events and records the processor raises on share
 GetRecords pages; a worker process runs the real batcher behind a processor that raises on the
 poison records, the inserter loads what it wrote. Every valid event is in the warehouse once,
 every poison record is dead-lettered with reason processor_error, and each shard's checkpoint
@@ -7,6 +7,7 @@ test_daemon_batcher.py.)"""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -14,8 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 from consumer_fleet import Fleet
+from support.kpl import forged_aggregate
 from support.poison import MARK
 
 from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues
@@ -72,13 +75,49 @@ def test_poison_records_are_dead_lettered_and_every_valid_event_loads_once(
     assert sorted(loaded) == sorted(str(r.event_id) for r in synthetic)
 
 
-def dead_lettered(clients: ClientFactory, bucket: str) -> set[tuple[str, str]]:
+def test_a_hostile_aggregate_is_dead_lettered_whole_and_its_neighbours_land(
+    fleet: Fleet, settings: Settings, clients: ClientFactory
+) -> None:
+    """Plain boto3, one shard: valid events, a forged aggregate of 100,000 empty sub-records
+    (~600 KB; KCL would hand all of them to the processor at once), more valid events."""
+    name = fleet.stream
+    resources = {"SHARDHOUSE_BUCKET": name, "SHARDHOUSE_QUEUE": name, "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq"}
+    ensure_bucket(clients.s3(), name, settings.aws.region)
+    ensure_queues(clients.sqs(), replace(settings.resources, queue=name, dead_letter_queue=f"{name}-dlq"))
+    synthetic = list(generate(SyntheticConfig(seed=8, customers=2, duplicate_ratio=0.0, invalid_ratio=0.0), 60))
+    payloads = [r.data for r in synthetic[:30]] + [forged_aggregate([b""] * 100_000)] + [r.data for r in synthetic[30:]]
+    kinesis = clients.kinesis()
+    shard = kinesis.list_shards(StreamName=name)["Shards"][0]
+    positions = []
+    for data in payloads:  # one at a time: the aggregate alone is most of a PutRecords call's 5 MB
+        out = kinesis.put_record(
+            StreamName=name, Data=data, PartitionKey="pk", ExplicitHashKey=shard["HashKeyRange"]["StartingHashKey"]
+        )
+        positions.append((out["ShardId"], out["SequenceNumber"]))
+    fleet.start("w1", processor="batcher", SHARDHOUSE_FLUSH_RECORDS="1000", SHARDHOUSE_FLUSH_AGE_SECONDS="1", **resources)
+
+    def done() -> bool:
+        lease = {x.lease_key: x for x in fleet.leases()}[positions[-1][0]]
+        return lease.checkpoint.sequence_number == positions[-1][1]
+
+    fleet.wait_for("the checkpoint past the aggregate, at the shard's last record", done, timeout=60)
+    assert dead_lettered(clients, name, "aggregate_too_many_records", "100000 sub-records") == {positions[30]}
+    written = []
+    for obj in clients.s3().list_objects_v2(Bucket=name, Prefix="events/").get("Contents", []):
+        body = clients.s3().get_object(Bucket=name, Key=obj["Key"])["Body"].read()
+        written += pq.read_table(io.BytesIO(body), columns=["event_id"]).column("event_id").to_pylist()
+    assert sorted(map(str, written)) == sorted(str(r.event_id) for r in synthetic)
+
+
+def dead_lettered(
+    clients: ClientFactory, bucket: str, reason: str = "processor_error", detail: str = "RuntimeError: poisoned"
+) -> set[tuple[str, str]]:
     s3 = clients.s3()
     out = set()
     for obj in s3.list_objects_v2(Bucket=bucket, Prefix="dead-letter/").get("Contents", []):
-        assert "/processor_error/" in obj["Key"], obj["Key"]
+        assert f"/{reason}/" in obj["Key"], obj["Key"]
         for line in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().splitlines():
             doc = json.loads(line)
-            assert doc["reason"] == "processor_error" and doc["detail"].startswith("RuntimeError: poisoned")
+            assert doc["reason"] == reason and doc["detail"].startswith(detail), doc["detail"]
             out.add((doc["shard_id"], doc["sequence_number"]))
     return out

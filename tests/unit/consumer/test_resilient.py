@@ -71,8 +71,9 @@ class Flaky:
 
 
 def wrapped(world: World, **kw: object) -> ResilientProcessor:
-    def sink(shard: str, record: Record, exc: BaseException) -> None:
-        world.dead.append((record.sequence_number, type(exc).__name__))
+    def sink(shard: str, record: Record, reason: str, detail: str) -> None:
+        assert reason == "processor_error"
+        world.dead.append((record.sequence_number, detail.split(":")[0]))
 
     proc = ResilientProcessor(lambda: Flaky(world), sink, policy=FAST, **kw)  # type: ignore[arg-type]
     proc.initialize(InitializeInput("shardId-000000000001", "TRIM_HORIZON", 0))
@@ -119,11 +120,11 @@ def test_a_dead_letter_that_fails_keeps_the_record() -> None:
     world, ckpt = World(), Checkpoints()
     tries = {"n": 0}
 
-    def sink(shard: str, record: Record, exc: BaseException) -> None:
+    def sink(shard: str, record: Record, reason: str, detail: str) -> None:
         tries["n"] += 1
         if tries["n"] < 3:
             raise OSError("s3 unreachable")
-        world.dead.append((record.sequence_number, type(exc).__name__))
+        world.dead.append((record.sequence_number, detail.split(":")[0]))
 
     proc = ResilientProcessor(lambda: Flaky(world), sink, policy=FAST)
     proc.initialize(InitializeInput("shardId-000000000001", "TRIM_HORIZON", 0))
