@@ -105,6 +105,9 @@ class LocalDirStore:
                 return StoredObject(key, path.stat().st_size, dict(metadata), created=False)
         return StoredObject(key, len(body), dict(metadata), created=True)
 
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
 
 @dataclass
 class ListAnnouncer:

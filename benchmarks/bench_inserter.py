@@ -167,7 +167,9 @@ def bench_staging(
                         cur.execute(stmt)
                     t0 = time.perf_counter()
                     if name == "vectorized":
-                        PostgresCopyStager(source, dialect).stage(cur, "_stage_0", table, columns, bucket)
+                        PostgresCopyStager(source, dialect).stage(
+                            cur, "_stage_0", table.event_type, table.objects, columns, bucket
+                        )
                     else:
                         stage_write_row(cur, dialect, source, bucket, table.objects, columns)
                     elapsed = time.perf_counter() - t0

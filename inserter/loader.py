@@ -22,7 +22,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from inserter.destinations.postgres.dialect import PostgresDialect
-from inserter.destinations.sql import WarehouseColumn
+from inserter.destinations.sql import Slice, WarehouseColumn
 from inserter.destinations.staging import Stager
 from inserter.errors import LoadError, classify_pg
 from inserter.naming import ADMIN_ROLE, TableRef, reader_role
@@ -169,16 +169,19 @@ class Loader:
                 self._lock(cur, [t.target for t in plan.tables])
             done = self._loaded_keys(cur, plan.keys)
             todo = plan.without(done)
-            stages: list[tuple[TableLoad, str, list[WarehouseColumn]]] = []
+            # One staging table per event type: a shared object is staged once for all of its
+            # customers, and each customer's table takes its slice of the type's staging.
+            stages: dict[str, tuple[str, list[WarehouseColumn], dict[tuple[int, str], _Stats]]] = {}
             staging_started = time.monotonic()
-            self.stager.begin(plan.bucket, [o for t in todo.tables for o in t.objects])
+            typed = todo.stages()
+            self.stager.begin(plan.bucket, [o for _, objs in typed for o in objs])
             try:
-                for i, table in enumerate(todo.tables):
-                    stage, columns = f"_stage_{i}", d.columns(table.event_type)
+                for i, (event_type, objects) in enumerate(typed):
+                    stage, columns = f"_stage_{i}", d.columns(event_type)
                     for stmt in d.create_staging(stage, columns):
                         cur.execute(stmt)
-                    self.stager.stage(cur, stage, table, columns, plan.bucket)
-                    stages.append((table, stage, columns))
+                    self.stager.stage(cur, stage, event_type, objects, columns, plan.bucket)
+                    stages[event_type] = (stage, columns, {})
             finally:
                 self.stager.end()
             merge_started = time.monotonic()
@@ -191,13 +194,17 @@ class Loader:
             if stages:
                 for stmt in d.merge_setup():
                     cur.execute(stmt)
-            for i, (table, stage, columns) in enumerate(stages):
-                outcomes.extend(self._merge(cur, i, table, stage, columns, late))
+            for event_type, (stage, _, stats) in stages.items():
+                stats.update(self._stats(cur, stage, [o for o in todo.objects if o.event_type == event_type]))
+            fresh_tables: list[str] = []
+            for i, table in enumerate(todo.tables):
+                stage, columns, stats = stages[table.event_type]
+                outcomes.extend(self._merge(cur, i, table, stage, columns, stats, late, fresh_tables))
             duration_ms = _ms_since(started)
             if outcomes:
                 params = self._ledger_params(plan, load_id, outcomes, duration_ms)
                 cur.execute(d.record_ledger(len(outcomes)), params)
-            temp = [name for _, name, _ in stages] + [f"_fresh_{i}" for i in range(len(stages))]
+            temp = [name for name, _, _ in stages.values()] + fresh_tables
             for stmt in d.cleanup(temp):
                 cur.execute(stmt)
         return LoadResult(
@@ -227,71 +234,76 @@ class Loader:
         table: TableLoad,
         stage: str,
         columns: Sequence[WarehouseColumn],
+        stats: dict[tuple[int, str], _Stats],
         late: set[str],
+        fresh_tables: list[str],
     ) -> list[ObjectOutcome]:
+        """The table's slice of its type's staging: this customer's rows of its objects."""
         d = self.dialect
-        gone = [o.ordinal for o in table.objects if o.key in late]
-        if gone:
-            cur.execute(d.discard_objects(stage, gone))
-        objects = [o for o in table.objects if o.key not in late]
+        objects = [o for o in table.objects if o.unit not in late]
         if not objects:
             return []
-        stats = self._stats(cur, stage, objects)
+        mine = {o.ordinal: stats.get((o.ordinal, table.customer_id)) for o in objects}
+        present = [s for s in mine.values() if s is not None]
         loaded: dict[int, int] = {}
-        if stats:
-            lo, hi = merge_window(
-                min(s.lo for s in stats.values()), max(s.hi for s in stats.values()), self.dedupe_window
-            )
+        if present:
+            lo, hi = merge_window(min(s.lo for s in present), max(s.hi for s in present), self.dedupe_window)
+            part = Slice(table.customer_id, tuple(o.ordinal for o in objects))
             if len(objects) == 1:  # the common case: no temp copy, the row count says it all
-                cur.execute(d.insert_deduped(stage, table.target, columns, lo, hi))
+                cur.execute(d.insert_deduped(stage, table.target, columns, lo, hi, part))
                 loaded = {objects[0].ordinal: cur.rowcount}
             else:
                 fresh = f"_fresh_{i}"
-                cur.execute(d.dedupe(stage, fresh, table.target, columns, lo, hi))
+                fresh_tables.append(fresh)
+                cur.execute(d.dedupe(stage, fresh, table.target, columns, lo, hi, part))
                 cur.execute(d.fresh_counts(fresh))
                 loaded = {int(ordinal): int(n) for ordinal, n in cur.fetchall()}
                 cur.execute(d.insert_fresh(table.target, fresh, columns))
         outcomes = []
         for obj in objects:
-            s = stats.get(obj.ordinal)
+            s = mine[obj.ordinal]
             rows = s.rows if s else 0
             if rows != obj.rows:
                 log.warning(
                     "object row count differs from its manifest entry (loading what S3 holds)",
-                    extra={"key": obj.key, "manifest_rows": obj.rows, "object_rows": rows},
+                    extra={"key": obj.unit, "manifest_rows": obj.rows, "object_rows": rows},
                 )
             n = loaded.get(obj.ordinal, 0)
             outcomes.append(
-                ObjectOutcome(obj.key, table.target, n, rows - n, s.lo if s else None, s.hi if s else None)
+                ObjectOutcome(obj.unit, table.target, n, rows - n, s.lo if s else None, s.hi if s else None)
             )
         return outcomes
 
     def _stats(
-        self, cur: psycopg.Cursor[Any], stage: str, objects: Sequence[ObjectLoad]
-    ) -> dict[int, _Stats]:
-        """Rows and occurred_at range per object, refusing rows of another customer, type or
-        version than the object's key names (they would land in the wrong customer's table)."""
-        by_ordinal = {o.ordinal: o for o in objects}
+        self, cur: psycopg.Cursor[Any], stage: str, units: Sequence[ObjectLoad]
+    ) -> dict[tuple[int, str], _Stats]:
+        """Rows and occurred_at range per (object, customer), refusing rows of a customer the
+        object's manifest entry does not list, or of another type or version than its key names
+        (they would land in the wrong customer's table)."""
+        by_unit = {(o.ordinal, o.customer_id): o for o in units}
+        by_ordinal = {o.ordinal: o for o in units}
         cur.execute(self.dialect.stage_stats(stage))
-        out: dict[int, _Stats] = {}
-        for ordinal, rows, lo, hi, c_lo, c_hi, t_lo, t_hi, v_lo, v_hi in cur.fetchall():
+        out: dict[tuple[int, str], _Stats] = {}
+        for ordinal, customer, rows, lo, hi, t_lo, t_hi, v_lo, v_hi in cur.fetchall():
             obj = by_ordinal[int(ordinal)]
-            if not (
-                c_lo == c_hi == obj.customer_id
-                and t_lo == t_hi == obj.event_type
-                and v_lo == v_hi == obj.version
-            ):
+            if (int(ordinal), customer) not in by_unit:
+                listed = sorted(o.customer_id for o in units if o.ordinal == obj.ordinal)
                 raise LoadError(
-                    f"{obj.key}: holds rows of customer {c_lo!r}..{c_hi!r}, type {t_lo!r}..{t_hi!r}, "
-                    f"version {v_lo}..{v_hi}; its key says {obj.customer_id}/{obj.event_type}/v{obj.version}"
+                    f"{obj.key}: holds rows of customer {customer!r}, which its manifest entry does not "
+                    f"list ({', '.join(listed[:5])}{'…' if len(listed) > 5 else ''})"
                 )
-            out[int(ordinal)] = _Stats(int(rows), lo, hi)
+            if not (t_lo == t_hi == obj.event_type and v_lo == v_hi == obj.version):
+                raise LoadError(
+                    f"{obj.key}: holds rows of type {t_lo!r}..{t_hi!r}, version {v_lo}..{v_hi}; "
+                    f"its key says {obj.event_type}/v{obj.version}"
+                )
+            out[(int(ordinal), customer)] = _Stats(int(rows), lo, hi)
         return out
 
     def _ledger_params(
         self, plan: LoadPlan, load_id: str, outcomes: Sequence[ObjectOutcome], duration_ms: int
     ) -> tuple[Any, ...]:
-        by_key = {o.key: o for o in plan.objects}
+        by_key = {o.unit: o for o in plan.objects}
         now = self.clock()
         params: list[Any] = []
         for out in outcomes:

@@ -1,7 +1,8 @@
 """Re-announce batches already in S3 (backfill, recovery, a new warehouse): list event objects
 under a prefix, group them back into their original batches (shard + first-last sequence, which
 every key carries), describe each object from its Parquet footer (rows, occurred_at range) and
-send one manifest per batch through the same queue the batcher uses.
+send one manifest per batch through the same queue the batcher uses. A shared object
+(``events/shared/…``) is read whole: its entry lists its customers, counted from its rows.
 
 Replay is safe to repeat: the ledger skips objects already loaded and the merge drops
 (customer_id, event_id) pairs already present, so replaying everything twice changes no row.
@@ -26,7 +27,14 @@ from inserter.source import ObjectSource, ParquetSummary
 from pipeline.core.aws_errors import classify_aws
 from pipeline.core.errors import ConfigError
 from pipeline.core.layout import EventObjectKey, UnsafeKeyComponent, parse_event_key
-from pipeline.core.manifest import FORMAT, BatchManifest, BatchObject, batch_id, encode_manifest
+from pipeline.core.manifest import (
+    FORMAT,
+    BatchManifest,
+    BatchObject,
+    CustomerRows,
+    batch_id,
+    encode_manifest,
+)
 from pipeline.core.retry import call_with_retry
 
 if TYPE_CHECKING:
@@ -112,13 +120,14 @@ def build_manifests(
     entries = [
         BatchObject(
             key=o.key,
-            customer_id=o.parsed.customer_id,
+            customer_id=o.parsed.customer_id or "",
             type=o.parsed.event_type,
             version=o.parsed.version,
             rows=s.rows,
             bytes=o.size,
             min_occurred_at=_rfc3339(s.min_occurred_at),
             max_occurred_at=_rfc3339(s.max_occurred_at),
+            customers=tuple(CustomerRows(c, n) for c, n in s.customers),
         )
         for o, s in objects
     ]
@@ -182,6 +191,12 @@ class Replayer:
                 return
             token = str(resp["NextContinuationToken"])
 
+    def _describe(self, bucket: str, obj: Listed) -> ParquetSummary:
+        """A customer's object from its footer; a shared one read whole (its customers)."""
+        if obj.parsed.shared:
+            return self.source.shared_summary(bucket, obj.key)
+        return self.source.summary(bucket, obj.key, obj.size)
+
     def run(
         self,
         bucket: str,
@@ -202,7 +217,7 @@ class Replayer:
             summaries = dict(
                 zip(
                     [o.key for o in chosen],
-                    pool.map(lambda o: self.source.summary(bucket, o.key, o.size), chosen),
+                    pool.map(lambda o: self._describe(bucket, o), chosen),
                     strict=True,
                 )
             )

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -31,11 +32,13 @@ FOOTER_GUESS = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ParquetSummary:
-    """What replay needs from a Parquet footer: rows and the occurred_at range."""
+    """What replay needs from a Parquet footer: rows and the occurred_at range (and, for a
+    shared object, its customers with their rows — read from the customer_id column)."""
 
     rows: int
     min_occurred_at: datetime | None
     max_occurred_at: datetime | None
+    customers: tuple[tuple[str, int], ...] = ()
 
 
 class ObjectSource:
@@ -79,6 +82,14 @@ class ObjectSource:
             f"get s3://{bucket}/{key} ({spec})",
         )
 
+    def shared_summary(self, bucket: str, key: str) -> ParquetSummary:
+        """A shared object's summary: its footer and its customers (the whole object is read)."""
+        body = self.read(bucket, key)
+        what = f"s3://{bucket}/{key}"
+        base = summarize_footer(body[-(struct.unpack("<I", body[-8:-4])[0] + 8) :], what=what)
+        customers = customer_rows(body, what=what)
+        return ParquetSummary(base.rows, base.min_occurred_at, base.max_occurred_at, customers)
+
     def summary(self, bucket: str, key: str, size: int) -> ParquetSummary:
         """Rows and occurred_at range from the footer alone (one or two ranged GETs)."""
         if size < 12:
@@ -93,6 +104,18 @@ class ObjectSource:
         if need > len(tail):
             tail = self._range(bucket, key, f"bytes=-{need}")
         return summarize_footer(tail[-need:], what=f"s3://{bucket}/{key}")
+
+
+def customer_rows(body: bytes, *, what: str = "object") -> tuple[tuple[str, int], ...]:
+    """(customer, rows) of a Parquet object, in order of first appearance."""
+    try:
+        column = pq.read_table(pa.BufferReader(body), columns=["customer_id"]).column("customer_id")
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise LoadError(f"{what}: no readable customer_id column: {exc}") from exc
+    counts = pc.value_counts(column.combine_chunks())
+    return tuple(
+        zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
+    )
 
 
 def summarize_footer(footer: bytes, *, what: str = "object") -> ParquetSummary:

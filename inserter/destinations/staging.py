@@ -12,7 +12,7 @@ import psycopg
 
 from inserter.destinations.sql import WarehouseColumn
 from inserter.errors import LoadError
-from inserter.plan import ObjectLoad, TableLoad
+from inserter.plan import ObjectLoad
 from schemas.definition import ENVELOPE_COLUMNS, METADATA_COLUMNS
 
 REQUIRED_COLUMNS = (*ENVELOPE_COLUMNS, *METADATA_COLUMNS)
@@ -31,11 +31,13 @@ class Stager(Protocol):
         self,
         cur: psycopg.Cursor[Any],
         stage: str,
-        table: TableLoad,
+        event_type: str,
+        objects: Sequence[ObjectLoad],
         columns: Sequence[WarehouseColumn],
         bucket: str,
     ) -> None:
-        """Fill ``stage`` with every row of ``table.objects``, each tagged with its ordinal."""
+        """Fill ``stage`` with every row of ``objects`` (distinct S3 objects of ``event_type``,
+        shared ones included), each row tagged with its object's ordinal."""
         ...
 
 

@@ -18,8 +18,13 @@ SEQUENCE = re.compile(r"^[0-9]{1,80}$")
 EVENTS_PREFIX = "events/"
 DEAD_LETTER_PREFIX = "dead-letter/"
 
+#: The path segment of objects many customers share (``customer=`` is never "shared": a
+#: customer id cannot hold the "=" that segment lacks, and the segment is not ``customer=…``).
+SHARED_SEGMENT = "shared"
+
 _EVENT_KEY = re.compile(
-    r"^events/customer=(?P<customer>[a-z0-9][a-z0-9_]{0,47})/type=(?P<type>[a-z0-9][a-z0-9_]{0,47})"
+    r"^events/(?:customer=(?P<customer>[a-z0-9][a-z0-9_]{0,47})|shared)"
+    r"/type=(?P<type>[a-z0-9][a-z0-9_]{0,47})"
     r"/v=(?P<version>[0-9]{1,4})/dt=(?P<dt>[0-9]{4}-[0-9]{2}-[0-9]{2})"
     r"/(?P<shard>shardId-[0-9]{12})-(?P<first>[0-9]{1,80})-(?P<last>[0-9]{1,80})\.parquet$"
 )
@@ -37,7 +42,11 @@ def _check(value: str, pattern: re.Pattern[str], what: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EventObjectKey:
-    customer_id: str
+    """One Parquet object of a flush: one customer's rows of one type+version
+    (``events/customer=<c>/…``), or — ``customer_id`` None — the rows of every customer of the
+    flush below the own-object threshold, sorted by customer (``events/shared/…``)."""
+
+    customer_id: str | None
     event_type: str
     version: int
     day: date
@@ -45,8 +54,15 @@ class EventObjectKey:
     first_sequence: str
     last_sequence: str
 
+    @property
+    def shared(self) -> bool:
+        return self.customer_id is None
+
     def __str__(self) -> str:
-        _check(self.customer_id, SAFE_COMPONENT, "customer_id")
+        if self.customer_id is None:
+            owner = SHARED_SEGMENT
+        else:
+            owner = f"customer={_check(self.customer_id, SAFE_COMPONENT, 'customer_id')}"
         _check(self.event_type, SAFE_COMPONENT, "event type")
         _check(self.shard_id, SHARD_ID, "shard id")
         _check(self.first_sequence, SEQUENCE, "sequence number")
@@ -54,7 +70,7 @@ class EventObjectKey:
         if not 0 < self.version < 10_000:
             raise UnsafeKeyComponent(f"unsafe version for an S3 key: {self.version!r}")
         return (
-            f"{EVENTS_PREFIX}customer={self.customer_id}/type={self.event_type}/v={self.version}"
+            f"{EVENTS_PREFIX}{owner}/type={self.event_type}/v={self.version}"
             f"/dt={self.day.isoformat()}/{self.shard_id}-{self.first_sequence}-{self.last_sequence}.parquet"
         )
 

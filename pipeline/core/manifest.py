@@ -7,10 +7,23 @@ from __future__ import annotations
 
 import msgspec
 
-FORMAT = 1
+FORMAT = 2
+#: Formats this inserter reads: 1 has no shared objects (``customers`` is always empty).
+READABLE_FORMATS = frozenset({1, 2})
+
+
+class CustomerRows(msgspec.Struct, frozen=True, array_like=True):
+    """One customer's rows in a shared object (the object is sorted by customer, in this order)."""
+
+    customer_id: str
+    rows: int
 
 
 class BatchObject(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """One object of a batch. A customer's own object names it in ``customer_id``; a shared
+    object (key ``events/shared/…``) has ``customer_id`` "" and lists its customers with their
+    row counts in ``customers`` — the inserter refuses any row of a customer not listed."""
+
     key: str
     customer_id: str
     type: str
@@ -19,6 +32,7 @@ class BatchObject(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     bytes: int
     min_occurred_at: str  # RFC 3339, UTC
     max_occurred_at: str
+    customers: tuple[CustomerRows, ...] = ()
 
 
 class BatchManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -49,8 +63,9 @@ def decode_manifest(body: str | bytes) -> BatchManifest:
         manifest = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ManifestError(f"malformed batch manifest: {exc}") from exc
-    if manifest.format != FORMAT:
-        raise ManifestError(f"unsupported manifest format {manifest.format} (this inserter reads {FORMAT})")
+    if manifest.format not in READABLE_FORMATS:
+        known = ", ".join(str(f) for f in sorted(READABLE_FORMATS))
+        raise ManifestError(f"unsupported manifest format {manifest.format} (this inserter reads {known})")
     return manifest
 
 

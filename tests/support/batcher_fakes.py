@@ -64,6 +64,10 @@ class MemoryStore:
             self.objects[key] = (body, dict(metadata))
         return StoredObject(key, len(body), dict(metadata), created=True)
 
+    def read(self, key: str) -> bytes:
+        with self._lock:
+            return self.objects[key][0]
+
     def rows(self, prefix: str = "events/") -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for key, (body, _) in sorted(self.objects.items()):

@@ -63,7 +63,7 @@ def test_manifest_round_trip() -> None:
     [
         ("not json", "malformed batch manifest"),
         ('{"format": 1}', "malformed batch manifest"),
-        (encode_manifest(_manifest()).replace('"format":1', '"format":9'), "unsupported manifest format 9"),
+        (encode_manifest(_manifest()).replace('"format":2', '"format":9'), "unsupported manifest format 9"),
     ],
 )
 def test_bad_manifests_are_poison(body: str, message: str) -> None:

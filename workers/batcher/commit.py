@@ -1,7 +1,8 @@
 """The order of a flush, written down once.
 
     1. check    Redis: was this batch committed by an earlier owner? which ids were seen?
-    2. write    S3: one zstd Parquet object per (customer, type, version), plus the dead letters
+    2. write    S3: per (type, version) one shared zstd Parquet object for the batch's small
+                customers and one per large customer (plan.OWN_OBJECT_ROWS), plus the dead letters
     3. announce SQS: the manifest (only when objects were written)
     4. mark     Redis: the batch's ids and the batch marker
     5. checkpoint at the batch's last record (or SHARD_END)
@@ -254,7 +255,7 @@ def encode_group(batch: Batch, group: plan.GroupKey, where: Any, table: Any, see
         if dup.true_count == len(dup):
             return None
         table = table.filter(pc.invert(dup))
-    body, meta = parquet.encode(table)
+    body, meta = parquet.encode(table, shared=group[0] is None)
     return group, plan.object_key(batch, group), body, meta
 
 
@@ -270,8 +271,14 @@ def encode_and_store(
     _, key, body, meta = encoded
     obj = _put(deps, key, body, meta.to_s3(bid), PARQUET)
     try:
-        stored_meta = plan.ObjectMeta.from_s3(dict(obj.metadata))  # an earlier attempt's, if it won
-    except (KeyError, ValueError) as exc:
+        if obj.created:
+            stored_meta = meta
+        elif group[0] is None:  # an earlier attempt's shared object: its customers from its rows
+            body = _retry(deps, lambda: deps.store.read(key), f"get {key}")
+            stored_meta = parquet.describe(body, dict(obj.metadata))
+        else:
+            stored_meta = plan.ObjectMeta.from_s3(dict(obj.metadata))  # an earlier attempt's
+    except (KeyError, ValueError, pa.ArrowInvalid) as exc:
         raise TerminalError(f"s3 object {obj.key} exists but was not written by a batcher") from exc
     return plan.batch_object(obj.key, group, stored_meta, obj.size), obj
 
@@ -318,24 +325,26 @@ def seen_array(seen: Sequence[bool], count: int) -> Any:
     return pa.array(seen, type=pa.bool_())
 
 
-def iter_tables(registry: Registry, batch: Batch) -> Iterator[list[tuple[plan.GroupKey, Any, Any]]]:
-    """Per event type of the batch: one Arrow table per (customer, type, version) over *all* its
-    rows, with the indexes of those rows among the batch's dedupe ids (``Batch.rows()`` order;
-    the dedupe answer filters them afterwards). Customers in order of first appearance."""
+def iter_tables(
+    registry: Registry, batch: Batch, own_rows: int = plan.OWN_OBJECT_ROWS
+) -> Iterator[list[tuple[plan.GroupKey, Any, Any]]]:
+    """Per event type of the batch: one Arrow table per object (parquet.split_objects) over *all*
+    its rows, with the indexes of those rows among the batch's dedupe ids (``Batch.rows()``
+    order; the dedupe answer filters them afterwards)."""
     offset = 0
     for group in batch.types:
         et = registry.get(group.type, group.version)
         whole = parquet.type_table(et, group, batch.shard_id)
         yield [
             ((customer, group.type, group.version), pc.add(where, offset) if offset else where, table)
-            for customer, where, table in parquet.split_by_customer(whole)
+            for customer, where, table in parquet.split_objects(whole, own_rows)
         ]
         offset += len(group.rows)
 
 
-def build_tables(registry: Registry, batch: Batch) -> Tables:
+def build_tables(registry: Registry, batch: Batch, own_rows: int = plan.OWN_OBJECT_ROWS) -> Tables:
     """:func:`iter_tables` as one dict: group → (dedupe id indexes, table)."""
-    return {g: (where, table) for part in iter_tables(registry, batch) for g, where, table in part}
+    return {g: (where, table) for part in iter_tables(registry, batch, own_rows) for g, where, table in part}
 
 
 def encode_objects(batch: Batch, tables: Tables, seen: Sequence[bool]) -> list[Encoded]:

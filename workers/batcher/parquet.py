@@ -1,4 +1,8 @@
-"""Buffered rows of one event type+version → an Arrow table → one table per customer → zstd Parquet.
+"""Buffered rows of one event type+version → an Arrow table → its objects → zstd Parquet.
+
+A type's objects: one per customer with at least ``own_rows`` rows in the batch, and one shared
+object for all the others, sorted by customer (:func:`split_objects`) — so a flush writes at most
+(types x versions) + rows / own_rows objects, however many customers it holds.
 
 The table has the schema's own types (``et.arrow_schema``) and the values
 ``et.to_columns`` + ``pa.table`` would give (tests/unit/batcher/test_batcher_columns.py holds the
@@ -31,7 +35,9 @@ COMPRESSION = "zstd"
 NO_DICTIONARY = frozenset({"event_id", "_sequence_number"})
 # Column statistics (min/max per column chunk) only where readers prune on them: a query over the
 # S3 objects by time. Every other column's statistics cost ~10 % of the encode and ~5 % of the bytes.
-STATISTICS = ["occurred_at"]
+# customer_id too: a shared object is sorted by customer, so its row groups' customer_id ranges
+# let a reader (DuckDB, Athena) skip to one customer's rows.
+STATISTICS = ["occurred_at", "customer_id"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -75,8 +81,36 @@ def split_by_customer(table: Any) -> list[tuple[str, Any, Any]]:
     return out
 
 
-def encode(table: Any) -> tuple[bytes, ObjectMeta]:
-    """zstd Parquet of ``table`` and the metadata its manifest entry needs."""
+def split_objects(table: Any, own_rows: int) -> list[tuple[str | None, Any, Any]]:
+    """(customer_id, row indexes into ``table``, rows) per object: each customer with at least
+    ``own_rows`` rows alone, in order of first appearance; then (customer None) every other
+    customer's rows in one table sorted by customer_id, each customer's rows in arrival order."""
+    per_customer = split_by_customer(table)
+    own = [part for part in per_customer if part[2].num_rows >= own_rows]
+    small = [part for part in per_customer if part[2].num_rows < own_rows]
+    if not small:
+        return list(own)
+    small.sort(key=lambda part: part[0])
+    where = pa.concat_arrays([part[1].cast(pa.int64()) for part in small])
+    shared = pa.concat_tables([part[2] for part in small]).combine_chunks()
+    return [*own, (None, where, shared)]
+
+
+def customer_counts(table: Any) -> tuple[tuple[str, int], ...]:
+    """(customer_id, rows) per customer, in the table's order (a shared object's rows are sorted
+    by customer, so each customer is one run)."""
+    runs = pc.run_end_encode(table.column("customer_id").combine_chunks())
+    ends = runs.run_ends.to_pylist()
+    starts = [0, *ends[:-1]]
+    customers = runs.values.to_pylist()
+    if len(set(customers)) != len(customers):
+        raise ValueError("rows are not sorted by customer")
+    return tuple((c, end - start) for c, start, end in zip(customers, starts, ends, strict=True))
+
+
+def encode(table: Any, *, shared: bool = False) -> tuple[bytes, ObjectMeta]:
+    """zstd Parquet of ``table`` and the metadata its manifest entry needs (a shared object's
+    customers with their row counts too)."""
     sink = pa.BufferOutputStream()
     pq.write_table(
         table,
@@ -91,5 +125,13 @@ def encode(table: Any) -> tuple[bytes, ObjectMeta]:
         rows=table.num_rows,
         min_occurred_at=rfc3339(bounds["min"].as_py()),
         max_occurred_at=rfc3339(bounds["max"].as_py()),
+        customers=customer_counts(table) if shared else (),
     )
     return body, meta
+
+
+def describe(body: bytes, metadata: dict[str, str]) -> ObjectMeta:
+    """A stored shared object's metadata with its customers read from its own rows."""
+    meta = ObjectMeta.from_s3(metadata)
+    table = pq.read_table(pa.BufferReader(body), columns=["customer_id"])
+    return ObjectMeta(meta.rows, meta.min_occurred_at, meta.max_occurred_at, customer_counts(table))

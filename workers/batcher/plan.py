@@ -12,10 +12,22 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from pipeline.core.layout import EventObjectKey, dead_letter_key
-from pipeline.core.manifest import FORMAT, BatchManifest, BatchObject, batch_id, encode_manifest
+from pipeline.core.manifest import (
+    FORMAT,
+    BatchManifest,
+    BatchObject,
+    CustomerRows,
+    batch_id,
+    encode_manifest,
+)
 from workers.batcher.buffer import Batch, Row
 
-GroupKey = tuple[str, str, int]  # (customer_id, type, version)
+GroupKey = tuple[str | None, str, int]  # (customer_id — None: the shared object —, type, version)
+
+#: A customer with at least this many rows of one type+version in a batch gets its own object;
+#: the others share one object per (batch, type, version). Objects per flush are then at most
+#: types x versions + rows / OWN_OBJECT_ROWS, whatever the number of customers.
+OWN_OBJECT_ROWS = 5_000
 
 # SQS refuses bodies over 256 KiB; a manifest bigger than this is split into parts.
 MAX_MANIFEST_BYTES = 240 * 1024
@@ -73,6 +85,9 @@ class ObjectMeta:
     rows: int
     min_occurred_at: str
     max_occurred_at: str
+    #: A shared object's (customer, rows) in file order; () for a customer's own object. Not
+    #: in S3 metadata (2 KiB): a replay or a reused object reads it from the rows themselves.
+    customers: tuple[tuple[str, int], ...] = ()
 
     def to_s3(self, batch_id: str) -> dict[str, str]:
         return {
@@ -96,13 +111,14 @@ def batch_object(key: str, group: GroupKey, meta: ObjectMeta, size: int) -> Batc
     customer_id, event_type, version = group
     return BatchObject(
         key=key,
-        customer_id=customer_id,
+        customer_id=customer_id or "",
         type=event_type,
         version=version,
         rows=meta.rows,
         bytes=size,
         min_occurred_at=meta.min_occurred_at,
         max_occurred_at=meta.max_occurred_at,
+        customers=tuple(CustomerRows(c, n) for c, n in meta.customers),
     )
 
 

@@ -39,6 +39,10 @@ class ObjectStore(Protocol):
         self, key: str, body: bytes, *, metadata: Mapping[str, str], content_type: str
     ) -> StoredObject: ...
 
+    def read(self, key: str) -> bytes:
+        """The stored body (a reused shared object is described from its own rows)."""
+        ...
+
 
 class Announcer(Protocol):
     def announce(self, manifest: BatchManifest) -> None: ...
@@ -133,6 +137,13 @@ class S3ObjectStore:
             with contextlib.suppress(ClientError, BotoCoreError):
                 self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
+
+    def read(self, key: str) -> bytes:
+        try:
+            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise _classify_s3(exc, f"get s3://{self.bucket}/{key}") from exc
+        return body
 
     def _existing(self, key: str) -> StoredObject:
         try:

@@ -32,12 +32,14 @@ from inserter.destinations.sql import (
     OBJ,
     TIE_BREAK,
     Params,
+    Slice,
     Statement,
     WarehouseColumn,
     _id,
     _ids,
     _placeholders,
     _table,
+    slice_filter,
 )
 from inserter.naming import ADMIN_ROLE, TableRef, ledger_table, lock_key
 from schemas import Registry
@@ -213,12 +215,13 @@ class PostgresDialect:
         )
 
     def stage_stats(self, stage: str) -> Statement:
-        """Per object: rows, occurred_at range, and the identity columns' ranges (a row of
-        another customer, type or version in an object is refused, not loaded)."""
+        """Per object and customer: rows, occurred_at range, and the type and version ranges (a
+        row of a customer the object's entry does not list, or of another type or version, is
+        refused, not loaded). One statement per staging table, whatever the customers."""
         return sql.SQL(
-            "SELECT {obj}, count(*), min(occurred_at), max(occurred_at), min(customer_id), "
-            "max(customer_id), min(event_type), max(event_type), min(event_version), max(event_version) "
-            "FROM {stage} GROUP BY {obj}"
+            "SELECT {obj}, customer_id, count(*), min(occurred_at), max(occurred_at), "
+            "min(event_type), max(event_type), min(event_version), max(event_version) "
+            "FROM {stage} GROUP BY {obj}, customer_id"
         ).format(obj=_id(OBJ), stage=_id(stage))
 
     def merge_setup(self) -> list[Statement]:
@@ -227,7 +230,13 @@ class PostgresDialect:
         return [sql.SQL("SET LOCAL work_mem = '256MB'").format()]
 
     def _deduped(
-        self, stage: str, target: TableRef, columns: Sequence[WarehouseColumn], lo: datetime, hi: datetime
+        self,
+        stage: str,
+        target: TableRef,
+        columns: Sequence[WarehouseColumn],
+        lo: datetime,
+        hi: datetime,
+        part: Slice | None = None,
     ) -> sql.Composed:
         """One row per (customer_id, event_id) of ``stage`` (first object, then stream position),
         keeping only pairs the target does not hold with occurred_at in ``[lo, hi]`` — the
@@ -245,12 +254,13 @@ class PostgresDialect:
         names = [OBJ, *(c.name for c in columns)]
         return sql.SQL(
             "SELECT DISTINCT ON (s.customer_id, s.event_id) {cols} FROM {stage} AS s "
-            "WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE t.event_id = s.event_id "
+            "WHERE {part}NOT EXISTS (SELECT 1 FROM {target} AS t WHERE t.event_id = s.event_id "
             "AND t.customer_id = s.customer_id AND t.occurred_at BETWEEN {lo} AND {hi} OFFSET 0) "
             "ORDER BY s.customer_id, s.event_id, {tie}"
         ).format(
             cols=_ids(names, "s"),
             stage=_id(stage),
+            part=slice_filter(part),
             target=_table(target),
             lo=sql.Literal(lo),
             hi=sql.Literal(hi),
@@ -268,10 +278,11 @@ class PostgresDialect:
         columns: Sequence[WarehouseColumn],
         lo: datetime,
         hi: datetime,
+        part: Slice | None = None,
     ) -> Statement:
-        """``fresh`` := the deduplicated new rows, when a table's staging holds several objects
+        """``fresh`` := the deduplicated new rows, when a table's slice holds several objects
         (the ledger needs each object's count of new rows)."""
-        return self._create_temp_as(fresh) + self._deduped(stage, target, columns, lo, hi)
+        return self._create_temp_as(fresh) + self._deduped(stage, target, columns, lo, hi, part)
 
     def insert_deduped(
         self,
@@ -280,13 +291,13 @@ class PostgresDialect:
         columns: Sequence[WarehouseColumn],
         lo: datetime,
         hi: datetime,
+        part: Slice | None = None,
     ) -> Statement:
-        """The deduplicated new rows straight into the target, when staging holds one object
-        (the common case: a batch has one object per customer, type and version); the row count
-        is that object's count of new rows."""
-        return self.insert_fresh(
-            target, sql.SQL("({}) AS f").format(self._deduped(stage, target, columns, lo, hi)), columns
-        )
+        """The deduplicated new rows straight into the target, when its slice holds one object
+        (the common case: one batch per load and table); the row count is that object's count
+        of new rows."""
+        rows = self._deduped(stage, target, columns, lo, hi, part)
+        return self.insert_fresh(target, sql.SQL("({}) AS f").format(rows), columns)
 
     def fresh_counts(self, fresh: str) -> Statement:
         return sql.SQL("SELECT {obj}, count(*) FROM {fresh} GROUP BY {obj}").format(

@@ -23,7 +23,7 @@ from inserter.destinations.postgres.pgbinary import (
 from inserter.destinations.sql import WarehouseColumn
 from inserter.destinations.staging import file_columns
 from inserter.errors import LoadError
-from inserter.plan import ObjectLoad, TableLoad
+from inserter.plan import ObjectLoad
 from inserter.prefetch import Prefetcher
 from inserter.source import ObjectSource
 
@@ -64,15 +64,16 @@ class PostgresCopyStager:
         self,
         cur: psycopg.Cursor[Any],
         stage: str,
-        table: TableLoad,
+        event_type: str,
+        objects: Sequence[ObjectLoad],
         columns: Sequence[WarehouseColumn],
         bucket: str,
     ) -> None:
         types = {c.name: c.staging_type for c in columns}
-        opened = (self._open(obj, columns, bucket) for obj in table.objects)
+        opened = (self._open(obj, columns, bucket) for obj in objects)
         pending = next(opened, None)
-        # One COPY for consecutive objects with the same columns (one version, as a rule): a
-        # busy table gets many small objects, and a COPY round trip each would dominate.
+        # One COPY for consecutive objects with the same columns (one version, as a rule): one
+        # COPY per event type and version per load, however many customers its objects hold.
         while pending is not None:
             names = pending[2]
             wire = [Column(n, types[n]) for n in names]

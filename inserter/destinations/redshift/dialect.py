@@ -10,7 +10,18 @@ from datetime import datetime
 from psycopg import sql
 
 from inserter.destinations.postgres.dialect import PostgresDialect
-from inserter.destinations.sql import OBJ, TIE_BREAK, Params, Statement, WarehouseColumn, _id, _ids, _table
+from inserter.destinations.sql import (
+    OBJ,
+    TIE_BREAK,
+    Params,
+    Slice,
+    Statement,
+    WarehouseColumn,
+    _id,
+    _ids,
+    _table,
+    slice_filter,
+)
 from inserter.naming import ADMIN_ROLE, TableRef, ledger_table
 from schemas import Registry
 from schemas import ddl as schema_ddl
@@ -140,7 +151,13 @@ class RedshiftDialect(PostgresDialect):
         return []  # Redshift sizes its own query memory (WLM)
 
     def _deduped(
-        self, stage: str, target: TableRef, columns: Sequence[WarehouseColumn], lo: datetime, hi: datetime
+        self,
+        stage: str,
+        target: TableRef,
+        columns: Sequence[WarehouseColumn],
+        lo: datetime,
+        hi: datetime,
+        part: Slice | None = None,
     ) -> sql.Composed:
         """As PostgreSQL's (one row per (customer_id, event_id)), with ROW_NUMBER for DISTINCT ON
         (Redshift has no DISTINCT ON), and
@@ -149,7 +166,7 @@ class RedshiftDialect(PostgresDialect):
         names = [OBJ, *(c.name for c in columns)]
         return sql.SQL(
             "SELECT {dcols} FROM (SELECT {scols}, ROW_NUMBER() OVER (PARTITION BY s.customer_id, s.event_id "
-            "ORDER BY {tie}) AS _rn FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {target} AS t "
+            "ORDER BY {tie}) AS _rn FROM {stage} AS s WHERE {part}NOT EXISTS (SELECT 1 FROM {target} AS t "
             "WHERE t.event_id = s.event_id AND t.customer_id = s.customer_id "
             "AND t.occurred_at BETWEEN {lo} AND {hi})) AS d WHERE d._rn = 1"
         ).format(
@@ -157,6 +174,7 @@ class RedshiftDialect(PostgresDialect):
             scols=_ids(names, "s"),
             tie=_ids(TIE_BREAK, "s"),
             stage=_id(stage),
+            part=slice_filter(part),
             target=_table(target),
             lo=sql.Literal(lo),
             hi=sql.Literal(hi),

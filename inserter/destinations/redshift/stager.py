@@ -11,7 +11,7 @@ import psycopg
 
 from inserter.destinations.redshift.dialect import RedshiftDialect
 from inserter.destinations.sql import WarehouseColumn
-from inserter.plan import ObjectLoad, TableLoad
+from inserter.plan import ObjectLoad
 from inserter.source import ObjectSource
 from schemas import Registry
 
@@ -20,7 +20,8 @@ class RedshiftCopyStager:
     """Per object: a one-entry COPY manifest in S3, ``COPY`` into a table shaped like that
     version's files (columnar COPY maps by position), then ``INSERT … SELECT`` by name into
     staging with the object's ordinal. One manifest per object keeps the ordinal exact; a batch
-    holds one object per (customer, type, version), so this is also one COPY per version."""
+    holds one shared object per (type, version) plus one per large customer, so COPYs per load
+    follow batches and types, not customers."""
 
     def __init__(
         self,
@@ -56,13 +57,14 @@ class RedshiftCopyStager:
         self,
         cur: psycopg.Cursor[Any],
         stage: str,
-        table: TableLoad,
+        event_type: str,
+        objects: Sequence[ObjectLoad],
         columns: Sequence[WarehouseColumn],
         bucket: str,
     ) -> None:
-        for obj in table.objects:
+        for obj in objects:
             raw = f"_raw_{obj.ordinal}"
-            version_cols = self.dialect.version_columns(table.event_type, obj.version)
+            version_cols = self.dialect.version_columns(event_type, obj.version)
             for stmt in self.dialect.create_raw(raw, version_cols):
                 cur.execute(stmt)
             size = self.source.size(bucket, obj.key)

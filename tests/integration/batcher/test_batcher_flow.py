@@ -61,16 +61,17 @@ def test_end_to_end_from_kinesis(clients: ClientFactory, settings: Settings, uni
     where = ids_in_objects(by_key)
     assert set(where) == expected
     assert all(len(keys) == 1 for keys in where.values()), "a producer retry became a second row"
-    # Every object: its group's schema, zstd, the deterministic key, rows of one group only.
+    # Every object: its group's schema, zstd, the deterministic key, rows of one type+version
+    # only — of one customer, or (a shared object) of many, sorted by customer.
     for key, rows in by_key.items():
         parsed = parse_event_key(key)
         et = REGISTRY.get(parsed.event_type, parsed.version)
         pf = pq.ParquetFile(io.BytesIO(env.body(key)))
         assert pf.schema_arrow == et.arrow_schema
         assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
-        assert {(r["customer_id"], r["event_type"], r["event_version"]) for r in rows} == {
-            (parsed.customer_id, parsed.event_type, parsed.version)
-        }
+        assert {(r["event_type"], r["event_version"]) for r in rows} == {(parsed.event_type, parsed.version)}
+        owners = [r["customer_id"] for r in rows]
+        assert owners == sorted(owners) if parsed.shared else set(owners) == {parsed.customer_id}
     # Manifests describe exactly what is in S3.
     manifests = env.manifests()
     described = {o.key: o for m in manifests for o in m.objects}
@@ -78,6 +79,10 @@ def test_end_to_end_from_kinesis(clients: ClientFactory, settings: Settings, uni
     for key, obj in described.items():
         assert obj.rows == len(by_key[key])
         assert obj.bytes == len(env.body(key))
+        if obj.customers:  # a shared object's entry lists each customer's rows
+            assert [(c.customer_id, c.rows) for c in obj.customers] == sorted(
+                Counter(r["customer_id"] for r in by_key[key]).items()
+            )
     assert len({m.batch_id for m in manifests}) == len(manifests) == 4
     # Dead letters: every invalid record, with its reason, raw bytes intact.
     dead = env.dead_letters()
@@ -165,7 +170,9 @@ def test_every_invalid_input_is_dead_lettered_and_never_reaches_a_key(
 
     keys = env.keys()
     event_keys = [k for k in keys if k.startswith("events/")]
-    assert [parse_event_key(k).customer_id for k in event_keys] == ["cust_ok"]
+    assert [pq.read_table(io.BytesIO(env.body(k))).column("customer_id").to_pylist() for k in event_keys] == [
+        ["cust_ok"]
+    ]
     assert all(k.startswith("events/") or DEAD_LETTER_KEY.fullmatch(k) for k in keys)
     for bad in ("..", "etc", "drop", "'", " ", "ü", "Cust", "ccccccccccc"):
         assert not any(bad in k for k in keys), bad
@@ -177,8 +184,9 @@ def test_every_invalid_input_is_dead_lettered_and_never_reaches_a_key(
     assert all(d["shard_id"] == "shardId-000000000000" and d["sequence_number"].isdigit() for d in dead)
     assert ckpt.last == (str(1000 + len(datas) - 1), 0)  # bad input never stops the shard
     manifests = env.manifests()
-    assert [o.customer_id for m in manifests for o in m.objects] == ["cust_ok"]
-    assert all(is_safe_customer_id(o.customer_id) for m in manifests for o in m.objects)
+    listed = [c.customer_id for m in manifests for o in m.objects for c in o.customers]
+    assert listed == ["cust_ok"]
+    assert all(is_safe_customer_id(c) for c in listed)
 
 
 def test_redis_forgetting_allows_duplicates_but_loses_nothing(

@@ -33,7 +33,7 @@ from inserter.source import ObjectSource
 from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues
 from pipeline.core.clients import ClientFactory
 from pipeline.core.layout import EventObjectKey
-from pipeline.core.manifest import BatchManifest, BatchObject, batch_id, encode_manifest
+from pipeline.core.manifest import FORMAT, BatchManifest, BatchObject, CustomerRows, batch_id, encode_manifest
 from pipeline.core.retry import Backoff
 from pipeline.core.settings import Settings
 from schemas import Event, Registry, encode_event, load_registry
@@ -168,12 +168,48 @@ class Env:
             max_occurred_at=rfc3339(max(stamps)),
         )
 
+    def put_shared(
+        self,
+        events: Sequence[Event],
+        *,
+        shard: str = SHARD,
+        first: int = 1000,
+        last: int | None = None,
+        day: date = date(2024, 5, 1),
+        listed: Sequence[str] | None = None,
+    ) -> BatchObject:
+        """Write ``events`` (one type/version, many customers) as the shared object a batch
+        writes: sorted by customer, its entry listing each customer's rows (``listed``: claim
+        only these customers instead — a lying manifest)."""
+        ordered = sorted(events, key=lambda e: e.customer_id)
+        ev = ordered[0]
+        last = first + len(events) - 1 if last is None else last
+        key = str(EventObjectKey(None, ev.type, ev.version, day, shard, str(first), str(last)))
+        data = parquet_bytes(ordered, shard=shard, first_seq=first)
+        self.clients.s3().put_object(Bucket=self.bucket, Key=key, Body=data)
+        per = Counter(e.customer_id for e in ordered)
+        if listed is not None:
+            per = Counter({c: per[c] for c in listed})
+            per[listed[0]] += len(events) - sum(per.values())
+        stamps = [e.occurred_at for e in events]
+        return BatchObject(
+            key=key,
+            customer_id="",
+            type=ev.type,
+            version=ev.version,
+            rows=len(events),
+            bytes=len(data),
+            min_occurred_at=rfc3339(min(stamps)),
+            max_occurred_at=rfc3339(max(stamps)),
+            customers=tuple(CustomerRows(c, n) for c, n in sorted(per.items())),
+        )
+
     def manifest(
         self, objects: Iterable[BatchObject], *, shard: str = SHARD, first: int = 1000, last: int = 1999
     ) -> BatchManifest:
         stream = self.settings.resources.stream
         return BatchManifest(
-            format=1,
+            format=FORMAT,
             batch_id=batch_id(stream, shard, str(first), str(last)),
             stream=stream,
             shard_id=shard,

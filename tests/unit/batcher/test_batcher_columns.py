@@ -101,7 +101,7 @@ def _reference(rows: list[tuple[Event, str, int]]) -> dict[tuple[str, str, int],
 def test_tables_equal_the_to_columns_path_down_to_the_parquet_bytes(datas: list[bytes]) -> None:
     batch, rows = _buffered(datas)
     expected = _reference(rows)
-    tables = build_tables(REGISTRY, batch)
+    tables = build_tables(REGISTRY, batch, own_rows=1)
     assert set(tables) == set(expected)
     ids = [row[0] for row in batch.rows()]
     for key, (where, table) in tables.items():
@@ -118,7 +118,7 @@ def test_seen_rows_are_filtered_out_of_their_group(datas: list[bytes], data: st.
     batch, _ = _buffered(datas)
     ids = [(row[1], row[0]) for row in batch.rows()]
     seen = data.draw(st.lists(st.booleans(), min_size=len(ids), max_size=len(ids)))
-    written = encode_objects(batch, build_tables(REGISTRY, batch), seen)
+    written = encode_objects(batch, build_tables(REGISTRY, batch, own_rows=1), seen)
     unseen = {i for i, dup in zip(ids, seen, strict=True) if not dup}
     got: list[tuple[str, str]] = []
     for _group, _key, body, meta in written:
@@ -164,5 +164,5 @@ def test_json_values_are_the_producers_text() -> None:
         }
     )
     batch, _ = _buffered([data])
-    ((_, table),) = build_tables(REGISTRY, batch).values()
+    ((_, table),) = build_tables(REGISTRY, batch, own_rows=1).values()
     assert table.column("items").to_pylist() == ['[{"sku":"é"}]']

@@ -22,6 +22,7 @@ from workers.batcher import plan
 from workers.batcher.buffer import Batch, Position, ShardBuffer
 from workers.batcher.commit import build_tables
 from workers.batcher.dedupe import pack_rows, parse_check_reply
+from workers.batcher.plan import object_key
 from workers.batcher.policy import FlushReason
 from workers.idset.identity import identity
 from workers.idset.layout import DedupeLayout, uuid_bytes
@@ -57,7 +58,7 @@ def _batch(datas: list[bytes], arrival_ms: int = 1714607999000) -> Batch:
 
 def test_groups_type_by_type_customers_in_first_seen_order() -> None:
     batch = _batch([_event(1, "b", 2), _event(2, "b"), _event(3, "a"), _event(4, "b"), _event(5, "a", 2)])
-    groups = build_tables(REGISTRY, batch)
+    groups = build_tables(REGISTRY, batch, own_rows=1)
     assert list(groups) == [
         ("b", "page_view", 2),
         ("a", "page_view", 2),
@@ -67,6 +68,22 @@ def test_groups_type_by_type_customers_in_first_seen_order() -> None:
     # rows keep their arrival order inside a group; positions index the batch's dedupe ids
     assert groups[("b", "page_view", 1)][1].column("_sequence_number").to_pylist() == ["1001", "1003"]
     assert [groups[g][0].to_pylist() for g in groups] == [[0], [1], [2, 4], [3]]
+
+
+def test_small_customers_share_one_object_per_type_sorted_by_customer() -> None:
+    """Below the threshold every customer's rows go into one object per (type, version), sorted
+    by customer (each in arrival order); a customer at the threshold gets its own."""
+    batch = _batch([_event(1, "b"), _event(2, "c"), _event(3, "a"), _event(4, "b"), _event(5, "c")])
+    groups = build_tables(REGISTRY, batch, own_rows=2)
+    assert set(groups) == {("b", "page_view", 1), ("c", "page_view", 1), (None, "page_view", 1)}
+    where, shared = groups[(None, "page_view", 1)]
+    assert shared.column("customer_id").to_pylist() == ["a"] and where.to_pylist() == [2]
+    everyone = build_tables(REGISTRY, batch)  # the default threshold: one object
+    ((group, (where, table)),) = everyone.items()
+    assert group == (None, "page_view", 1)
+    assert table.column("customer_id").to_pylist() == ["a", "b", "b", "c", "c"]
+    assert where.to_pylist() == [2, 0, 3, 1, 4]
+    assert object_key(batch, group).startswith("events/shared/type=page_view/v=1/")
 
 
 def test_keys_come_from_stream_position_and_arrival_day() -> None:

@@ -219,7 +219,7 @@ def test_a_redshift_load_runs_the_shared_path_with_redshift_statements() -> None
     plan = plan_load(manifest, REGISTRY, bucket="bkt")
     s3 = FakeS3()
     at = datetime(2024, 5, 1, 12, tzinfo=UTC)
-    conn = Recorder(stats=[(1, 5, at, at, "acme", "acme", "order_placed", "order_placed", 2, 2)], inserted=4)
+    conn = Recorder(stats=[(1, "acme", 5, at, at, "order_placed", "order_placed", 2, 2)], inserted=4)
     loader = Loader(RS, RedshiftCopyStager(s3, RS, REGISTRY))  # type: ignore[arg-type]
 
     result = loader.load(conn, plan)  # type: ignore[arg-type]
@@ -264,7 +264,7 @@ def test_a_redshift_load_of_several_objects_per_table_counts_each_through_a_temp
         tuple(BatchObject(k, "acme", "page_view", v, 3, 100, "", "") for k, v in zip(keys, (1, 2), strict=True)),
     )  # fmt: skip
     at = datetime(2024, 5, 1, 12, tzinfo=UTC)
-    stats = [(o, 3, at, at, "acme", "acme", "page_view", "page_view", o, o) for o in (1, 2)]
+    stats = [(o, "acme", 3, at, at, "page_view", "page_view", o, o) for o in (1, 2)]
     conn = Recorder(stats=stats, inserted=5, fresh=[(1, 3), (2, 2)])
     loader = Loader(RS, RedshiftCopyStager(FakeS3(), RS, REGISTRY))  # type: ignore[arg-type]
 
@@ -283,3 +283,20 @@ def test_a_redshift_load_of_several_objects_per_table_counts_each_through_a_temp
     for text in texts:
         if text not in ("BEGIN", "COMMIT"):
             parse(text, "redshift")
+
+
+def test_a_slice_confines_the_merge_to_one_customer_and_its_objects() -> None:
+    """A shared staging table feeds many customers' tables: each merge reads one customer's rows
+    of its own objects, in both dialects (a slice silently dropped would copy every customer's
+    rows into each table)."""
+    from inserter.destinations.sql import Slice
+
+    ref = target_table("acme", "page_view")
+    cols = PG.columns("page_view")
+    part = Slice("acme", (1, 3))
+    for d in (PG, RS):
+        for stmt in (
+            d.insert_deduped("_stage_0", ref, cols, LO, HI, part),
+            d.dedupe("_stage_0", "_fresh_0", ref, d.columns("page_view"), LO, HI, part),
+        ):
+            assert """"s".customer_id = 'acme' AND "s"."_obj" IN (1, 3) AND NOT EXISTS""" in render(stmt)
