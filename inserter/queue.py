@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -188,30 +189,58 @@ class Heartbeat:
     ``every`` seconds, to ``extend_to`` seconds — so a long load keeps its message and a crash
     gives it back within ``extend_to`` seconds."""
 
-    def __init__(self, queue: BatchQueue, *, every: float, extend_to: int) -> None:
+    def __init__(
+        self,
+        queue: BatchQueue,
+        *,
+        every: float,
+        extend_to: int,
+        max_hold: float = 1800.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if every >= extend_to:
             raise ValueError(f"heartbeat every {every}s cannot keep a {extend_to}s visibility timeout")
         self.queue = queue
         self.every = every
         self.extend_to = extend_to
+        #: A message is extended for at most this long after it was first held: a load hung past
+        #: every timeout cannot keep it from the redrive policy (the ledger makes a late commit
+        #: and the message's next delivery safe together).
+        self.max_hold = max_hold
+        self.clock = clock
+        self._since: dict[str, float] = {}
         self._held: dict[str, Message] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqs-heartbeat", daemon=True)
 
     def hold(self, messages: Sequence[Message]) -> None:
+        now = self.clock()
         with self._lock:
             self._held.update((m.message_id, m) for m in messages)
+            for m in messages:
+                self._since.setdefault(m.message_id, now)
 
     def drop(self, message: Message) -> None:
         with self._lock:
             self._held.pop(message.message_id, None)
+            self._since.pop(message.message_id, None)
 
     def held(self) -> list[Message]:
         with self._lock:
             return list(self._held.values())
 
     def beat(self) -> None:
+        now = self.clock()
+        with self._lock:
+            expired = [m for m in self._held.values() if now - self._since[m.message_id] >= self.max_hold]
+            for m in expired:
+                self._held.pop(m.message_id, None)
+        if expired:
+            log.error(
+                "messages held past the bound; no longer extended, they return to the queue",
+                extra={"message_ids": [m.message_id for m in expired], "max_hold_seconds": self.max_hold},
+            )
         held = self.held()
         if not held:
             return

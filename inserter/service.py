@@ -51,6 +51,9 @@ class InserterConfig:
     #: is back on the queue within this many seconds.
     visibility_timeout: int = 60
     heartbeat_seconds: float = 20.0
+    #: A held message is extended for at most this long, whatever its load does (then it
+    #: returns to the queue and, after maxReceiveCount such returns, to the dead-letter queue).
+    max_hold_seconds: float = 1800.0
     #: In-process attempts of a load that fails with a transient error (connection lost,
     #: serialization failure…) before the message is given back.
     attempts: int = 3
@@ -122,7 +125,10 @@ class Inserter:
         self.clock = clock
         self.stop = threading.Event()
         self._conn: Conn | None = None
-        self.heartbeat = Heartbeat(queue, every=config.heartbeat_seconds, extend_to=config.visibility_timeout)
+        self.heartbeat = Heartbeat(
+            queue, every=config.heartbeat_seconds, extend_to=config.visibility_timeout,
+            max_hold=config.max_hold_seconds,
+        )  # fmt: skip
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -49,12 +49,16 @@ def open_destination(
                 raise ConfigError(
                     "SHARDHOUSE_WAREHOUSE_REDSHIFT_IAM_ROLE is required when the dialect is redshift"
                 )
-            rs = RedshiftDialect(registry, iam_role=wh.redshift_iam_role)
+            rs = RedshiftDialect(registry, iam_role=wh.redshift_iam_role, **_timeouts(wh))
             return Destination(rs, RedshiftCopyStager(source, rs, registry))
         case WarehouseDialect.POSTGRES:
-            pg = PostgresDialect(registry)
+            pg = PostgresDialect(registry, **_timeouts(wh))
             stager = PostgresCopyStager(source, pg, batch_rows=tuning.batch_rows, pause=tuning.pause)
             return Destination(pg, stager)
+
+
+def _timeouts(wh: WarehouseSettings) -> dict[str, int]:
+    return {"statement_timeout_s": wh.statement_timeout_seconds, "lock_timeout_s": wh.lock_timeout_seconds}
 
 
 def reporting_dialect(wh: WarehouseSettings, registry: Registry) -> PostgresDialect:

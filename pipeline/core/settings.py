@@ -87,6 +87,9 @@ class WarehouseSettings:
     redshift_iam_role: str | None = None
     connect_timeout: float = 10.0
     dedupe_window_days: int = 7
+    #: Every warehouse statement and lock wait is bounded (docs/inserter.md, "Timeouts").
+    statement_timeout_seconds: int = 600
+    lock_timeout_seconds: int = 60
 
     def __repr__(self) -> str:
         return (
@@ -260,6 +263,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 def validate_settings(settings: Settings) -> None:
     if settings.resources.shard_count < 1:
         raise ConfigError("SHARDHOUSE_SHARD_COUNT must be at least 1")
+    for name in ("statement_timeout_seconds", "lock_timeout_seconds"):
+        if getattr(settings.warehouse, name) < 1:
+            raise ConfigError(f"SHARDHOUSE_WAREHOUSE_{name.upper()} must be at least 1")
     for name in ("max_aggregate_records", "max_aggregate_bytes", "max_delivery_records"):
         if getattr(settings.worker, name) < 1:
             raise ConfigError(f"SHARDHOUSE_{name.upper()} must be at least 1")

@@ -56,8 +56,14 @@ class PostgresDialect:
     #: COMMITTED) takes one per statement, so it may lock late and still see every commit.
     lock_before_staging = False
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self, registry: Registry, *, statement_timeout_s: int = 600, lock_timeout_s: int = 60
+    ) -> None:
         self.registry = registry
+        #: No statement runs longer, and no lock is waited for longer: a hung load fails (and
+        #: its message comes back) instead of holding the message and the table forever.
+        self.statement_timeout_s = statement_timeout_s
+        self.lock_timeout_s = lock_timeout_s
 
     # -- columns ----------------------------------------------------------------------------------
 
@@ -177,6 +183,8 @@ class PostgresDialect:
         return [
             sql.SQL("SET application_name = 'shardhouse-inserter'").format(),
             sql.SQL("SET idle_in_transaction_session_timeout = '10min'").format(),
+            sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{self.statement_timeout_s}s")),
+            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{self.lock_timeout_s}s")),
             # Staging tables are temp tables: they live in session-local buffers (8 MB by
             # default); a batch's worth keeps them out of the OS. Only settable before the
             # session's first temp table, hence here.

@@ -38,8 +38,10 @@ class RedshiftDialect(PostgresDialect):
     name = "redshift"
     lock_before_staging = True
 
-    def __init__(self, registry: Registry, *, iam_role: str) -> None:
-        super().__init__(registry)
+    def __init__(
+        self, registry: Registry, *, iam_role: str, statement_timeout_s: int = 600, lock_timeout_s: int = 60
+    ) -> None:
+        super().__init__(registry, statement_timeout_s=statement_timeout_s, lock_timeout_s=lock_timeout_s)
         self.iam_role = iam_role
 
     def _target_types(self, event_type: str) -> list[tuple[str, str]]:
@@ -103,7 +105,12 @@ class RedshiftDialect(PostgresDialect):
         ]
 
     def session_setup(self) -> list[Statement]:
-        return [sql.SQL("SET application_name TO 'shardhouse-inserter'").format()]
+        """Redshift has ``statement_timeout`` (milliseconds) but no ``lock_timeout``: a ``LOCK``
+        waits inside the statement, so the statement timeout bounds the lock wait too."""
+        return [
+            sql.SQL("SET application_name TO 'shardhouse-inserter'").format(),
+            sql.SQL("SET statement_timeout TO {}").format(sql.Literal(self.statement_timeout_s * 1000)),
+        ]
 
     def lock_tables(self, refs: Sequence[TableRef]) -> list[tuple[Statement, Params]]:
         tables = [ledger_table(), *sorted(set(refs))]

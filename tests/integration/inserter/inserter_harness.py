@@ -271,6 +271,7 @@ class Env:
         window_days: int = 7,
         pause: float = 0.0,
         batch_rows: int = 65_536,
+        lock_timeout_s: int = 60,
         **config: Any,
     ) -> Inserter:
         defaults: dict[str, Any] = {
@@ -282,7 +283,7 @@ class Env:
             "retry_base_seconds": 1,
             "max_receive_count": self.settings.resources.max_receive_count,
         }
-        dialect = PostgresDialect(registry)
+        dialect = PostgresDialect(registry, lock_timeout_s=lock_timeout_s)
         source = ObjectSource(self.clients.s3(), backoff=Backoff(base=0.05, cap=0.5, max_attempts=3))
         loader = Loader(
             dialect,

@@ -90,3 +90,30 @@ def test_an_unknown_version_waits_for_newer_definitions(env: Env, unique_name: s
     assert ins.poll_once() == 1
     assert env.queue_depth(env.settings.resources.dead_letter_queue) == 0
     assert env.queue_depth() == 1
+
+
+def test_a_lock_held_by_another_session_gives_the_message_back_within_the_bound(
+    env: Env, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = make_events(unique_name, n=3)
+    env.send(encode_manifest(env.manifest([env.put_object(first)])))
+    env.drain()
+    second = make_events(unique_name, n=4, start=3)
+    env.send(encode_manifest(env.manifest([env.put_object(second, first=2000)])))
+    ins = env.inserter(wait_seconds=1, retry_base_seconds=1, lock_timeout_s=1)
+    caplog.set_level(logging.INFO, logger="inserter")
+    with env.connect() as blocker:
+        blocker.autocommit = False
+        blocker.execute(f'LOCK TABLE "c_{unique_name}".page_view IN ACCESS EXCLUSIVE MODE')
+        started = time.monotonic()
+        ins.poll_once()  # the load waits 1 s per attempt for the lock, then gives the message back
+        held = time.monotonic() - started
+        blocker.rollback()
+    assert held < 15, f"the message was held {held:.1f}s behind a lock"
+    failures = [r for r in caplog.records if r.getMessage().startswith("load failed")]
+    assert failures and "lock" in getattr(failures[0], "reason", "").lower()
+    assert sorted(env.event_ids(unique_name)) == sorted(str(e.event_id) for e in first)
+    deadline = time.monotonic() + 30
+    while len(env.event_ids(unique_name)) < 7:  # the message came back; the lock is gone
+        assert time.monotonic() < deadline, "the message never came back"
+        ins.poll_once()

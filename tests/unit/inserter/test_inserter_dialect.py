@@ -300,3 +300,10 @@ def test_a_slice_confines_the_merge_to_one_customer_and_its_objects() -> None:
             d.dedupe("_stage_0", "_fresh_0", ref, d.columns("page_view"), LO, HI, part),
         ):
             assert """"s".customer_id = 'acme' AND "s"."_obj" IN (1, 3) AND NOT EXISTS""" in render(stmt)
+
+
+def test_every_statement_and_lock_wait_is_bounded() -> None:
+    pg = [render(s) for s in PostgresDialect(REGISTRY, statement_timeout_s=30, lock_timeout_s=5).session_setup()]
+    assert "SET statement_timeout = '30s'" in pg and "SET lock_timeout = '5s'" in pg
+    rs = [render(s) for s in RedshiftDialect(REGISTRY, iam_role="arn:r", statement_timeout_s=30).session_setup()]
+    assert "SET statement_timeout TO 30000" in rs

@@ -230,3 +230,16 @@ def test_the_heartbeat_extends_every_held_message() -> None:
     assert q.extended == [["b"]]
     with pytest.raises(ValueError, match="cannot keep"):
         Heartbeat(q, every=30, extend_to=30)  # type: ignore[arg-type]
+
+
+def test_a_message_held_past_the_bound_is_no_longer_extended() -> None:
+    q, now = FakeQueue([]), {"t": 0.0}
+    hb = Heartbeat(q, every=1, extend_to=30, max_hold=100, clock=lambda: now["t"])  # type: ignore[arg-type]
+    hb.hold([message(mid="stuck")])
+    now["t"] = 50.0
+    hb.hold([message(mid="fresh")])
+    hb.beat()
+    now["t"] = 120.0  # "stuck" held 120 s, "fresh" 70 s
+    hb.beat()
+    assert q.extended == [["stuck", "fresh"], ["fresh"]]
+    assert [m.message_id for m in hb.held()] == ["fresh"]
