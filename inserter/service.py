@@ -142,8 +142,26 @@ class Inserter:
         call_with_retry(self._connection, what="connect to warehouse", backoff=self.backoff)
         with self.heartbeat:
             try:
+                failures = 0
                 while not self.stop.is_set():
-                    if self.poll_once() == 0 and self.config.exit_when_idle:
+                    try:
+                        received = self.poll_once()
+                    except Exception as exc:
+                        # A receive that exhausted its retries, or anything unforeseen: the
+                        # process keeps serving (its messages come back on their own).
+                        failures += 1
+                        delay = min(60.0, self.backoff.base * 2 ** min(failures, 10))
+                        log.error(
+                            "inserter loop failed; waiting, then going on",
+                            extra={"reason": f"{type(exc).__name__}: {exc}", "failures": failures,
+                                   "retry_in_s": round(delay, 2)},
+                            exc_info=not isinstance(exc, ShardhouseError),
+                        )  # fmt: skip
+                        self.metrics.messages.labels("loop_error").inc()
+                        self.stop.wait(delay)
+                        continue
+                    failures = 0
+                    if received == 0 and self.config.exit_when_idle:
                         break
             finally:
                 self._close()
@@ -181,13 +199,7 @@ class Inserter:
     def _give_back(self, messages: list[Message]) -> None:
         for message in messages:
             self.heartbeat.drop(message)
-            try:
-                self.queue.release(message, 0)
-            except Exception as exc:  # it comes back when its visibility runs out anyway
-                log.warning(
-                    "could not give a message back",
-                    extra={"message_id": message.message_id, "reason": str(exc)},
-                )
+            self._release(message, 0)
 
     # -- one message ----------------------------------------------------------------------------
 
@@ -235,7 +247,13 @@ class Inserter:
         """Committed: the messages can go, and the load is counted and logged."""
         for message in messages:
             self.heartbeat.drop(message)
-            self.queue.delete(message)
+            try:
+                self.queue.delete(message)
+            except Exception as exc:  # it comes back; the ledger makes that delivery a no-op
+                log.warning(
+                    "delete after commit failed; the message will come back as already loaded",
+                    extra={"message_id": message.message_id, "reason": f"{type(exc).__name__}: {exc}"},
+                )
         self._record(messages, result, "loaded" if result.loaded else "duplicate")
 
     def _load(self, plan: LoadPlan) -> LoadResult:
@@ -267,7 +285,18 @@ class Inserter:
             extra={"message_id": message.message_id, "reason": reason, "receives": message.receive_count},
         )
         self.heartbeat.drop(message)
-        self.queue.dead_letter(message, reason)
+        try:
+            self.queue.dead_letter(message, reason)
+        except Exception as exc:
+            # e.g. a forged body near SQS's size limit plus the reason attributes: give it back
+            # instead, and the queue's redrive policy moves it, untouched, after maxReceiveCount.
+            log.error(
+                "dead-letter send failed; message given back for the redrive policy",
+                extra={"message_id": message.message_id, "reason": f"{type(exc).__name__}: {exc}"},
+            )
+            self._release(message, 0)
+            self.metrics.messages.labels("failed").inc()
+            return "failed"
         self.metrics.messages.labels("dead_lettered").inc()
         return "dead_lettered"
 
@@ -292,15 +321,17 @@ class Inserter:
             exc_info=not isinstance(exc, ShardhouseError),  # a traceback only for the unexpected
         )
         self.heartbeat.drop(message)
-        try:
-            self.queue.release(message, delay)
-        except Exception as release_exc:
-            log.warning(
-                "could not give a message back",
-                extra={"message_id": message.message_id, "reason": str(release_exc)},
-            )
+        self._release(message, delay)
         self.metrics.messages.labels("failed").inc()
         return "failed"
+
+    def _release(self, message: Message, delay: int) -> None:
+        try:
+            self.queue.release(message, delay)
+        except Exception as exc:  # it comes back when its visibility runs out anyway
+            log.warning(
+                "could not give a message back", extra={"message_id": message.message_id, "reason": str(exc)}
+            )
 
     def _record(self, messages: list[Message], result: LoadResult, outcome: str) -> None:
         m = self.metrics

@@ -243,3 +243,39 @@ def test_a_message_held_past_the_bound_is_no_longer_extended() -> None:
     hb.beat()
     assert q.extended == [["stuck", "fresh"], ["fresh"]]
     assert [m.message_id for m in hb.held()] == ["fresh"]
+
+
+@dataclass
+class RefusingQueue(FakeQueue):
+    """SQS failing in the ways that used to end the process."""
+
+    refuse: set[str] = field(default_factory=set)  # "receive", "dead_letter", "delete"
+    receive_failures: int = 0
+
+    def receive(self, **kw: Any) -> list[Message]:
+        if "receive" in self.refuse and self.receive_failures < 2:
+            self.receive_failures += 1
+            raise TransientError("receive: gave up after 4 attempts")
+        return super().receive(**kw)
+
+    def dead_letter(self, m: Message, reason: str) -> None:
+        if "dead_letter" in self.refuse:
+            raise TransientError("SendMessage: message must be shorter than 262144 bytes")
+        super().dead_letter(m, reason)
+
+    def delete(self, m: Message) -> bool:
+        if "delete" in self.refuse:
+            raise TransientError("DeleteMessage: endpoint unreachable")
+        return super().delete(m)
+
+
+def test_no_sqs_failure_ends_the_inserter_and_the_other_messages_load() -> None:
+    q = RefusingQueue(
+        [[message("{}", mid="forged")], [message(mid="good")]], refuse={"receive", "dead_letter", "delete"}
+    )
+    loader = FakeLoader([loaded()])
+    ins, _ = inserter(q, loader)
+    ins.run()  # two failed receives, a refused dead letter, a failed delete: it went on
+    assert q.receive_failures == 2
+    assert q.released == [("forged", 0)]  # back to the queue: the redrive policy moves it
+    assert len(loader.calls) == 1 and q.deleted == []  # loaded; its redelivery is a ledger no-op
