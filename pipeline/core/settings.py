@@ -106,6 +106,10 @@ class WorkerSettings:
     failover_ms: int = 10_000
     max_leases_for_worker: int = 0  # 0 = unlimited
     max_records: int = 10_000
+    # New customers (workers.tenancy, docs/batcher.md "New customers"): "" = all; "a,b" or "@file"
+    allowed_customers: str = ""
+    new_customers_per_hour: int = 0  # 0 = no limit
+    tenant_decision_ttl_seconds: int = 8 * 24 * 3600
     #: Bounded input (docs/consumer-runtime.md, "Bounded input"): a KPL aggregate over either
     #: limit is dead-lettered whole; a page is handed to the processor in pieces of this many.
     max_aggregate_records: int = 50_000

@@ -27,6 +27,7 @@ from workers.batcher.metrics import PromMetrics, ShardMetrics, prom_metrics
 from workers.batcher.policy import FlushPolicy
 from workers.batcher.sinks import S3ObjectStore, SqsAnnouncer
 from workers.idset.layout import DedupeLayout
+from workers.tenancy.admission import Admission
 
 log = logging.getLogger("shardhouse.batcher")
 
@@ -43,6 +44,7 @@ class BatcherContext:
     budget: MemoryBudget
     deps: FlushDeps
     prom: PromMetrics | None
+    admission: Admission = field(default_factory=Admission.everyone)
     _metrics: dict[str, ShardMetrics] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -88,6 +90,7 @@ def build_context(
         budget=budget,
         deps=deps,
         prom=prom,
+        admission=Admission.from_settings(settings.worker, redis_client, settings.resources.stream),
     )
 
 

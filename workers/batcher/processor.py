@@ -102,6 +102,7 @@ class BatcherProcessor:
         if self.ctx.prom is not None and records:
             self.ctx.prom.records.labels(self.shard_id).inc(len(records))
         decode = self.ctx.registry.decode
+        admit = self.ctx.admission.check
         policy = self.policy
         max_records, max_bytes = policy.max_records, policy.max_bytes
         buf = self.buffer
@@ -118,7 +119,8 @@ class BatcherProcessor:
             except InvalidEvent as exc:
                 added = buf.add_invalid(record, exc.reason, exc.detail)
             else:
-                added = buf.add_valid(record, event)
+                refused = admit(event.customer_id, record.approximate_arrival_timestamp)
+                added = buf.add_valid(record, event) if refused is None else buf.add_invalid(record, *refused)
             if buf.records == 1:
                 self._age_deadline = buf.first_arrival_ms + policy.max_age_ms
             if self._cut_due is None and (buf.records >= max_records or buf.raw_bytes >= max_bytes):

@@ -25,6 +25,7 @@ from schemas.read_models import ENTITY_RETENTION
 from workers.projector import keys
 from workers.projector.plan import DEFAULT_CHUNK_EVENTS, GateConfig, Planner
 from workers.projector.store import ProjectionStore, listpack_cap
+from workers.tenancy.admission import Admission
 
 log = logging.getLogger("shardhouse.projector")
 
@@ -113,6 +114,7 @@ class ProjectorContext:
     entity_ttl: int
     chunk_events: int
     prom: PromMetrics | None
+    admission: Admission = field(default_factory=Admission.everyone)
     #: Batches kept for retry while Redis is unreachable, per shard, before the shard gives up.
     max_pending_batches: int = 64
     _stats: dict[str, ShardStats] = field(default_factory=dict)
@@ -127,6 +129,7 @@ class ProjectorContext:
             entity_ttl=self.entity_ttl,
             chunk_events=self.chunk_events,
             legacy_until=self.legacy_until(),
+            admission=self.admission,
         )
 
     def legacy_until(self) -> int:
@@ -180,6 +183,7 @@ def build_context(
         entity_ttl=int(ENTITY_RETENTION.total_seconds()),
         chunk_events=chunk_events,
         prom=prom_metrics(prom_registry) if prom_registry is not None else None,
+        admission=Admission.from_settings(settings.worker, client, settings.resources.stream),
     )
 
 

@@ -45,6 +45,7 @@ from schemas.read_models import HourBucket, Projection, hour_bucket, project
 from workers.idset.identity import IDENTITIES
 from workers.idset.layout import BUCKET, HEADER, DedupeLayout
 from workers.projector import keys
+from workers.tenancy.admission import Admission
 
 #: Events per script call: a whole GetRecords batch (at most 10,000 records), so one batch is one
 #: round trip. Bigger calls coalesce more: an entity touched twice in a call is read and written
@@ -223,8 +224,10 @@ class Planner:
         entity_ttl: int,
         chunk_events: int = DEFAULT_CHUNK_EVENTS,
         legacy_until: int = 0,
+        admission: Admission | None = None,
     ) -> None:
         self.registry = registry
+        self.admission = admission or Admission.everyone()
         self.namespace = namespace
         self.gate = gate
         self.layout = gate.layout()  # checks the parameters; plan_events inlines its pack()
@@ -254,13 +257,20 @@ class Planner:
     ) -> BatchPlan:
         """Decode ``records`` (invalid ones are counted and skipped) and plan the valid ones."""
         decode = self.registry.decode
+        admit = self.admission.check  # the batcher's decision: it dead-letters what is refused here
         invalid: Counter[str] = Counter()
         events: list[Event] = []
         for record in records:
             try:
-                events.append(decode(record.binary_data))
+                event = decode(record.binary_data)
             except InvalidEvent as exc:
                 invalid[exc.reason] += 1
+                continue
+            refused = admit(event.customer_id, record.approximate_arrival_timestamp)
+            if refused is None:
+                events.append(event)
+            else:
+                invalid[refused[0]] += 1
         last = records[-1] if records else None
         plan = self.plan_events(
             events,
