@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.consumer.leases import Lease, from_item, to_new_item
+from pipeline.consumer.leases import FAILING, Lease, from_item, to_new_item
 from pipeline.consumer.sequence import ExtendedSequenceNumber
 from pipeline.core.aws_errors import classify_aws, error_code, is_transient_aws
 from pipeline.core.retry import Backoff, call_with_retry
@@ -125,13 +125,15 @@ class LeaseStore:
         if lease.lease_owner != me:
             update += " ADD ownerSwitchesSinceCheckpoint :one"
             values[":one"] = {"N": "1"}
+        update += f" REMOVE {FAILING}"  # the previous owner's failure is not the new owner's
         return self._conditional("take lease", lease.lease_key, lease.lease_counter, update, values)
 
     def release(self, lease: Lease) -> bool:
         """Give a lease up at once (KCL evict): no owner, counter bumped, so others take it now."""
         return self._conditional(
             "release lease", lease.lease_key, lease.lease_counter,
-            "SET leaseCounter = :n REMOVE leaseOwner", {":n": {"N": str(lease.lease_counter + 1)}},
+            f"SET leaseCounter = :n REMOVE leaseOwner, {FAILING}",
+            {":n": {"N": str(lease.lease_counter + 1)}},
         )  # fmt: skip
 
     def checkpoint(self, lease: Lease, value: ExtendedSequenceNumber) -> bool:
@@ -164,6 +166,28 @@ class LeaseStore:
         except ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise classify_aws(exc, "set childShardIds") from exc
+
+    def set_failing(self, key: str, me: str, reason: str | None) -> None:
+        """Publish (or clear, with None) why this owner's processor keeps failing on the shard,
+        for ``shardhouse status``; only while the lease is still ours."""
+        update = "REMOVE #f" if reason is None else "SET #f = :r"
+        values: dict[str, Any] = {":me": {"S": me}}
+        if reason is not None:
+            values[":r"] = {"S": reason[:500]}
+        try:
+            self._call(
+                "publish failing shard",
+                self.db.update_item,
+                TableName=self.table,
+                Key={"leaseKey": {"S": key}},
+                ConditionExpression="leaseOwner = :me",
+                UpdateExpression=update,
+                ExpressionAttributeNames={"#f": FAILING},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise classify_aws(exc, "publish failing shard") from exc
 
     def delete(self, key: str) -> None:
         self._call("delete lease", self.db.delete_item, TableName=self.table, Key={"leaseKey": {"S": key}})

@@ -15,6 +15,11 @@ from typing import Any
 
 from pipeline.consumer.sequence import SHARD_END, TRIM_HORIZON, ExtendedSequenceNumber
 
+#: Our own lease attribute: why the owner's processor keeps failing on the shard (absent: it is
+#: not). KCL reads only the attributes it knows and its updates leave others in place.
+FAILING = "shardhouseFailing"
+_KEPT_EXTRA = frozenset({"pendingCheckpoint", "throughputKBps", "checkpointOwner", FAILING})
+
 
 @dataclass(frozen=True)
 class Lease:
@@ -53,7 +58,7 @@ def from_item(item: Mapping[str, Any]) -> Lease | None:
         starting_hash_key=item.get("startingHashKey", {}).get("S"),
         ending_hash_key=item.get("endingHashKey", {}).get("S"),
         extra={
-            k: v for k, v in item.items() if k in {"pendingCheckpoint", "throughputKBps", "checkpointOwner"}
+            k: v for k, v in item.items() if k in _KEPT_EXTRA
         },
     )
 

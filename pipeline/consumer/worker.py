@@ -285,6 +285,12 @@ class Worker:
         previous = self.failing.pop(shard_id, None)
         if reason is not None:
             self.failing[shard_id] = reason
+        if (reason is None) != (previous is None) or (reason and reason != previous):
+            try:  # on the lease, so `shardhouse status` shows it for every worker of the fleet
+                self.store.set_failing(shard_id, self.config.worker_id, reason)
+            except Exception:
+                log.warning("could not publish the shard's failure", extra={"shard_id": shard_id},
+                            exc_info=True)  # fmt: skip
         if self.metrics is not None:
             app = self.config.application
             if previous is not None:

@@ -25,7 +25,7 @@ from pipeline.app.status.model import (
     worker_views,
 )
 from pipeline.consumer.lease_store import LeaseStore
-from pipeline.consumer.leases import Lease
+from pipeline.consumer.leases import FAILING, Lease
 from pipeline.consumer.sequence import LATEST, SENTINELS, SHARD_END, ExtendedSequenceNumber
 from pipeline.core.aws_errors import error_code
 from pipeline.core.clients import ClientFactory
@@ -130,7 +130,8 @@ def _leases(clients: ClientFactory, app: str) -> list[Lease]:
 
 def _shard_view(kinesis: KinesisClient, stream: str, app: str, lease: Lease, now: datetime) -> ShardView:
     cp = lease.checkpoint
-    view = ShardView(app, lease.lease_key, lease.lease_owner, _checkpoint_text(cp))
+    failing = lease.extra.get(FAILING, {}).get("S")
+    view = ShardView(app, lease.lease_key, lease.lease_owner, _checkpoint_text(cp), failing=failing)
     if cp.sequence_number in (SHARD_END, LATEST):
         return replace(view, millis_behind=0)
     try:

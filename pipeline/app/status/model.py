@@ -35,6 +35,8 @@ class ShardView:
     millis_behind: int | None = None
     #: Seconds since the checkpointed record arrived on the stream (None: no record yet).
     checkpoint_age_s: float | None = None
+    #: Why the owner's processor keeps failing on it (None: it is not); records are kept meanwhile.
+    failing: str | None = None
 
     @property
     def ended(self) -> bool:

@@ -49,6 +49,8 @@ def render(snap: Snapshot) -> str:
         out.append(
             f"  {s.app:<30} {s.shard_id:<22} {owner:<32} {lag:>8} {seconds_text(s.checkpoint_age_s):>8}"
         )
+        if s.failing:
+            out.append(f"    FAILING (records kept, retried with backoff): {s.failing}")
     if not snap.shards:
         out.append("  (no leases yet)")
 

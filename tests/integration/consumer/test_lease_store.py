@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 
 import pytest
 
+from pipeline.app.status.model import ShardView, Snapshot
+from pipeline.app.status.render import render
 from pipeline.consumer.handle import LeaseHandle, ShardCheckpointer
 from pipeline.consumer.lease_store import LeaseStore
-from pipeline.consumer.leases import Lease
+from pipeline.consumer.leases import FAILING, Lease
 from pipeline.consumer.processor import CheckpointError
 from pipeline.consumer.sequence import ExtendedSequenceNumber as E
 from pipeline.core.clients import ClientFactory
@@ -128,3 +131,29 @@ def test_release_makes_lease_ownerless_at_once(store: LeaseStore) -> None:
         and after.lease_owner is None
         and after.lease_counter == handle.lease.lease_counter + 1
     )
+
+
+
+def test_a_failing_shard_is_published_on_its_lease_for_status_and_cleared_by_a_new_owner(
+    store: LeaseStore,
+) -> None:
+    def failing() -> str | None:
+        lease = store.get("s0")
+        assert lease is not None
+        return lease.extra.get(FAILING, {}).get("S")
+
+    store.create_if_absent(Lease("s0"))
+    held(store, "s0", "w1")
+    store.set_failing("s0", "w2", "ConnectionError: not its lease")  # refused: w2 does not own it
+    assert failing() is None
+    reason = "ShardFailed: flush failed: redis: connection refused"
+    store.set_failing("s0", "w1", reason)
+    assert failing() == reason
+    snap = Snapshot("s", datetime.now(UTC), 1.0, shards=[ShardView("app", "s0", "w1", "TRIM_HORIZON", failing=reason)])
+    assert f"FAILING (records kept, retried with backoff): {reason}" in render(snap)
+    lease = store.get("s0")
+    assert lease is not None and store.take(lease, "w2")  # a new owner starts clean
+    assert failing() is None
+    store.set_failing("s0", "w2", "boom")
+    store.set_failing("s0", "w2", None)  # healed
+    assert failing() is None
