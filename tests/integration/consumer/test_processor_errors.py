@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from support.kpl import forged_aggregate
 from support.poison import MARK
 
 from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues
+from pipeline.app.servers import stack as local_stack
 from pipeline.core.clients import ClientFactory
 from pipeline.core.settings import Settings
 from pipeline.producer.synthetic import SyntheticConfig, generate
@@ -33,13 +37,19 @@ def test_poison_records_are_dead_lettered_and_every_valid_event_loads_once(
     fleet: Fleet, settings: Settings, clients: ClientFactory, tmp_path: Path
 ) -> None:
     name = fleet.stream
-    resources = {"SHARDHOUSE_BUCKET": name, "SHARDHOUSE_QUEUE": name, "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq"}
+    resources = {
+        "SHARDHOUSE_BUCKET": name,
+        "SHARDHOUSE_QUEUE": name,
+        "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq",
+    }
     ensure_bucket(clients.s3(), name, settings.aws.region)
     ensure_queues(clients.sqs(), replace(settings.resources, queue=name, dead_letter_queue=f"{name}-dlq"))
     db = psycopg.conninfo.make_conninfo(settings.warehouse.url, dbname=f"{name}_poison")
     ensure_database(db)
 
-    synthetic = list(generate(SyntheticConfig(seed=5, customers=3, duplicate_ratio=0.0, invalid_ratio=0.0), 400))
+    synthetic = list(
+        generate(SyntheticConfig(seed=5, customers=3, duplicate_ratio=0.0, invalid_ratio=0.0), 400)
+    )
     payloads = [r.data for r in synthetic]
     for i in (0, 7, 8, 200, 399):
         payloads.insert(i, MARK + str(i).encode())
@@ -58,10 +68,17 @@ def test_poison_records_are_dead_lettered_and_every_valid_event_loads_once(
         "w1", processor="tests.support.poison:create_batcher",
         SHARDHOUSE_FLUSH_RECORDS="1000", SHARDHOUSE_FLUSH_AGE_SECONDS="1", **resources,
     )  # fmt: skip
-    def checkpoints() -> dict[str, int]:
-        return {x.lease_key: int(x.checkpoint.sequence_number) for x in fleet.leases() if x.checkpoint.sequence_number.isdigit()}
 
-    fleet.wait_for(f"checkpoints at every shard's last record {last}", lambda: checkpoints() == last, timeout=60)
+    def checkpoints() -> dict[str, int]:
+        return {
+            x.lease_key: int(x.checkpoint.sequence_number)
+            for x in fleet.leases()
+            if x.checkpoint.sequence_number.isdigit()
+        }
+
+    fleet.wait_for(
+        f"checkpoints at every shard's last record {last}", lambda: checkpoints() == last, timeout=60
+    )
     assert dead_lettered(clients, name) == poisoned
 
     env = fleet.env(SHARDHOUSE_WAREHOUSE_URL=db, **resources)
@@ -81,20 +98,39 @@ def test_a_hostile_aggregate_is_dead_lettered_whole_and_its_neighbours_land(
     """Plain boto3, one shard: valid events, a forged aggregate of 100,000 empty sub-records
     (~600 KB; KCL would hand all of them to the processor at once), more valid events."""
     name = fleet.stream
-    resources = {"SHARDHOUSE_BUCKET": name, "SHARDHOUSE_QUEUE": name, "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq"}
+    resources = {
+        "SHARDHOUSE_BUCKET": name,
+        "SHARDHOUSE_QUEUE": name,
+        "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq",
+    }
     ensure_bucket(clients.s3(), name, settings.aws.region)
     ensure_queues(clients.sqs(), replace(settings.resources, queue=name, dead_letter_queue=f"{name}-dlq"))
-    synthetic = list(generate(SyntheticConfig(seed=8, customers=2, duplicate_ratio=0.0, invalid_ratio=0.0), 60))
-    payloads = [r.data for r in synthetic[:30]] + [forged_aggregate([b""] * 100_000)] + [r.data for r in synthetic[30:]]
+    synthetic = list(
+        generate(SyntheticConfig(seed=8, customers=2, duplicate_ratio=0.0, invalid_ratio=0.0), 60)
+    )
+    payloads = (
+        [r.data for r in synthetic[:30]]
+        + [forged_aggregate([b""] * 100_000)]
+        + [r.data for r in synthetic[30:]]
+    )
     kinesis = clients.kinesis()
     shard = kinesis.list_shards(StreamName=name)["Shards"][0]
     positions = []
     for data in payloads:  # one at a time: the aggregate alone is most of a PutRecords call's 5 MB
         out = kinesis.put_record(
-            StreamName=name, Data=data, PartitionKey="pk", ExplicitHashKey=shard["HashKeyRange"]["StartingHashKey"]
+            StreamName=name,
+            Data=data,
+            PartitionKey="pk",
+            ExplicitHashKey=shard["HashKeyRange"]["StartingHashKey"],
         )
         positions.append((out["ShardId"], out["SequenceNumber"]))
-    fleet.start("w1", processor="batcher", SHARDHOUSE_FLUSH_RECORDS="1000", SHARDHOUSE_FLUSH_AGE_SECONDS="1", **resources)
+    fleet.start(
+        "w1",
+        processor="batcher",
+        SHARDHOUSE_FLUSH_RECORDS="1000",
+        SHARDHOUSE_FLUSH_AGE_SECONDS="1",
+        **resources,
+    )
 
     def done() -> bool:
         lease = {x.lease_key: x for x in fleet.leases()}[positions[-1][0]]
@@ -109,8 +145,79 @@ def test_a_hostile_aggregate_is_dead_lettered_whole_and_its_neighbours_land(
     assert sorted(map(str, written)) == sorted(str(r.event_id) for r in synthetic)
 
 
+def test_redis_frozen_for_ten_seconds_mid_flush_heals_without_a_restart_or_a_loss(
+    fleet: Fleet, settings: Settings, clients: ClientFactory, stack: local_stack.StackState
+) -> None:
+    """SIGSTOP the session's redis-server for 10 s while the batcher flushes (connections hang,
+    then time out: an outage, not a poison record), then SIGCONT: the same worker process
+    resumes, every event reaches S3, nothing is dead-lettered, the checkpoints reach the end."""
+    name = fleet.stream
+    resources = {
+        "SHARDHOUSE_BUCKET": name,
+        "SHARDHOUSE_QUEUE": name,
+        "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq",
+    }
+    ensure_bucket(clients.s3(), name, settings.aws.region)
+    ensure_queues(clients.sqs(), replace(settings.resources, queue=name, dead_letter_queue=f"{name}-dlq"))
+    synthetic = list(
+        generate(SyntheticConfig(seed=12, customers=2, duplicate_ratio=0.0, invalid_ratio=0.0), 300)
+    )
+    kinesis = clients.kinesis()
+
+    def put(records: list[object]) -> dict[str, int]:
+        out = kinesis.put_records(
+            StreamName=name,
+            Records=[{"Data": r.data, "PartitionKey": r.partition_key} for r in records],  # type: ignore[attr-defined]
+        )
+        assert out["FailedRecordCount"] == 0
+        return {r["ShardId"]: int(r["SequenceNumber"]) for r in out["Records"]}
+
+    worker = fleet.start(
+        "w1", processor="batcher", SHARDHOUSE_FLUSH_RECORDS="1000", SHARDHOUSE_FLUSH_AGE_SECONDS="1",
+        SHARDHOUSE_REDIS_SOCKET_TIMEOUT="1", **resources,
+    )  # fmt: skip
+    put(synthetic[:100])
+    fleet.wait_for("a first flush", lambda: bool(s3_event_ids(clients, name)), timeout=30)
+    redis_pid = stack.services["redis"].pid
+    os.kill(redis_pid, signal.SIGSTOP)
+    try:
+        last = put(synthetic[100:])  # flushed while Redis does not answer
+        time.sleep(10)
+    finally:
+        os.kill(redis_pid, signal.SIGCONT)
+
+    def checkpoints() -> dict[str, int]:
+        return {
+            x.lease_key: int(x.checkpoint.sequence_number)
+            for x in fleet.leases()
+            if x.checkpoint.sequence_number.isdigit()
+        }
+
+    fleet.wait_for(
+        "every shard's checkpoint past the outage",
+        lambda: all(checkpoints().get(k, 0) >= v for k, v in last.items()),
+        timeout=90,
+    )
+    assert worker.poll() is None, "the worker process exited"
+    assert s3_event_ids(clients, name) == {str(r.event_id) for r in synthetic}
+    assert clients.s3().list_objects_v2(Bucket=name, Prefix="dead-letter/").get("KeyCount", 0) == 0
+
+
+def s3_event_ids(clients: ClientFactory, bucket: str) -> set[str]:
+    s3, out = clients.s3(), set()
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix="events/").get("Contents", []):
+        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        out.update(
+            map(str, pq.read_table(io.BytesIO(body), columns=["event_id"]).column("event_id").to_pylist())
+        )
+    return out
+
+
 def dead_lettered(
-    clients: ClientFactory, bucket: str, reason: str = "processor_error", detail: str = "RuntimeError: poisoned"
+    clients: ClientFactory,
+    bucket: str,
+    reason: str = "processor_error",
+    detail: str = "RuntimeError: poisoned",
 ) -> set[tuple[str, str]]:
     s3 = clients.s3()
     out = set()
