@@ -117,3 +117,25 @@ def test_a_lock_held_by_another_session_gives_the_message_back_within_the_bound(
     while len(env.event_ids(unique_name)) < 7:  # the message came back; the lock is gone
         assert time.monotonic() < deadline, "the message never came back"
         ins.poll_once()
+
+
+def test_an_oversize_forged_message_and_a_dlq_refusing_sends_do_not_stop_the_inserter(
+    env: Env, unique_name: str
+) -> None:
+    forged = "x" * 262_000  # near SQS's 256 KiB: with the reason attributes it would not fit
+    env.send(forged)
+    events = make_events(unique_name, n=5)
+    env.send(encode_manifest(env.manifest([env.put_object(events)])))
+    sqs = env.clients.sqs()
+    sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=env.settings.resources.dead_letter_queue)["QueueUrl"])
+    ins = env.inserter(wait_seconds=0, max_messages=1)
+    deadline = time.monotonic() + 30
+    loads = 0
+    while loads < 1:  # each poll either loads the good one or gives the forged one back
+        assert time.monotonic() < deadline, "the good message was never loaded"
+        loads += ins.metrics.rows_loaded._value.get() > 0
+        ins.poll_once()
+    assert sorted(env.event_ids(unique_name)) == sorted(str(e.event_id) for e in events)
+    # The forged one was given back each time its dead letter was refused (what the queue's own
+    # redrive does with it then is SQS's: with its DLQ deleted, moto drops it).
+    assert ins.metrics.messages.labels("failed")._value.get() >= 1
