@@ -28,7 +28,7 @@ from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues
 from pipeline.app.servers import stack as local_stack
 from pipeline.core.clients import ClientFactory
 from pipeline.core.settings import Settings
-from pipeline.producer.synthetic import SyntheticConfig, generate
+from pipeline.producer.synthetic import SyntheticConfig, SyntheticRecord, generate
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,19 +37,10 @@ def test_poison_records_are_dead_lettered_and_every_valid_event_loads_once(
     fleet: Fleet, settings: Settings, clients: ClientFactory, tmp_path: Path
 ) -> None:
     name = fleet.stream
-    resources = {
-        "SHARDHOUSE_BUCKET": name,
-        "SHARDHOUSE_QUEUE": name,
-        "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq",
-    }
-    ensure_bucket(clients.s3(), name, settings.aws.region)
-    ensure_queues(clients.sqs(), replace(settings.resources, queue=name, dead_letter_queue=f"{name}-dlq"))
+    resources = provision(fleet, settings, clients)
     db = psycopg.conninfo.make_conninfo(settings.warehouse.url, dbname=f"{name}_poison")
     ensure_database(db)
-
-    synthetic = list(
-        generate(SyntheticConfig(seed=5, customers=3, duplicate_ratio=0.0, invalid_ratio=0.0), 400)
-    )
+    synthetic = valid_events(seed=5, customers=3, count=400)
     payloads = [r.data for r in synthetic]
     for i in (0, 7, 8, 200, 399):
         payloads.insert(i, MARK + str(i).encode())
@@ -98,16 +89,8 @@ def test_a_hostile_aggregate_is_dead_lettered_whole_and_its_neighbours_land(
     """Plain boto3, one shard: valid events, a forged aggregate of 100,000 empty sub-records
     (~600 KB; KCL would hand all of them to the processor at once), more valid events."""
     name = fleet.stream
-    resources = {
-        "SHARDHOUSE_BUCKET": name,
-        "SHARDHOUSE_QUEUE": name,
-        "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq",
-    }
-    ensure_bucket(clients.s3(), name, settings.aws.region)
-    ensure_queues(clients.sqs(), replace(settings.resources, queue=name, dead_letter_queue=f"{name}-dlq"))
-    synthetic = list(
-        generate(SyntheticConfig(seed=8, customers=2, duplicate_ratio=0.0, invalid_ratio=0.0), 60)
-    )
+    resources = provision(fleet, settings, clients)
+    synthetic = valid_events(seed=8, customers=2, count=60)
     payloads = (
         [r.data for r in synthetic[:30]]
         + [forged_aggregate([b""] * 100_000)]
@@ -152,16 +135,8 @@ def test_redis_frozen_for_ten_seconds_mid_flush_heals_without_a_restart_or_a_los
     then time out: an outage, not a poison record), then SIGCONT: the same worker process
     resumes, every event reaches S3, nothing is dead-lettered, the checkpoints reach the end."""
     name = fleet.stream
-    resources = {
-        "SHARDHOUSE_BUCKET": name,
-        "SHARDHOUSE_QUEUE": name,
-        "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq",
-    }
-    ensure_bucket(clients.s3(), name, settings.aws.region)
-    ensure_queues(clients.sqs(), replace(settings.resources, queue=name, dead_letter_queue=f"{name}-dlq"))
-    synthetic = list(
-        generate(SyntheticConfig(seed=12, customers=2, duplicate_ratio=0.0, invalid_ratio=0.0), 300)
-    )
+    resources = provision(fleet, settings, clients)
+    synthetic = valid_events(seed=12, customers=2, count=300)
     kinesis = clients.kinesis()
 
     def put(records: list[object]) -> dict[str, int]:
@@ -211,6 +186,23 @@ def s3_event_ids(clients: ClientFactory, bucket: str) -> set[str]:
             map(str, pq.read_table(io.BytesIO(body), columns=["event_id"]).column("event_id").to_pylist())
         )
     return out
+
+
+def provision(fleet: Fleet, settings: Settings, clients: ClientFactory) -> dict[str, str]:
+    """The batcher's bucket and queues, named after the fleet's stream; the workers' settings."""
+    name = fleet.stream
+    ensure_bucket(clients.s3(), name, settings.aws.region)
+    ensure_queues(clients.sqs(), replace(settings.resources, queue=name, dead_letter_queue=f"{name}-dlq"))
+    return {
+        "SHARDHOUSE_BUCKET": name,
+        "SHARDHOUSE_QUEUE": name,
+        "SHARDHOUSE_DEAD_LETTER_QUEUE": f"{name}-dlq",
+    }
+
+
+def valid_events(*, seed: int, customers: int, count: int) -> list[SyntheticRecord]:
+    config = SyntheticConfig(seed=seed, customers=customers, duplicate_ratio=0.0, invalid_ratio=0.0)
+    return list(generate(config, count))
 
 
 def dead_lettered(
