@@ -405,7 +405,7 @@ def redis_bytes(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         mark_s = check_s = 0.0
         for i in range(0, n, batch):
-            ids = [layout.pack("acme", str(uuid.uuid4()), now) for _ in range(min(batch, n - i))]
+            ids = [layout.pack(f"c{j % 200}", str(uuid.uuid4()), now) for j in range(min(batch, n - i))]
             t = time.perf_counter()
             store.check(None, ids)
             check_s += time.perf_counter() - t

@@ -60,7 +60,7 @@ def pack_rows(layout: DedupeLayout, rows: Sequence[Row]) -> list[bytes]:
     36-character form), and with hour buckets the hour comes from integer date arithmetic on
     the aware UTC datetime instead of a float ``timestamp()`` (same value: both floor whole
     hours since the epoch, and the float only differs near an hour's end after year 2200)."""
-    bucket_pack, ident = BUCKET.pack, IDENTITIES
+    bucket_pack, cache, prefix = BUCKET.pack, IDENTITIES.cache, IDENTITIES.prefix
     raws = bytes.fromhex("".join([row[EVENT_ID] for row in rows]).replace("-", ""))
     if len(raws) != 16 * len(rows):
         raise ValueError("not canonical UUIDs")
@@ -69,7 +69,10 @@ def pack_rows(layout: DedupeLayout, rows: Sequence[Row]) -> list[bytes]:
     hourly = layout.bucket_seconds == 3600
     bucket = layout.bucket_seconds
     for row in rows:
-        d = ident(row[CUSTOMER_ID], raws[start : start + 16])
+        customer = row[CUSTOMER_ID]
+        h = (cache.get(customer) or prefix(customer)).copy()  # IDENTITIES(customer, raw), inlined
+        h.update(raws[start : start + 16])
+        d = h.digest()
         start += 16
         at = row[OCCURRED_AT]
         hour = (at.toordinal() - _EPOCH_ORDINAL) * 24 + at.hour if hourly else int(at.timestamp()) // bucket

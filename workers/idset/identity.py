@@ -37,28 +37,34 @@ def identity_input(customer_id: str, raw_uuid: bytes) -> bytes:
 
 
 class Identities:
-    """``identity`` with each customer's hash prefix computed once (≈ 0.2 µs per id instead of
-    0.45). Safe to share between threads: a cached prefix is only ever copied."""
+    """``identity`` with each customer's hash prefix computed once. Hot loops inline
+    :meth:`__call__` (``cache.get(c) or prefix(c)``, then copy, update, digest): ≈ 0.3 µs per id
+    instead of ≈ 0.7 for a whole hash. Safe to share between threads: a cached prefix is stored
+    complete and only ever copied."""
 
-    __slots__ = ("_prefix",)
+    __slots__ = ("cache",)
 
     def __init__(self) -> None:
-        self._prefix: dict[str, hashlib.blake2b] = {}
+        self.cache: dict[str, hashlib.blake2b] = {}
 
-    def __call__(self, customer_id: str, raw_uuid: bytes) -> bytes:
-        prefix = self._prefix.get(customer_id)
+    def prefix(self, customer_id: str) -> hashlib.blake2b:
+        """The hash state after the customer's part of the input (cached)."""
+        prefix = self.cache.get(customer_id)
         if prefix is None:
             c = customer_id.encode()
             if len(c) > 255:
                 raise ValueError(f"customer id over 255 bytes: {customer_id[:40]!r}…")
-            if len(self._prefix) >= _MAX_CACHED:
-                self._prefix.clear()
+            if len(self.cache) >= _MAX_CACHED:
+                self.cache.clear()
             prefix = _BASE.copy()
             prefix.update(bytes((len(c),)) + c)
-            self._prefix[customer_id] = prefix  # stored complete: only ever copied afterwards
+            self.cache[customer_id] = prefix
+        return prefix
+
+    def __call__(self, customer_id: str, raw_uuid: bytes) -> bytes:
         if len(raw_uuid) != 16:
             raise ValueError(f"an event id is 16 bytes, not {len(raw_uuid)}")
-        h = prefix.copy()
+        h = (self.cache.get(customer_id) or self.prefix(customer_id)).copy()
         h.update(raw_uuid)
         return h.digest()
 

@@ -309,7 +309,7 @@ class Planner:
         buckets = self._buckets
         bucket_us = self.gate.bucket_seconds * 1_000_000
         bucket_pack, legacy_header, crc32, fromhex = BUCKET.pack, HEADER.pack, zlib.crc32, bytes.fromhex
-        ident = IDENTITIES
+        cache, prefix = IDENTITIES.cache, IDENTITIES.prefix
         legacy = now < self.legacy_until
         chunk_events = self.chunk_events
         for ev in events:
@@ -342,7 +342,9 @@ class Planner:
             second = (micros - _EPOCH_US) // bucket_us
             if not 0 <= second <= _U32:
                 second = min(max(second, 0), _U32)
-            d = ident(customer, raw)
+            h = (cache.get(customer) or prefix(customer)).copy()  # IDENTITIES(customer, raw), inlined
+            h.update(raw)
+            d = h.digest()
             chunk.gate.append(bucket_pack(second) + d[:4] + d)
             if legacy:
                 chunk.legacy.append(legacy_header(second, crc32(raw)) + raw)
