@@ -89,7 +89,7 @@ def test_idle_connections_are_closed_and_connections_capped(settings: Settings, 
     try:
         idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert b"200" in idle.recv(4096).split(b"\r\n")[0]
+        assert b"200" in _one_response(idle).split(b"\r\n")[0]
         idle.settimeout(10)
         started = time.monotonic()
         rest = idle.recv(4096)  # keep-alive: the server closes it after the idle timeout
@@ -108,6 +108,24 @@ def test_idle_connections_are_closed_and_connections_capped(settings: Settings, 
         assert server.refused_connections >= 1
     finally:
         server.close()
+
+
+def _one_response(sock: socket.socket) -> bytes:
+    """Read exactly one HTTP response (headers, then Content-Length bytes): TCP may split it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed before the headers ended: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        assert chunk, "closed before the body ended"
+        body += chunk
+    return head
 
 
 _EDGE = st.sampled_from(
