@@ -154,25 +154,35 @@ class PostgresDialect:
         return sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(_table(ref), _id(name), sql.SQL(target_type))
 
     def ledger_ddl(self) -> list[Statement]:
+        """The load ledger's schema, table and grants; the table and its indexes are the
+        dialect's (Redshift has no secondary indexes, it sorts instead)."""
         led = _table(ledger_table())
         s = _id(ledger_table().schema)
         return [
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
             sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(s),
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} ("
-                "object_key text PRIMARY KEY, batch_id text NOT NULL, load_id uuid NOT NULL, "
-                "customer_id text NOT NULL, event_type text NOT NULL, event_version smallint NOT NULL, "
-                "target_table text NOT NULL, rows_loaded bigint NOT NULL, rows_skipped bigint NOT NULL, "
-                "min_occurred_at timestamptz, max_occurred_at timestamptz, "
-                "loaded_at timestamptz NOT NULL, duration_ms integer NOT NULL)"
-            ).format(led),
+            self._ledger_table(led),
+            *self._ledger_indexes(led),
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, self._grantee(ADMIN_ROLE)),
+            sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(led, self._grantee(ADMIN_ROLE)),
+        ]
+
+    def _ledger_table(self, led: sql.Composed) -> Statement:
+        return sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "object_key text PRIMARY KEY, batch_id text NOT NULL, load_id uuid NOT NULL, "
+            "customer_id text NOT NULL, event_type text NOT NULL, event_version smallint NOT NULL, "
+            "target_table text NOT NULL, rows_loaded bigint NOT NULL, rows_skipped bigint NOT NULL, "
+            "min_occurred_at timestamptz, max_occurred_at timestamptz, "
+            "loaded_at timestamptz NOT NULL, duration_ms integer NOT NULL)"
+        ).format(led)
+
+    def _ledger_indexes(self, led: sql.Composed) -> list[Statement]:
+        return [
             sql.SQL(
                 "CREATE INDEX IF NOT EXISTS load_ledger_customer_loaded ON {} (customer_id, loaded_at)"
             ).format(led),
             sql.SQL("CREATE INDEX IF NOT EXISTS load_ledger_loaded ON {} (loaded_at)").format(led),
-            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, self._grantee(ADMIN_ROLE)),
-            sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(led, self._grantee(ADMIN_ROLE)),
         ]
 
     # -- the load transaction ---------------------------------------------------------------------

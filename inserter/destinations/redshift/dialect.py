@@ -84,25 +84,20 @@ class RedshiftDialect(PostgresDialect):
     def _table_extras(self, ref: TableRef) -> list[Statement]:
         return []
 
-    def ledger_ddl(self) -> list[Statement]:
-        led = _table(ledger_table())
-        s = _id(ledger_table().schema)
-        return [
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
-            sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(s),
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} ("
-                "object_key VARCHAR(1024) NOT NULL PRIMARY KEY, batch_id VARCHAR(1024) NOT NULL, "
-                "load_id VARCHAR(36) NOT NULL, customer_id VARCHAR(48) NOT NULL, "
-                "event_type VARCHAR(48) NOT NULL, event_version SMALLINT NOT NULL, "
-                "target_table VARCHAR(128) NOT NULL, "
-                "rows_loaded BIGINT NOT NULL, rows_skipped BIGINT NOT NULL, "
-                "min_occurred_at TIMESTAMPTZ, max_occurred_at TIMESTAMPTZ, loaded_at TIMESTAMPTZ NOT NULL, "
-                "duration_ms INTEGER NOT NULL) DISTSTYLE KEY DISTKEY (object_key) SORTKEY (loaded_at)"
-            ).format(led),
-            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, self._grantee(ADMIN_ROLE)),
-            sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(led, self._grantee(ADMIN_ROLE)),
-        ]
+    def _ledger_table(self, led: sql.Composed) -> Statement:
+        return sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "object_key VARCHAR(1024) NOT NULL PRIMARY KEY, batch_id VARCHAR(1024) NOT NULL, "
+            "load_id VARCHAR(36) NOT NULL, customer_id VARCHAR(48) NOT NULL, "
+            "event_type VARCHAR(48) NOT NULL, event_version SMALLINT NOT NULL, "
+            "target_table VARCHAR(128) NOT NULL, "
+            "rows_loaded BIGINT NOT NULL, rows_skipped BIGINT NOT NULL, "
+            "min_occurred_at TIMESTAMPTZ, max_occurred_at TIMESTAMPTZ, loaded_at TIMESTAMPTZ NOT NULL, "
+            "duration_ms INTEGER NOT NULL) DISTSTYLE KEY DISTKEY (object_key) SORTKEY (loaded_at)"
+        ).format(led)
+
+    def _ledger_indexes(self, led: sql.Composed) -> list[Statement]:
+        return []
 
     def session_setup(self) -> list[Statement]:
         """Redshift has ``statement_timeout`` (milliseconds) but no ``lock_timeout``: a ``LOCK``
