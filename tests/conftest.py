@@ -17,6 +17,7 @@ import pytest
 from pipeline.app.servers import stack as local_stack
 from pipeline.app.servers.process import free_port
 from pipeline.core.clients import ClientFactory
+from pipeline.core.errors import ConfigError, TerminalError
 from pipeline.core.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,19 +33,36 @@ def _kinesis_mock_installed() -> bool:
     return (REPO / ".shardhouse/npm/node_modules/kinesis-local/main.js").exists()
 
 
+def _up_on_free_ports(state_dir: Path, attempts: int = 3) -> local_stack.StackState:
+    """Start the stack; if another process took a chosen port before its server bound it, choose again.
+
+    A port from ``free_port`` is free when chosen, not when bound: parallel test processes (and
+    anything else on the machine) can take it in between.
+    """
+    for attempt in range(attempts):
+        cfg = local_stack.StackConfig(
+            state_dir=state_dir,
+            aws_port=free_port(),
+            kinesis_mock_port=free_port(),
+            redis_port=free_port(),
+            pg_port=free_port(),
+            with_kinesis_mock=_kinesis_mock_installed(),
+            npm_dirs=(REPO / ".shardhouse/npm",),
+        )
+        try:
+            state, _ = local_stack.up(cfg)
+            return state
+        except (TerminalError, ConfigError) as exc:
+            taken = "already in use" in str(exc) or "is taken by" in str(exc)
+            if not taken or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.StackState]:
     state_dir = tmp_path_factory.mktemp("stack")
-    cfg = local_stack.StackConfig(
-        state_dir=state_dir,
-        aws_port=free_port(),
-        kinesis_mock_port=free_port(),
-        redis_port=free_port(),
-        pg_port=free_port(),
-        with_kinesis_mock=_kinesis_mock_installed(),
-        npm_dirs=(REPO / ".shardhouse/npm",),
-    )
-    state, _ = local_stack.up(cfg)
+    state = _up_on_free_ports(state_dir)
     saved = dict(os.environ)
     # Worker subprocesses started by tests inherit the stack's environment.
     os.environ.update(state.env)

@@ -146,7 +146,9 @@ def _start_kinesis_mock(cfg: StackConfig, logs: Path) -> Service:
         **os.environ,
         "KINESIS_MOCK_CERT_PATH": str(main.parent / "server.json"),
         "KINESIS_MOCK_PLAIN_PORT": str(cfg.kinesis_mock_port),
-        "KINESIS_MOCK_TLS_PORT": str(cfg.kinesis_mock_port + 10000 if cfg.kinesis_mock_port < 55000 else 0),
+        # We only speak plain HTTP; port 0 lets the OS give the TLS listener a port no one holds
+        # (a derived port such as plain+10000 can be another server's, and the start then fails).
+        "KINESIS_MOCK_TLS_PORT": "0",
         "LOG_LEVEL": "WARN",
         "CREATE_STREAM_DURATION": "0ms",
         "DELETE_STREAM_DURATION": "0ms",
