@@ -16,20 +16,24 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from inserter.destinations.postgres.dialect import PostgresDialect
-from inserter.destinations.sql import Slice, WarehouseColumn
+from inserter.destinations.sql import WarehouseColumn
 from inserter.destinations.staging import Stager
 from inserter.errors import LoadError, classify_pg
-from inserter.naming import ADMIN_ROLE, TableRef, reader_role
+from inserter.naming import ADMIN_ROLE, TableRef, pool_table, reader_role, target_table
 from inserter.plan import LoadPlan, ObjectLoad, TableLoad, merge_window
+from inserter.tables import PartAction, Relation, catalog, missing_columns, part_action
 
 log = logging.getLogger(__name__)
+#: Ledger rows per INSERT: 13 parameters each, and a statement carries at most 65,535.
+LEDGER_ROWS_PER_STATEMENT = 2000
 Conn = psycopg.Connection[Any]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,38 +103,77 @@ class Loader:
         except psycopg.Error as exc:
             raise classify_pg(exc, "prepare warehouse") from exc
 
-    def ensure_table(self, conn: Conn, table: TableLoad) -> list[str]:
-        """Schema, role, grants and table on first sight; columns of newer versions added.
-        Returns the columns added. Runs in its own short transaction, before the load: an
-        ALTER holds an exclusive lock, which must not last as long as a load does."""
-        columns = self.dialect.columns(table.event_type)
-        marker = (table.target, tuple(c.name for c in columns))
-        if marker in self._ready:
-            return []
-        ref = table.target
-        reader = reader_role(table.customer_id)
-        added: list[str] = []
+    def ensure_tables(self, conn: Conn, tables: Sequence[TableLoad]) -> None:
+        """Each table's pool and part (schema, role, grants on first sight; columns of newer
+        versions added). One catalog query for all tables not yet known ready, DDL only for what
+        it finds missing — each change in its own short transaction, before the load: an ALTER
+        holds an exclusive lock, which must not last as long as a load does."""
+        todo = [t for t in tables if self._marker(t.target, t.event_type) not in self._ready]
+        if not todo:
+            return
+        types = sorted({t.event_type for t in todo})
+        found = self._relations(conn, [pool_table(t) for t in types] + [t.target for t in todo])
+        for event_type in types:
+            wanted = [c.name for c in self.dialect.columns(event_type)]
+            if missing_columns(found.get(pool_table(event_type)), wanted):
+                self._ensure_pool(conn, event_type)
+        for table in todo:
+            wanted = [c.name for c in self.dialect.columns(table.event_type)]
+            if part_action(found.get(table.target), wanted) is not PartAction.READY:
+                self._ensure_part(conn, table)
+            self._ready.add(self._marker(table.target, table.event_type))
+
+    def _marker(self, ref: TableRef, event_type: str) -> tuple[TableRef, tuple[str, ...]]:
+        return ref, tuple(c.name for c in self.dialect.columns(event_type))
+
+    def _relations(self, conn: Conn, refs: Sequence[TableRef]) -> dict[TableRef, Relation]:
+        found: dict[TableRef, Relation] = {}
+        for chunk in _chunks(refs, 1000):
+            stmt, params = self.dialect.relations(chunk)
+            found.update(catalog(conn.execute(stmt, params).fetchall()))
+        return found
+
+    def _ensure_pool(self, conn: Conn, event_type: str) -> None:
+        pool = pool_table(event_type)
+        with conn.transaction():
+            self._ddl_lock(conn, str(pool))
+            existing = self._relations(conn, [pool]).get(pool)
+            if existing is None:
+                for stmt in self.dialect.create_pool(event_type):
+                    conn.execute(stmt)
+                return
+            added = [c for c in self.dialect.columns(event_type) if c.name not in existing.columns]
+            for col in added:
+                conn.execute(self.dialect.add_column(pool, col.name, col.target_type))
+        if added:
+            log.info("columns added", extra={"table": str(pool), "columns": [c.name for c in added]})
+
+    def _ensure_part(self, conn: Conn, table: TableLoad) -> None:
+        ref, customer = table.target, table.customer_id
+        reader = reader_role(customer)
+        d = self.dialect
         with conn.transaction():
             self._ddl_lock(conn, ref.schema)
             self._ensure_role(conn, reader)
-            stmt, params = self.dialect.schema_exists(ref.schema)
+            stmt, params = d.schema_exists(ref.schema)
             if conn.execute(stmt, params).fetchone() is None:
-                for s in self.dialect.create_customer_schema(ref.schema, reader):
+                for s in d.create_customer_schema(ref.schema, reader):
                     conn.execute(s)
-            stmt, params = self.dialect.existing_columns(ref)
-            existing = {row[0] for row in conn.execute(stmt, params)}
-            if not existing:
-                for s in self.dialect.create_table(ref, table.event_type, reader):
-                    conn.execute(s)
+            existing = self._relations(conn, [ref]).get(ref)
+            columns = d.columns(table.event_type)
+            action = part_action(existing, [c.name for c in columns])
+            if action is PartAction.CREATE:
+                stmts = d.create_customer_table(ref, customer, reader)
+            elif action is PartAction.ADOPT:
+                gone = missing_columns(existing, [c.name for c in columns])
+                stmts = d.adopt_customer_table(ref, customer, reader, [c for c in columns if c.name in gone])
+                log.info("customer table adopted into its pool", extra={"table": str(ref)})
+            elif action is PartAction.REFRESH:
+                stmts = d.refresh_customer_table(ref, customer)
             else:
-                for col in columns:
-                    if col.name not in existing:
-                        conn.execute(self.dialect.add_column(ref, col.name, col.target_type))
-                        added.append(col.name)
-        if added:
-            log.info("columns added", extra={"table": str(ref), "columns": added})
-        self._ready.add(marker)
-        return added
+                stmts = []
+            for s in stmts:
+                conn.execute(s)
 
     def _ddl_lock(self, conn: Conn, name: str) -> None:
         for stmt, params in self.dialect.ddl_lock(name):
@@ -154,8 +197,7 @@ class Loader:
         """Load ``plan`` exactly once. Raises TransientError (retry) or TerminalError."""
         started = time.monotonic()
         try:
-            for table in plan.tables:
-                self.ensure_table(conn, table)
+            self.ensure_tables(conn, plan.tables)
             return self._load(conn, plan, started)
         except psycopg.Error as exc:
             self._ready.clear()  # a table dropped or altered underneath us: check again next time
@@ -166,12 +208,12 @@ class Loader:
         d = self.dialect
         with conn.transaction(), conn.cursor() as cur:
             if d.lock_before_staging:
-                self._lock(cur, [t.target for t in plan.tables])
+                self._lock(cur, plan.pools)
             done = self._loaded_keys(cur, plan.keys)
             todo = plan.without(done)
-            # One staging table per event type: a shared object is staged once for all of its
-            # customers, and each customer's table takes its slice of the type's staging.
-            stages: dict[str, tuple[str, list[WarehouseColumn], dict[tuple[int, str], _Stats]]] = {}
+            # One staging table per event type, whatever the number of customers: a shared
+            # object is staged once, and one statement per step moves every customer's rows.
+            stages: list[tuple[str, str, list[WarehouseColumn]]] = []
             staging_started = time.monotonic()
             typed = todo.stages()
             self.stager.begin(plan.bucket, [o for _, objs in typed for o in objs])
@@ -181,31 +223,29 @@ class Loader:
                     for stmt in d.create_staging(stage, columns):
                         cur.execute(stmt)
                     self.stager.stage(cur, stage, event_type, objects, columns, plan.bucket)
-                    stages[event_type] = (stage, columns, {})
+                    stages.append((event_type, stage, columns))
             finally:
                 self.stager.end()
             merge_started = time.monotonic()
-            late: set[str] = set()
             if not d.lock_before_staging:
-                self._lock(cur, [t.target for t in todo.tables])
-                late = self._loaded_keys(cur, todo.keys)  # loaded by another inserter meanwhile
-                done |= late
+                self._lock(cur, todo.pools)
+                done |= self._loaded_keys(cur, todo.keys)  # loaded by another inserter meanwhile
             outcomes: list[ObjectOutcome] = []
+            fresh_tables: list[str] = []
             if stages:
                 for stmt in d.merge_setup():
                     cur.execute(stmt)
-            for event_type, (stage, _, stats) in stages.items():
-                stats.update(self._stats(cur, stage, [o for o in todo.objects if o.event_type == event_type]))
-            fresh_tables: list[str] = []
-            for i, table in enumerate(todo.tables):
-                stage, columns, stats = stages[table.event_type]
-                outcomes.extend(self._merge(cur, i, table, stage, columns, stats, late, fresh_tables))
+            staged = {o.ordinal for _, objs in typed for o in objs}
+            for i, (event_type, stage, columns) in enumerate(stages):
+                units = [o for o in plan.objects if o.event_type == event_type and o.ordinal in staged]
+                stats = self._stats(cur, stage, units)
+                fresh_tables.append(fresh := f"_fresh_{i}")
+                outcomes.extend(self._merge(cur, fresh, event_type, stage, columns, units, stats, done))
             duration_ms = _ms_since(started)
-            if outcomes:
-                params = self._ledger_params(plan, load_id, outcomes, duration_ms)
-                cur.execute(d.record_ledger(len(outcomes)), params)
-            temp = [name for name, _, _ in stages.values()] + fresh_tables
-            for stmt in d.cleanup(temp):
+            for chunk in _chunks(outcomes, LEDGER_ROWS_PER_STATEMENT):
+                params = self._ledger_params(plan, load_id, chunk, duration_ms)
+                cur.execute(d.record_ledger(len(chunk)), params)
+            for stmt in d.cleanup([stage for _, stage, _ in stages] + fresh_tables):
                 cur.execute(stmt)
         return LoadResult(
             batch_id=plan.batch_id,
@@ -222,56 +262,57 @@ class Loader:
             cur.execute(stmt, params)
 
     def _loaded_keys(self, cur: psycopg.Cursor[Any], keys: Sequence[str]) -> set[str]:
-        if not keys:
-            return set()
-        cur.execute(self.dialect.loaded_keys(len(keys)), tuple(keys))
-        return {row[0] for row in cur.fetchall()}
+        loaded: set[str] = set()
+        for chunk in _chunks(keys, 5000):  # a statement carries at most 65,535 parameters
+            cur.execute(self.dialect.loaded_keys(len(chunk)), tuple(chunk))
+            loaded.update(row[0] for row in cur.fetchall())
+        return loaded
 
     def _merge(
         self,
         cur: psycopg.Cursor[Any],
-        i: int,
-        table: TableLoad,
+        fresh: str,
+        event_type: str,
         stage: str,
         columns: Sequence[WarehouseColumn],
+        units: Sequence[ObjectLoad],
         stats: dict[tuple[int, str], _Stats],
-        late: set[str],
-        fresh_tables: list[str],
+        done: set[str],
     ) -> list[ObjectOutcome]:
-        """The table's slice of its type's staging: this customer's rows of its objects."""
+        """Every customer's new rows of the type's staging into the type's pool (each row
+        lands in its customer's part), in four statements whatever the number of customers:
+        dedupe into ``fresh``, record their identities, insert into the pool, count per unit."""
         d = self.dialect
-        objects = [o for o in table.objects if o.unit not in late]
-        if not objects:
+        todo = [u for u in units if u.unit not in done]
+        if not todo:
             return []
-        mine = {o.ordinal: stats.get((o.ordinal, table.customer_id)) for o in objects}
-        present = [s for s in mine.values() if s is not None]
-        loaded: dict[int, int] = {}
+        skip = [(u.ordinal, u.customer_id) for u in units if u.unit in done]
+        skip = [k for k in skip if k in stats]
+        if skip:  # rare: slices loaded by another inserter meanwhile, or before the rest of their object
+            cur.execute(d.discard_units(stage, skip))
+        present = [s for u in todo if (s := stats.get((u.ordinal, u.customer_id))) is not None]
+        loaded: dict[tuple[int, str], int] = {}
         if present:
             lo, hi = merge_window(min(s.lo for s in present), max(s.hi for s in present), self.dedupe_window)
-            part = Slice(table.customer_id, tuple(o.ordinal for o in objects))
-            if len(objects) == 1:  # the common case: no temp copy, the row count says it all
-                cur.execute(d.insert_deduped(stage, table.target, columns, lo, hi, part))
-                loaded = {objects[0].ordinal: cur.rowcount}
-            else:
-                fresh = f"_fresh_{i}"
-                fresh_tables.append(fresh)
-                cur.execute(d.dedupe(stage, fresh, table.target, columns, lo, hi, part))
-                cur.execute(d.fresh_counts(fresh))
-                loaded = {int(ordinal): int(n) for ordinal, n in cur.fetchall()}
-                cur.execute(d.insert_fresh(table.target, fresh, columns))
+            cur.execute(d.dedupe(stage, fresh, d.identity_target(event_type), columns, lo, hi))
+            for stmt in d.record_identities(event_type, fresh):
+                cur.execute(stmt)
+            cur.execute(d.insert_fresh(pool_table(event_type), fresh, columns))
+            cur.execute(d.fresh_counts(fresh))
+            loaded = {(int(o), str(c)): int(n) for o, c, n in cur.fetchall()}
         outcomes = []
-        for obj in objects:
-            s = mine[obj.ordinal]
+        for u in todo:
+            s = stats.get((u.ordinal, u.customer_id))
             rows = s.rows if s else 0
-            if rows != obj.rows:
+            if rows != u.rows:
                 log.warning(
                     "object row count differs from its manifest entry (loading what S3 holds)",
-                    extra={"key": obj.unit, "manifest_rows": obj.rows, "object_rows": rows},
+                    extra={"key": u.unit, "manifest_rows": u.rows, "object_rows": rows},
                 )
-            n = loaded.get(obj.ordinal, 0)
-            outcomes.append(
-                ObjectOutcome(obj.unit, table.target, n, rows - n, s.lo if s else None, s.hi if s else None)
-            )
+            n = loaded.get((u.ordinal, u.customer_id), 0)
+            target = target_table(u.customer_id, u.event_type)
+            lo_, hi_ = (s.lo, s.hi) if s else (None, None)
+            outcomes.append(ObjectOutcome(u.unit, target, n, rows - n, lo_, hi_))
         return outcomes
 
     def _stats(
@@ -326,6 +367,10 @@ class Loader:
                 )
             )
         return tuple(params)
+
+
+def _chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _ms_since(start: float) -> int:

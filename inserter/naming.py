@@ -1,4 +1,4 @@
-"""Warehouse names for a customer's data, and the lock key of a table.
+"""Warehouse names for a customer's data, the pooled tables behind them, and lock keys.
 
 Values are re-validated here even though the batcher validated them: a name built from an
 unchecked value is an injection bug. Every name this module returns matches
@@ -55,9 +55,26 @@ def reader_role(customer_id: str) -> str:
 
 def target_table(customer_id: str, event_type: str) -> TableRef:
     """One table per customer and event type: ``c_<customer>.<type>`` (every version in it)."""
+    return TableRef(customer_schema(customer_id), _checked_type(event_type))
+
+
+def pool_table(event_type: str) -> TableRef:
+    """``shardhouse.events_<type>``: every customer's rows of a type, the one target of a load's
+    insert. PostgreSQL: partitioned by customer_id, each partition a customer's table; Redshift:
+    a table each customer reads through its view."""
+    return TableRef(LEDGER_SCHEMA, f"events_{_checked_type(event_type)}")
+
+
+def identity_table(event_type: str) -> TableRef:
+    """``shardhouse.ids_<type>``: (customer_id, event_id, occurred_at) of every row of a type, one
+    btree for the dedupe probe whatever the number of customers (PostgreSQL only)."""
+    return TableRef(LEDGER_SCHEMA, f"ids_{_checked_type(event_type)}")
+
+
+def _checked_type(event_type: str) -> str:
     if not is_safe_sql_name(event_type) or len(event_type) > 48:
         raise UnsafeName(f"unsafe event type: {event_type!r}")
-    return TableRef(customer_schema(customer_id), event_type)
+    return event_type
 
 
 def ledger_table() -> TableRef:

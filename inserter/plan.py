@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from inserter.errors import UnknownEventSchema
-from inserter.naming import TableRef, UnsafeName, target_table
+from inserter.naming import TableRef, UnsafeName, pool_table, target_table
 from pipeline.core.layout import UnsafeKeyComponent, parse_event_key
 from pipeline.core.manifest import BatchManifest, BatchObject, ManifestError
 from schemas import InvalidEvent, Registry
@@ -102,6 +102,11 @@ class LoadPlan:
     def keys(self) -> tuple[str, ...]:
         """The ledger units of the load."""
         return tuple(o.unit for o in self.objects)
+
+    @property
+    def pools(self) -> tuple[TableRef, ...]:
+        """The pools the load writes to, sorted (the lock order): one per event type."""
+        return tuple(sorted({pool_table(t.event_type) for t in self.tables}))
 
     def stages(self) -> tuple[tuple[str, tuple[ObjectLoad, ...]], ...]:
         """Per event type (sorted): its distinct S3 objects, by ordinal — what one staging table

@@ -113,9 +113,7 @@ def customer_rows(body: bytes, *, what: str = "object") -> tuple[tuple[str, int]
     except (pa.ArrowInvalid, OSError, KeyError) as exc:
         raise LoadError(f"{what}: no readable customer_id column: {exc}") from exc
     counts = pc.value_counts(column.combine_chunks())
-    return tuple(
-        zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
-    )
+    return tuple(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
 
 
 def summarize_footer(footer: bytes, *, what: str = "object") -> ParquetSummary:

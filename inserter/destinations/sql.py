@@ -4,7 +4,6 @@ quoting helpers. Statements are ``psycopg.sql.Composed``: identifiers pass
 or ``sql.Literal``; type names come from :mod:`schemas` (derived from definitions, never from
 events). Nothing from an event is ever spliced into SQL text — rows travel by COPY."""
 
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -71,25 +70,3 @@ def _placeholders(n: int) -> sql.Composed:
 def render(stmt: Statement) -> str:
     """SQL text of a statement without a connection (tests, ``--dry-run``, logs)."""
     return stmt.as_string(None)
-
-
-@dataclass(frozen=True, slots=True)
-class Slice:
-    """The rows of a staging table (one per event type, shared by the load's customers) that go
-    into one target: one customer's, from these objects."""
-
-    customer_id: str
-    ordinals: tuple[int, ...]
-
-    def condition(self, alias: str) -> sql.Composed:
-        return sql.SQL("{a}.customer_id = {c} AND {a}.{obj} IN ({o})").format(
-            a=_id(alias),
-            c=sql.Literal(self.customer_id),
-            obj=_id(OBJ),
-            o=sql.SQL(", ").join(sql.Literal(int(o)) for o in self.ordinals),
-        )
-
-
-def slice_filter(part: Slice | None, alias: str = "s") -> sql.Composable:
-    """``<condition> AND `` for a slice, nothing without one."""
-    return sql.SQL("") if part is None else part.condition(alias) + sql.SQL(" AND ")

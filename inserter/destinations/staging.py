@@ -55,5 +55,3 @@ def file_columns(schema: Any, columns: Sequence[WarehouseColumn], key: str) -> l
     if len(set(names)) != len(names):
         raise LoadError(f"{key}: duplicate column names")
     return names
-
-

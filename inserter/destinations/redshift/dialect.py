@@ -14,24 +14,23 @@ from inserter.destinations.sql import (
     OBJ,
     TIE_BREAK,
     Params,
-    Slice,
     Statement,
     WarehouseColumn,
     _id,
     _ids,
     _table,
-    slice_filter,
 )
-from inserter.naming import ADMIN_ROLE, TableRef, ledger_table
+from inserter.naming import TableRef, ledger_table, pool_table, reader_role
 from schemas import Registry
 from schemas import ddl as schema_ddl
 
 
 class RedshiftDialect(PostgresDialect):
     """Redshift: staging filled by ``COPY … FROM 's3://…manifest' IAM_ROLE … FORMAT AS PARQUET
-    MANIFEST``; the target is ``DISTKEY(event_id) SORTKEY(occurred_at)`` (see docs/inserter.md)
+    MANIFEST``; a type's pool is ``DISTKEY(event_id) SORTKEY(occurred_at)`` (see docs/inserter.md)
     and has no index: the merge's ``occurred_at`` window is what keeps it cheap, through the
-    sort key's zone maps. No advisory locks: ``LOCK`` the ledger and the targets as the first
+    sort key's zone maps; each customer reads its rows through a view. No advisory locks:
+    ``LOCK`` the ledger and the pools as the first
     statement (Redshift's serializable isolation would otherwise abort one of two concurrent
     merges). JSON payload fields are SUPER; they travel as VARCHAR and go through JSON_PARSE."""
 
@@ -74,14 +73,64 @@ class RedshiftDialect(PostgresDialect):
     def _grantee(self, role: str) -> sql.Composable:
         return sql.SQL("ROLE {}").format(_id(role))
 
-    def create_table(self, ref: TableRef, event_type: str, reader: str) -> list[Statement]:
-        ddl = self.registry.redshift_ddl(event_type, ref.schema, ref.table)
-        stmts = [sql.SQL(ddl).format()]
-        for role in (reader, ADMIN_ROLE):
-            stmts.append(sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(_table(ref), self._grantee(role)))
-        return stmts
+    def relations(self, refs: Sequence[TableRef]) -> tuple[Statement, Params]:
+        """As PostgreSQL's; a customer's part of its pool is a view here."""
+        pairs = sql.SQL(" OR ").join(
+            sql.SQL("(c.table_schema = %s AND c.table_name = %s)").format() for _ in refs
+        )
+        stmt = sql.SQL(
+            "SELECT c.table_schema, c.table_name, c.column_name, t.table_type = 'VIEW' "
+            "FROM information_schema.columns c JOIN information_schema.tables t "
+            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name WHERE {}"
+        ).format(pairs)
+        return stmt, tuple(x for ref in refs for x in (ref.schema, ref.table))
 
-    def _table_extras(self, ref: TableRef) -> list[Statement]:
+    def create_pool(self, event_type: str) -> list[Statement]:
+        """One table per type for every customer; no identity table: the dedupe probe is an
+        anti-join against the pool itself, pruned to the window by the occurred_at sort key."""
+        pool = pool_table(event_type)
+        return [
+            sql.SQL(self.registry.redshift_ddl(event_type, pool.schema, pool.table)).format(),
+            *self._admin_only(pool),
+        ]
+
+    def _view(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
+        """The customer's rows of the pool, as a view (run with its owner's rights: the reader
+        needs no grant on the pool, and gets none)."""
+        names = [c.name for c in self.columns(ref.table)]
+        return [
+            sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {} WHERE customer_id = {}").format(
+                _table(ref), _ids(names), _table(pool_table(ref.table)), sql.Literal(customer_id)
+            ),
+            *self._readable_by(ref, reader),
+        ]
+
+    def create_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
+        return self._view(ref, customer_id, reader)
+
+    def adopt_customer_table(
+        self, ref: TableRef, customer_id: str, reader: str, missing: Sequence[WarehouseColumn]
+    ) -> list[Statement]:
+        """A customer table made before pools: its rows move into the pool, the table is kept
+        as ``<type>__pre_pool`` (for the operator to drop once checked), the view takes its name."""
+        absent = {c.name for c in missing}
+        names = [c.name for c in self.columns(ref.table) if c.name not in absent]
+        return [
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                _table(pool_table(ref.table)), _ids(names), _ids(names), _table(ref)
+            ),
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(_table(ref), _id(f"{ref.table}__pre_pool")),
+            *self._view(ref, customer_id, reader),
+        ]
+
+    def refresh_customer_table(self, ref: TableRef, customer_id: str) -> list[Statement]:
+        """A view lists its columns when made: a new version's columns need it made again."""
+        return self._view(ref, customer_id, reader_role(customer_id))
+
+    def identity_target(self, event_type: str) -> TableRef:
+        return pool_table(event_type)
+
+    def record_identities(self, event_type: str, fresh: str) -> list[Statement]:
         return []
 
     def _ledger_table(self, led: sql.Composed) -> Statement:
@@ -153,22 +202,16 @@ class RedshiftDialect(PostgresDialect):
         return []  # Redshift sizes its own query memory (WLM)
 
     def _deduped(
-        self,
-        stage: str,
-        target: TableRef,
-        columns: Sequence[WarehouseColumn],
-        lo: datetime,
-        hi: datetime,
-        part: Slice | None = None,
+        self, stage: str, identity: TableRef, columns: Sequence[WarehouseColumn], lo: datetime, hi: datetime
     ) -> sql.Composed:
         """As PostgreSQL's (one row per (customer_id, event_id)), with ROW_NUMBER for DISTINCT ON
-        (Redshift has no DISTINCT ON), and
-        no index to probe: Redshift decorrelates the NOT EXISTS into an anti-join whose scan of
-        the target is pruned to the window by the occurred_at sort key's zone maps."""
+        (Redshift has no DISTINCT ON), and no index to probe: Redshift decorrelates the NOT
+        EXISTS into an anti-join whose scan of the pool is pruned to the window by the
+        occurred_at sort key's zone maps."""
         names = [OBJ, *(c.name for c in columns)]
         return sql.SQL(
             "SELECT {dcols} FROM (SELECT {scols}, ROW_NUMBER() OVER (PARTITION BY s.customer_id, s.event_id "
-            "ORDER BY {tie}) AS _rn FROM {stage} AS s WHERE {part}NOT EXISTS (SELECT 1 FROM {target} AS t "
+            "ORDER BY {tie}) AS _rn FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {target} AS t "
             "WHERE t.event_id = s.event_id AND t.customer_id = s.customer_id "
             "AND t.occurred_at BETWEEN {lo} AND {hi})) AS d WHERE d._rn = 1"
         ).format(
@@ -176,8 +219,7 @@ class RedshiftDialect(PostgresDialect):
             scols=_ids(names, "s"),
             tie=_ids(TIE_BREAK, "s"),
             stage=_id(stage),
-            part=slice_filter(part),
-            target=_table(target),
+            target=_table(identity),
             lo=sql.Literal(lo),
             hi=sql.Literal(hi),
         )

@@ -75,6 +75,42 @@ def test_kill_9_mid_copy_then_restart_loads_exactly_once(env: Env, unique_name: 
     assert loaded and loaded[0]["receives"] == 2 and loaded[0]["rows_loaded"] == 3000
 
 
+def test_kill_9_mid_load_of_a_shared_object_then_restart_loads_each_customer_once(
+    env: Env, unique_name: str, tmp_path: Path
+) -> None:
+    """One object holding 40 customers' rows: killed mid-COPY, nothing of any customer lands;
+    restarted, each customer's rows land once, in its own table, one ledger unit each."""
+    customers = [f"{unique_name}_{i:02d}" for i in range(40)]
+    events = [e for i, c in enumerate(customers) for e in make_events(c, n=60 + i, start=1000 * i)]
+    obj = env.put_shared(events)
+    env.send(env.manifest([obj], last=1000 + len(events) - 1))
+    args = ("inserter", "--wait-seconds", "1", "--visibility-timeout", "6")
+    first = env.spawn(tmp_path, "first.log", *args, *SLOW)
+    try:
+        wait_for(lambda: copying(env), "the first inserter to be in the middle of a COPY", timeout=60)
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if first.poll() is None:
+            first.kill()
+    wait_for(lambda: not copying(env), "the server to abort the dead client's COPY", timeout=30)
+    assert sum(table_rows(env, c) for c in customers) == 0 and env.ledger() == []
+
+    second = env.spawn(tmp_path, "second.log", *args)
+    try:
+        wait_for(lambda: len(env.ledger()) == len(customers), "the restarted inserter to load", timeout=60)
+        wait_for(lambda: env.queue_depth() == 0, "the message to be deleted", timeout=30)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        if second.wait(timeout=30) is None:
+            second.kill()
+    for c in customers:
+        assert Counter(env.event_ids(c)) == Counter(
+            {str(e.event_id): 1 for e in events if e.customer_id == c}
+        )
+    assert sorted(r["object_key"] for r in env.ledger()) == sorted(f"{obj.key}#{c}" for c in customers)
+
+
 def test_sigterm_finishes_the_current_load_and_leaves_the_rest_on_the_queue(
     env: Env, unique_name: str, tmp_path: Path
 ) -> None:

@@ -127,7 +127,9 @@ def test_an_oversize_forged_message_and_a_dlq_refusing_sends_do_not_stop_the_ins
     events = make_events(unique_name, n=5)
     env.send(encode_manifest(env.manifest([env.put_object(events)])))
     sqs = env.clients.sqs()
-    sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=env.settings.resources.dead_letter_queue)["QueueUrl"])
+    sqs.delete_queue(
+        QueueUrl=sqs.get_queue_url(QueueName=env.settings.resources.dead_letter_queue)["QueueUrl"]
+    )
     ins = env.inserter(wait_seconds=0, max_messages=1)
     deadline = time.monotonic() + 30
     loads = 0

@@ -8,10 +8,12 @@ import uuid
 import psycopg
 import pyarrow.parquet as pq
 import pytest
-from inserter_harness import Env, make_events, parquet_bytes
+from inserter_harness import Env, fresh_database, make_env, make_events, parquet_bytes
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from pipeline.core.clients import ClientFactory
+from pipeline.core.settings import Settings
 from schemas import builtin_definitions, load_registry
 
 pytestmark = pytest.mark.integration
@@ -30,8 +32,9 @@ def test_a_customer_role_reads_only_its_own_schema(env: Env, unique_name: str) -
             assert conn.execute(f'SELECT count(*) FROM "c_{a}".page_view').fetchone() == (7,)
             with pytest.raises(pg_errors.InsufficientPrivilege):
                 conn.execute(f'SELECT count(*) FROM "c_{b}".page_view')
-            with pytest.raises(pg_errors.InsufficientPrivilege):
-                conn.execute("SELECT count(*) FROM shardhouse.load_ledger")  # names every customer
+            for pooled in ("load_ledger", "events_page_view", "ids_page_view"):  # every customer's
+                with pytest.raises(pg_errors.InsufficientPrivilege):
+                    conn.execute(f"SELECT count(*) FROM shardhouse.{pooled}")
             conn.execute("RESET ROLE")
 
             conn.execute("SET ROLE shardhouse_admin")
@@ -55,9 +58,11 @@ def test_a_customer_role_reads_only_its_own_schema(env: Env, unique_name: str) -
     assert roles == [(f"c_{a}_reader", False), (f"c_{b}_reader", False), ("shardhouse_admin", False)]
 
 
-def test_v2_rows_load_next_to_v1_rows(env: Env, unique_name: str) -> None:
-    """A table created when only v1 existed gains v2's columns (ALTER TABLE ADD COLUMN) before
-    v2 rows load; v1 rows read NULL there."""
+def test_v2_rows_load_next_to_v1_rows(clients: ClientFactory, settings: Settings, unique_name: str) -> None:
+    """A pool created when only v1 existed gains v2's columns (ALTER TABLE ADD COLUMN, which its
+    partitions follow) before v2 rows load; v1 rows read NULL there. Its own database: the pool
+    is per type, and another test's may already have v2's columns."""
+    env = make_env(clients, settings, unique_name, fresh_database(settings.warehouse.url, "v1v2"))
     v1_only = load_registry(definitions=[d for d in builtin_definitions() if d.version == 1])
     v1 = make_events(unique_name, "page_view", 1, 10)
     env.send(env.manifest([env.put_object(v1)]))
@@ -122,11 +127,22 @@ def test_table_shape_index_and_grants(env: Env, unique_name: str) -> None:
     env.send(env.manifest([env.put_object(make_events(unique_name, "order_placed", 2, 2))]))
     env.drain()
     schema = f"c_{unique_name}"
-    index = env.query(
-        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = 'order_placed'", (schema,)
-    )
-    assert index == [
-        (f"CREATE INDEX order_placed__dedupe ON {schema}.order_placed USING btree (event_id, occurred_at)",)
+    # The customer's table is its partition of the type's pool; the dedupe index is the
+    # identity table's (one btree for every customer), the partition has none.
+    assert env.query(
+        "SELECT p.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'order_placed'",
+        (schema,),
+    ) == [("events_order_placed",)]
+    assert env.query("SELECT 1 FROM pg_indexes WHERE schemaname = %s", (schema,)) == []
+    assert env.query(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'shardhouse' AND tablename = 'ids_order_placed'"
+    ) == [
+        (
+            "CREATE INDEX ids_order_placed__dedupe ON shardhouse.ids_order_placed "
+            "USING btree (event_id, occurred_at)",
+        )
     ]
     types = dict(
         env.query(
@@ -146,3 +162,33 @@ def test_table_shape_index_and_grants(env: Env, unique_name: str) -> None:
         (schema,),
     )
     assert grants == [(f"{schema}_reader", "SELECT"), ("shardhouse_admin", "SELECT")]
+
+
+def test_a_customer_table_made_before_pools_is_adopted_and_keeps_deduplicating(
+    env: Env, unique_name: str
+) -> None:
+    """An upgrade: a customer's standalone table (with its own dedupe index, no identity rows)
+    becomes its pool's partition on first sight; its rows count for dedupe from then on."""
+    schema, first = f"c_{unique_name}", make_events(unique_name, "page_view", 2, 10)
+    env.send(env.manifest([env.put_object(first)]))
+    env.drain()
+    with env.connect() as conn:  # back to the shape the inserter made before pools
+        conn.execute(f'ALTER TABLE shardhouse.events_page_view DETACH PARTITION "{schema}".page_view')
+        conn.execute(f'ALTER TABLE "{schema}".page_view DROP CONSTRAINT page_view__customer')
+        conn.execute("DELETE FROM shardhouse.ids_page_view WHERE customer_id = %s", (unique_name,))
+        conn.execute(f'CREATE INDEX page_view__dedupe ON "{schema}".page_view (event_id, occurred_at)')
+
+    again = [*first[:4], *make_events(unique_name, "page_view", 2, 6, start=100)]  # 4 seen, 6 new
+    env.send(env.manifest([env.put_object(again, first=5000)], first=5000, last=5009))
+    env.drain()
+
+    assert sorted(env.event_ids(unique_name)) == sorted(str(e.event_id) for e in [*first, *again[4:]])
+    assert env.query(
+        "SELECT c.relispartition FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'page_view'",
+        (schema,),
+    ) == [(True,)]
+    assert env.query("SELECT 1 FROM pg_indexes WHERE schemaname = %s", (schema,)) == []
+    assert env.query(
+        "SELECT count(*) FROM shardhouse.ids_page_view WHERE customer_id = %s", (unique_name,)
+    ) == [(16,)]

@@ -18,10 +18,10 @@ from inserter.destinations.redshift.dialect import RedshiftDialect
 from inserter.destinations.redshift.stager import RedshiftCopyStager
 from inserter.destinations.sql import LEDGER_COLUMNS, render
 from inserter.loader import Loader
-from inserter.naming import TableRef, reader_role, target_table
+from inserter.naming import TableRef, pool_table, reader_role, target_table
 from inserter.plan import plan_load
 from pipeline.core.layout import EventObjectKey
-from pipeline.core.manifest import BatchManifest, BatchObject
+from pipeline.core.manifest import BatchManifest, BatchObject, CustomerRows
 from schemas import load_registry
 
 REGISTRY = load_registry()
@@ -42,16 +42,21 @@ def statements(d: PostgresDialect, event_type: str) -> list[str]:
     cols = d.columns(event_type)
     out = [
         *d.create_customer_schema(ref.schema, reader_role("acme")),
-        *d.create_table(ref, event_type, reader_role("acme")),
-        d.add_column(ref, "referrer", cols[-1].target_type),
+        d.relations([ref, pool_table(event_type)])[0],
+        *d.create_pool(event_type),
+        *d.create_customer_table(ref, "acme", reader_role("acme")),
+        *d.adopt_customer_table(ref, "acme", reader_role("acme"), cols[-2:]),
+        *d.refresh_customer_table(ref, "acme"),
+        d.add_column(pool_table(event_type), "referrer", cols[-1].target_type),
         *d.ledger_ddl(),
         *d.create_staging("_stage_0", cols),
         d.loaded_keys(3),
-        d.discard_objects("_stage_0", [2, 3]),
+        d.discard_units("_stage_0", [(2, "acme"), (3, "globex")]),
         d.stage_stats("_stage_0"),
-        d.dedupe("_stage_0", "_fresh_0", ref, cols, LO, HI),
+        d.dedupe("_stage_0", "_fresh_0", d.identity_target(event_type), cols, LO, HI),
+        *d.record_identities(event_type, "_fresh_0"),
         d.fresh_counts("_fresh_0"),
-        d.insert_fresh(ref, "_fresh_0", cols),
+        d.insert_fresh(pool_table(event_type), "_fresh_0", cols),
         d.record_ledger(2),
         d.recent_loads(customer=True),
         *(s for s, _ in d.lock_tables([ref, target_table("acme", "page_view")])),
@@ -88,15 +93,23 @@ def test_redshift_copy_reads_parquet_through_a_manifest_with_the_iam_role() -> N
     assert "'arn:x''; DROP TABLE t; --'" in render(quoted.copy_from_s3("_raw_1", "s3://b/k"))
 
 
-def test_redshift_tables_distribute_on_event_id_and_sort_on_occurred_at() -> None:
-    (ddl, *grants) = RS.create_table(
-        target_table("acme", "order_placed"), "order_placed", reader_role("acme")
-    )
-    tree = parse(render(ddl), "redshift")
-    props = tree.sql("redshift")
+def test_redshift_pools_distribute_on_event_id_and_customers_read_through_views() -> None:
+    (ddl, *grants) = RS.create_pool("order_placed")
+    props = parse(render(ddl), "redshift").sql("redshift")
+    assert '"shardhouse"."events_order_placed"' in props
     assert 'DISTKEY("event_id")' in props and 'SORTKEY("occurred_at")' in props
     assert '"items" SUPER' in props
     assert [render(g) for g in grants] == [
+        'REVOKE ALL ON TABLE "shardhouse"."events_order_placed" FROM PUBLIC',
+        'GRANT SELECT ON TABLE "shardhouse"."events_order_placed" TO ROLE "shardhouse_admin"',
+    ]
+    view, *grants = RS.create_customer_table(
+        target_table("acme", "order_placed"), "acme", reader_role("acme")
+    )
+    text = render(view)
+    assert text.startswith('CREATE OR REPLACE VIEW "c_acme"."order_placed" AS SELECT "event_id"')
+    assert text.endswith('FROM "shardhouse"."events_order_placed" WHERE customer_id = \'acme\'')
+    assert [render(g) for g in grants][1:] == [
         'GRANT SELECT ON TABLE "c_acme"."order_placed" TO ROLE "c_acme_reader"',
         'GRANT SELECT ON TABLE "c_acme"."order_placed" TO ROLE "shardhouse_admin"',
     ]
@@ -105,7 +118,7 @@ def test_redshift_tables_distribute_on_event_id_and_sort_on_occurred_at() -> Non
 
 
 def test_redshift_merge_dedupes_with_row_number_and_parses_json_into_super() -> None:
-    ref = target_table("acme", "order_placed")
+    ref = pool_table("order_placed")
     cols = RS.columns("order_placed")
     dedupe = parse(render(RS.dedupe("_stage_0", "_fresh_0", ref, cols, LO, HI)), "redshift")
     window = dedupe.find(exp.Window)
@@ -119,9 +132,10 @@ def test_redshift_merge_dedupes_with_row_number_and_parses_json_into_super() -> 
 
 
 def test_postgres_merge_shape() -> None:
-    ref = target_table("acme", "appointment_booked")
+    ref = pool_table("appointment_booked")
     cols = PG.columns("appointment_booked")
-    text = render(PG.dedupe("_stage_0", "_fresh_0", ref, cols, LO, HI))
+    text = render(PG.dedupe("_stage_0", "_fresh_0", PG.identity_target("appointment_booked"), cols, LO, HI))
+    assert 'FROM "shardhouse"."ids_appointment_booked" AS t' in text
     assert text.startswith(
         'CREATE TEMP TABLE "_fresh_0" ON COMMIT DROP AS SELECT DISTINCT ON (s.customer_id, s.event_id)'
     )
@@ -148,18 +162,16 @@ def test_postgres_merge_shape() -> None:
 class Recorder:
     """A psycopg-shaped connection that records statements and answers catalog/stats queries."""
 
-    def __init__(
-        self, stats: list[tuple[Any, ...]], inserted: int, fresh: Sequence[tuple[int, int]] = ()
-    ) -> None:
+    def __init__(self, stats: list[tuple[Any, ...]], fresh: Sequence[tuple[int, str, int]] = ()) -> None:
         self.log: list[tuple[str, Any]] = []
-        self.stats, self.inserted, self.fresh = stats, inserted, list(fresh)
+        self.stats, self.fresh = stats, list(fresh)
         self.rowcount = -1
         self._rows: list[tuple[Any, ...]] = []
 
     def _answer(self, text: str) -> list[tuple[Any, ...]]:
         if "count(*), min(occurred_at)" in text:
             return self.stats
-        if text.startswith('SELECT "_obj", count(*)'):
+        if text.startswith('SELECT "_obj", customer_id, count(*)'):
             return self.fresh
         return []
 
@@ -167,8 +179,12 @@ class Recorder:
         text = render(stmt)
         self.log.append((text, params))
         self._rows = self._answer(text)
-        self.rowcount = self.inserted if text.startswith('INSERT INTO "c_') else -1
         return self
+
+    def load_statements(self) -> list[str]:
+        """The last transaction's statements (the load's; DDL transactions come before it)."""
+        texts = [t for t, _ in self.log]
+        return texts[len(texts) - texts[::-1].index("BEGIN") :]
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         return self._rows
@@ -219,15 +235,16 @@ def test_a_redshift_load_runs_the_shared_path_with_redshift_statements() -> None
     plan = plan_load(manifest, REGISTRY, bucket="bkt")
     s3 = FakeS3()
     at = datetime(2024, 5, 1, 12, tzinfo=UTC)
-    conn = Recorder(stats=[(1, "acme", 5, at, at, "order_placed", "order_placed", 2, 2)], inserted=4)
+    conn = Recorder(
+        stats=[(1, "acme", 5, at, at, "order_placed", "order_placed", 2, 2)], fresh=[(1, "acme", 4)]
+    )
     loader = Loader(RS, RedshiftCopyStager(s3, RS, REGISTRY))  # type: ignore[arg-type]
 
     result = loader.load(conn, plan)  # type: ignore[arg-type]
 
     assert (result.rows_loaded, result.rows_skipped) == (4, 1)
-    texts = [t for t, _ in conn.log]
-    load = texts[texts.index("BEGIN", texts.index("COMMIT")) + 1 :]  # after the DDL transaction
-    assert load[0] == 'LOCK "shardhouse"."load_ledger", "c_acme"."order_placed"'
+    load = conn.load_statements()
+    assert load[0] == 'LOCK "shardhouse"."load_ledger", "shardhouse"."events_order_placed"'
     copy = next(t for t in load if t.startswith("COPY"))
     (manifest_key,) = s3.puts
     assert f"FROM 's3://{manifest_key}'" in copy
@@ -242,7 +259,7 @@ def test_a_redshift_load_runs_the_shared_path_with_redshift_statements() -> None
         for t in load
     )
     assert any("JSON_PARSE" in t for t in load)
-    _, ledger_params = next((t, p) for t, p in conn.log if t.startswith('INSERT INTO "shardhouse"'))
+    _, ledger_params = next((t, p) for t, p in conn.log if t.startswith('INSERT INTO "shardhouse"."load_ledger"'))
     assert ledger_params[: len(LEDGER_COLUMNS)][7:9] == (4, 1)
     assert load[-1] == "COMMIT" and load[-2].startswith("DROP TABLE IF EXISTS")
     for text in load:
@@ -265,7 +282,7 @@ def test_a_redshift_load_of_several_objects_per_table_counts_each_through_a_temp
     )  # fmt: skip
     at = datetime(2024, 5, 1, 12, tzinfo=UTC)
     stats = [(o, "acme", 3, at, at, "page_view", "page_view", o, o) for o in (1, 2)]
-    conn = Recorder(stats=stats, inserted=5, fresh=[(1, 3), (2, 2)])
+    conn = Recorder(stats=stats, fresh=[(1, "acme", 3), (2, "acme", 2)])
     loader = Loader(RS, RedshiftCopyStager(FakeS3(), RS, REGISTRY))  # type: ignore[arg-type]
 
     result = loader.load(conn, plan_load(manifest, REGISTRY, bucket="bkt"))  # type: ignore[arg-type]
@@ -273,9 +290,12 @@ def test_a_redshift_load_of_several_objects_per_table_counts_each_through_a_temp
     assert [(o.rows_loaded, o.rows_skipped) for o in result.loaded] == [(3, 0), (2, 1)]
     texts = [t for t, _ in conn.log]
     fresh = next(t for t in texts if t.startswith('CREATE TEMP TABLE "_fresh_0"'))
-    assert "ROW_NUMBER() OVER (PARTITION BY s.customer_id, s.event_id" in fresh and "DISTKEY (event_id)" in fresh
+    assert (
+        "ROW_NUMBER() OVER (PARTITION BY s.customer_id, s.event_id" in fresh and "DISTKEY (event_id)" in fresh
+    )
     assert any(
-        t.startswith('INSERT INTO "c_acme"."page_view"') and t.endswith('FROM "_fresh_0" AS f') for t in texts
+        t.startswith('INSERT INTO "shardhouse"."events_page_view"') and t.endswith('FROM "_fresh_0" AS f')
+        for t in texts
     )
     assert 'DROP TABLE IF EXISTS "_fresh_0"' in texts
     raws = [t for t in texts if t.startswith('CREATE TEMP TABLE "_raw_')]
@@ -285,25 +305,58 @@ def test_a_redshift_load_of_several_objects_per_table_counts_each_through_a_temp
             parse(text, "redshift")
 
 
-def test_a_slice_confines_the_merge_to_one_customer_and_its_objects() -> None:
-    """A shared staging table feeds many customers' tables: each merge reads one customer's rows
-    of its own objects, in both dialects (a slice silently dropped would copy every customer's
-    rows into each table)."""
-    from inserter.destinations.sql import Slice
+class NoStager:
+    """Staging is the stager's I/O; these tests count the statements around it."""
 
-    ref = target_table("acme", "page_view")
-    cols = PG.columns("page_view")
-    part = Slice("acme", (1, 3))
-    for d in (PG, RS):
-        for stmt in (
-            d.insert_deduped("_stage_0", ref, cols, LO, HI, part),
-            d.dedupe("_stage_0", "_fresh_0", ref, d.columns("page_view"), LO, HI, part),
-        ):
-            assert """"s".customer_id = 'acme' AND "s"."_obj" IN (1, 3) AND NOT EXISTS""" in render(stmt)
+    def begin(self, bucket: str, objects: Sequence[Any]) -> None: ...
+    def end(self) -> None: ...
+    def stage(self, *args: Any) -> None: ...
+
+
+def shared_load(d: PostgresDialect, customers: int) -> tuple[list[str], list[Any]]:
+    """The load statements of one shared page_view object holding ``customers`` customers."""
+    key = str(
+        EventObjectKey(None, "page_view", 2, datetime(2024, 5, 1).date(), "shardId-000000000000", "1", "9")
+    )
+    names = [f"c{i:05d}" for i in range(customers)]
+    obj = BatchObject(
+        key, "", "page_view", 2, 2 * customers, 100, "", "", tuple(CustomerRows(c, 2) for c in names)
+    )
+    manifest = BatchManifest(1, "b", "s", "shardId-000000000000", "1", "9", "bkt", (obj,))
+    at = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    conn = Recorder(
+        stats=[(1, c, 2, at, at, "page_view", "page_view", 2, 2) for c in names],
+        fresh=[(1, c, 1) for c in names],
+    )
+    result = Loader(d, NoStager()).load(conn, plan_load(manifest, REGISTRY, bucket="bkt"))  # type: ignore[arg-type]
+    return conn.load_statements(), list(result.loaded)
+
+
+@pytest.mark.parametrize("d", [PG, RS], ids=["postgres", "redshift"])
+def test_a_loads_statements_do_not_grow_with_its_customers(d: PostgresDialect) -> None:
+    """One shared object of 3 or of 3,000 customers: the same statements (one staging, one
+    dedupe, one insert into the pool…) but for the ledger's rows, 2,000 per statement; every
+    customer's slice is counted in the ledger."""
+    few, few_loaded = shared_load(d, 3)
+    many, many_loaded = shared_load(d, 3000)
+    assert len(few_loaded) == 3 and len(many_loaded) == 3000
+    assert [(o.table, o.rows_loaded, o.rows_skipped) for o in many_loaded[:2]] == [
+        (target_table("c00000", "page_view"), 1, 1),
+        (target_table("c00001", "page_view"), 1, 1),
+    ]
+    ledger = [t for t in many if t.startswith('INSERT INTO "shardhouse"."load_ledger"')]
+    assert len(ledger) == 2  # 3,000 rows: 2,000 + 1,000
+    assert len(many) == len(few) + 1
+    inserts = [t for t in many if t.startswith('INSERT INTO "shardhouse"."events_page_view"')]
+    assert len(inserts) == 1 and "customer_id =" not in inserts[0]
 
 
 def test_every_statement_and_lock_wait_is_bounded() -> None:
-    pg = [render(s) for s in PostgresDialect(REGISTRY, statement_timeout_s=30, lock_timeout_s=5).session_setup()]
+    pg = [
+        render(s) for s in PostgresDialect(REGISTRY, statement_timeout_s=30, lock_timeout_s=5).session_setup()
+    ]
     assert "SET statement_timeout = '30s'" in pg and "SET lock_timeout = '5s'" in pg
-    rs = [render(s) for s in RedshiftDialect(REGISTRY, iam_role="arn:r", statement_timeout_s=30).session_setup()]
+    rs = [
+        render(s) for s in RedshiftDialect(REGISTRY, iam_role="arn:r", statement_timeout_s=30).session_setup()
+    ]
     assert "SET statement_timeout TO 30000" in rs
