@@ -41,7 +41,6 @@ from psycopg import sql
 from inserter.destinations.postgres.dialect import PostgresDialect
 from inserter.destinations.postgres.stager import PostgresCopyStager
 from inserter.loader import Loader
-from inserter.naming import TableRef
 from inserter.plan import combine_plans, plan_load
 from inserter.source import ObjectSource
 from pipeline.app.provision import ensure_bucket, ensure_database
@@ -251,10 +250,11 @@ def _rekey(source: ObjectSource, bucket: str, obj: BatchObject, customer: str) -
 
 
 def fill_table(conn: psycopg.Connection[Any], schema: str, rows: int) -> None:
-    """``rows`` page views spread over the year before NOW, generated server-side; the dedupe
-    index is built afterwards (as a bulk load would), then the table is analyzed."""
+    """``rows`` page views spread over the year before NOW, generated server-side into the
+    customer's partition and their identities into the type's identity table, whose dedupe index
+    is built afterwards (as a bulk load would); then both are analyzed."""
     t = sql.SQL("{}.page_view").format(sql.Identifier(schema))
-    conn.execute(sql.SQL("DROP INDEX IF EXISTS {}.page_view__dedupe").format(sql.Identifier(schema)))
+    conn.execute("DROP INDEX IF EXISTS shardhouse.ids_page_view__dedupe")
     step = 1_000_000
     for lo in range(0, rows, step):
         conn.execute(
@@ -277,8 +277,15 @@ def fill_table(conn: psycopg.Connection[Any], schema: str, rows: int) -> None:
                 hi=sql.Literal(min(rows, lo + step) - 1),
             )
         )
-    conn.execute(sql.SQL("CREATE INDEX page_view__dedupe ON {t} (event_id, occurred_at)").format(t=t))
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO shardhouse.ids_page_view (customer_id, event_id, occurred_at) "
+            "SELECT customer_id, event_id, occurred_at FROM {t}"
+        ).format(t=t)
+    )
+    conn.execute("CREATE INDEX ids_page_view__dedupe ON shardhouse.ids_page_view (event_id, occurred_at)")
     conn.execute(sql.SQL("VACUUM ANALYZE {t}").format(t=t))
+    conn.execute("VACUUM ANALYZE shardhouse.ids_page_view")
 
 
 def recent_ids(conn: psycopg.Connection[Any], schema: str, n: int) -> list[str]:
@@ -341,7 +348,7 @@ def explain_dedupe(
     """EXPLAIN ANALYZE of the shipped dedupe statement for ``batch`` fresh staged rows;
     ``fenced=False``: the same without ``OFFSET 0``, i.e. what the planner does on its own."""
     dialect = PostgresDialect(REGISTRY)
-    ref = TableRef(schema, "page_view")
+    ref = dialect.identity_target("page_view")
     with conn.transaction(), conn.cursor() as cur:
         for stmt in [*dialect.merge_setup(), *dialect.create_staging("_probe", dialect.columns("page_view"))]:
             cur.execute(stmt)
@@ -386,8 +393,7 @@ def bench_small(
                     )
                 plans.append(plan_load(manifest(bucket, objs, f"{shape}-{b}"), REGISTRY, bucket=bucket))
             for plan in plans:  # tables exist before timing: the steady state of a running inserter
-                for table in plan.tables:
-                    loader.ensure_table(conn, table)
+                loader.ensure_tables(conn, plan.tables)
             loads = [combine_plans(plans)] if shape == "combined" else plans
             stage_ms = merge_ms = 0
             t0 = time.perf_counter()

@@ -280,8 +280,9 @@ class Loader:
         done: set[str],
     ) -> list[ObjectOutcome]:
         """Every customer's new rows of the type's staging into the type's pool (each row
-        lands in its customer's part), in four statements whatever the number of customers:
-        dedupe into ``fresh``, record their identities, insert into the pool, count per unit."""
+        lands in its customer's part), in the same few statements whatever the number of
+        customers: dedupe (PostgreSQL: in staging; Redshift: into ``fresh``), record their
+        identities, insert into the pool, count the new rows per unit."""
         d = self.dialect
         todo = [u for u in units if u.unit not in done]
         if not todo:
@@ -294,11 +295,17 @@ class Loader:
         loaded: dict[tuple[int, str], int] = {}
         if present:
             lo, hi = merge_window(min(s.lo for s in present), max(s.hi for s in present), self.dedupe_window)
-            cur.execute(d.dedupe(stage, fresh, d.identity_target(event_type), columns, lo, hi))
-            for stmt in d.record_identities(event_type, fresh):
+            duplicates, check = True, d.has_duplicates(stage)
+            if check is not None:
+                row = cur.execute(check).fetchone()
+                duplicates = bool(row and row[0])
+            steps, new_rows = d.dedupe(
+                stage, fresh, d.identity_target(event_type), columns, lo, hi, duplicates=duplicates
+            )
+            for stmt in [*steps, *d.record_identities(event_type, new_rows)]:
                 cur.execute(stmt)
-            cur.execute(d.insert_fresh(pool_table(event_type), fresh, columns))
-            cur.execute(d.fresh_counts(fresh))
+            cur.execute(d.insert_fresh(pool_table(event_type), new_rows, columns))
+            cur.execute(d.fresh_counts(new_rows))
             loaded = {(int(o), str(c)): int(n) for o, c, n in cur.fetchall()}
         outcomes = []
         for u in todo:

@@ -221,9 +221,10 @@ class PostgresDialect:
         return [self._identities_from(event_type, _id(fresh))]
 
     def _identities_from(self, event_type: str, source: sql.Composable) -> Statement:
+        """In event_id order: the btree then fills page by page (1M ids: 1.8 s, 3.0 s unordered)."""
         return sql.SQL(
             "INSERT INTO {} (customer_id, event_id, occurred_at) "
-            "SELECT customer_id, event_id, occurred_at FROM {}"
+            "SELECT customer_id, event_id, occurred_at FROM {} ORDER BY event_id"
         ).format(_table(identity_table(event_type)), source)
 
     def add_column(self, ref: TableRef, name: str, target_type: str) -> Statement:
@@ -319,37 +320,13 @@ class PostgresDialect:
         spills a 100k-row batch to disk)."""
         return [sql.SQL("SET LOCAL work_mem = '256MB'").format()]
 
-    def _deduped(
-        self, stage: str, identity: TableRef, columns: Sequence[WarehouseColumn], lo: datetime, hi: datetime
-    ) -> sql.Composed:
-        """One row per (customer_id, event_id) of ``stage`` (first object, then stream position),
-        keeping only pairs ``identity`` does not hold with occurred_at in ``[lo, hi]`` — the
-        load's occurred_at range widened by the dedupe window on both sides. Identity is per
-        customer: the pair, not the id, so two customers' copies of one id both stay. The probe
-        is one lookup of the (event_id, occurred_at) index; customer_id is compared only on the
-        rows it finds, and a new event finds none.
-
-        ``OFFSET 0`` keeps the NOT EXISTS a correlated sub-plan instead of letting the planner
-        turn it into an anti-join: each staged row is one index probe, so the cost follows the
-        batch. As a join, the planner may prefer a sequential scan of the identity table
-        (measured: a Merge Anti Join over the whole table), whose cost follows the table."""
-        names = [OBJ, *(c.name for c in columns)]
+    def has_duplicates(self, stage: str) -> Statement | None:
+        """Whether ``stage`` holds a (customer_id, event_id) twice — rare (the batcher keeps the
+        first copy per batch; two batches of one load may both hold a producer's retry): a hash
+        aggregate over the keys, so the common load skips sorting its rows."""
         return sql.SQL(
-            "SELECT DISTINCT ON (s.customer_id, s.event_id) {cols} FROM {stage} AS s "
-            "WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE t.event_id = s.event_id "
-            "AND t.customer_id = s.customer_id AND t.occurred_at BETWEEN {lo} AND {hi} OFFSET 0) "
-            "ORDER BY s.customer_id, s.event_id, {tie}"
-        ).format(
-            cols=_ids(names, "s"),
-            stage=_id(stage),
-            target=_table(identity),
-            lo=sql.Literal(lo),
-            hi=sql.Literal(hi),
-            tie=_ids(TIE_BREAK, "s"),
-        )
-
-    def _create_temp_as(self, name: str) -> sql.Composed:
-        return sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS ").format(_id(name))
+            "SELECT EXISTS (SELECT 1 FROM {} GROUP BY customer_id, event_id HAVING count(*) > 1)"
+        ).format(_id(stage))
 
     def dedupe(
         self,
@@ -359,10 +336,38 @@ class PostgresDialect:
         columns: Sequence[WarehouseColumn],
         lo: datetime,
         hi: datetime,
-    ) -> Statement:
-        """``fresh`` := the type's deduplicated new rows, every customer's at once: it feeds the
-        identity table, the pool and the ledger's per-object counts."""
-        return self._create_temp_as(fresh) + self._deduped(stage, identity, columns, lo, hi)
+        *,
+        duplicates: bool = True,
+    ) -> tuple[list[Statement], str]:
+        """Statements leaving, in the returned table, one row per (customer_id, event_id) of
+        ``stage`` (first object, then stream position) whose pair ``identity`` does not hold with
+        occurred_at in ``[lo, hi]`` — the load's occurred_at range widened by the dedupe window
+        on both sides. PostgreSQL deletes from staging in place: measured on 1M rows, that and
+        an identity insert in event_id order take 4.6 s where a sorted copy of the rows
+        (``DISTINCT ON`` into a temp table) took 6.4 s.
+
+        The probe is one lookup of the (event_id, occurred_at) index per staged row; customer_id
+        is compared only on the rows it finds, and a new event finds none. ``OFFSET 0`` keeps the
+        EXISTS a correlated sub-plan instead of letting the planner turn it into a join: as a
+        join, it may prefer a scan of the whole identity table (measured: a Merge Join over the
+        table), whose cost follows the table, not the batch."""
+        stmts = []
+        if duplicates:
+            stmts.append(
+                sql.SQL(
+                    "DELETE FROM {stage} WHERE ctid IN (SELECT ctid FROM (SELECT ctid, row_number() "
+                    "OVER (PARTITION BY customer_id, event_id ORDER BY {tie}) AS _rn FROM {stage}) AS d "
+                    "WHERE d._rn > 1)"
+                ).format(stage=_id(stage), tie=_ids(TIE_BREAK))
+            )
+        stmts.append(
+            sql.SQL(
+                "DELETE FROM {stage} AS s WHERE EXISTS (SELECT 1 FROM {target} AS t "
+                "WHERE t.event_id = s.event_id AND t.customer_id = s.customer_id "
+                "AND t.occurred_at BETWEEN {lo} AND {hi} OFFSET 0)"
+            ).format(stage=_id(stage), target=_table(identity), lo=sql.Literal(lo), hi=sql.Literal(hi))
+        )
+        return stmts, stage
 
     def fresh_counts(self, fresh: str) -> Statement:
         return sql.SQL("SELECT {obj}, customer_id, count(*) FROM {fresh} GROUP BY {obj}, customer_id").format(

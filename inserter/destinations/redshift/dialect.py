@@ -201,15 +201,26 @@ class RedshiftDialect(PostgresDialect):
     def merge_setup(self) -> list[Statement]:
         return []  # Redshift sizes its own query memory (WLM)
 
-    def _deduped(
-        self, stage: str, identity: TableRef, columns: Sequence[WarehouseColumn], lo: datetime, hi: datetime
-    ) -> sql.Composed:
-        """As PostgreSQL's (one row per (customer_id, event_id)), with ROW_NUMBER for DISTINCT ON
-        (Redshift has no DISTINCT ON), and no index to probe: Redshift decorrelates the NOT
-        EXISTS into an anti-join whose scan of the pool is pruned to the window by the
-        occurred_at sort key's zone maps."""
+    def has_duplicates(self, stage: str) -> Statement | None:
+        return None  # the ROW_NUMBER below runs anyway
+
+    def dedupe(
+        self,
+        stage: str,
+        fresh: str,
+        identity: TableRef,
+        columns: Sequence[WarehouseColumn],
+        lo: datetime,
+        hi: datetime,
+        *,
+        duplicates: bool = True,
+    ) -> tuple[list[Statement], str]:
+        """As PostgreSQL's, into the temp table ``fresh`` (Redshift deletes are costly: they mark
+        whole blocks), with ROW_NUMBER for the first copy of each (customer_id, event_id), and
+        no index to probe: Redshift decorrelates the NOT EXISTS into an anti-join whose scan of
+        the pool is pruned to the window by the occurred_at sort key's zone maps."""
         names = [OBJ, *(c.name for c in columns)]
-        return sql.SQL(
+        select = sql.SQL(
             "SELECT {dcols} FROM (SELECT {scols}, ROW_NUMBER() OVER (PARTITION BY s.customer_id, s.event_id "
             "ORDER BY {tie}) AS _rn FROM {stage} AS s WHERE NOT EXISTS (SELECT 1 FROM {target} AS t "
             "WHERE t.event_id = s.event_id AND t.customer_id = s.customer_id "
@@ -223,9 +234,8 @@ class RedshiftDialect(PostgresDialect):
             lo=sql.Literal(lo),
             hi=sql.Literal(hi),
         )
-
-    def _create_temp_as(self, name: str) -> sql.Composed:
-        return sql.SQL("CREATE TEMP TABLE {} DISTSTYLE KEY DISTKEY (event_id) AS ").format(_id(name))
+        create = sql.SQL("CREATE TEMP TABLE {} DISTSTYLE KEY DISTKEY (event_id) AS ").format(_id(fresh))
+        return [create + select], fresh
 
     def _load_expr(self, column: WarehouseColumn) -> sql.Composable:
         if column.target_type == "SUPER":

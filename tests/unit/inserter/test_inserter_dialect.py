@@ -53,7 +53,8 @@ def statements(d: PostgresDialect, event_type: str) -> list[str]:
         d.loaded_keys(3),
         d.discard_units("_stage_0", [(2, "acme"), (3, "globex")]),
         d.stage_stats("_stage_0"),
-        d.dedupe("_stage_0", "_fresh_0", d.identity_target(event_type), cols, LO, HI),
+        *d.dedupe("_stage_0", "_fresh_0", d.identity_target(event_type), cols, LO, HI)[0],
+        *[c for c in [d.has_duplicates("_stage_0")] if c is not None],
         *d.record_identities(event_type, "_fresh_0"),
         d.fresh_counts("_fresh_0"),
         d.insert_fresh(pool_table(event_type), "_fresh_0", cols),
@@ -120,7 +121,9 @@ def test_redshift_pools_distribute_on_event_id_and_customers_read_through_views(
 def test_redshift_merge_dedupes_with_row_number_and_parses_json_into_super() -> None:
     ref = pool_table("order_placed")
     cols = RS.columns("order_placed")
-    dedupe = parse(render(RS.dedupe("_stage_0", "_fresh_0", ref, cols, LO, HI)), "redshift")
+    (stmt,), source = RS.dedupe("_stage_0", "_fresh_0", ref, cols, LO, HI)
+    assert source == "_fresh_0"
+    dedupe = parse(render(stmt), "redshift")
     window = dedupe.find(exp.Window)
     assert window is not None and window.this.sql().upper() == "ROW_NUMBER()"
     between = dedupe.find(exp.Between)
@@ -134,21 +137,27 @@ def test_redshift_merge_dedupes_with_row_number_and_parses_json_into_super() -> 
 def test_postgres_merge_shape() -> None:
     ref = pool_table("appointment_booked")
     cols = PG.columns("appointment_booked")
-    text = render(PG.dedupe("_stage_0", "_fresh_0", PG.identity_target("appointment_booked"), cols, LO, HI))
-    assert 'FROM "shardhouse"."ids_appointment_booked" AS t' in text
-    assert text.startswith(
-        'CREATE TEMP TABLE "_fresh_0" ON COMMIT DROP AS SELECT DISTINCT ON (s.customer_id, s.event_id)'
+    steps, source = PG.dedupe("_stage_0", "_fresh_0", PG.identity_target("appointment_booked"), cols, LO, HI)
+    assert source == "_stage_0"  # PostgreSQL dedupes staging in place
+    within, against = (render(s) for s in steps)
+    # within the load: every copy but the first of a pair (first object, then stream position)
+    assert within == (
+        'DELETE FROM "_stage_0" WHERE ctid IN (SELECT ctid FROM (SELECT ctid, row_number() OVER '
+        '(PARTITION BY customer_id, event_id ORDER BY "_obj", "_shard_id", "_sequence_number", '
+        '"_sub_sequence_number") AS _rn FROM "_stage_0") AS d WHERE d._rn > 1)'
     )
-    # identity is the pair: a staged row is a duplicate only of its own customer's copy
-    assert "t.event_id = s.event_id AND t.customer_id = s.customer_id" in text
+    # against the warehouse: identity is the pair, a row is a duplicate only of its own customer's
+    assert 'FROM "shardhouse"."ids_appointment_booked" AS t' in against
+    assert "t.event_id = s.event_id AND t.customer_id = s.customer_id" in against
     assert (
-        "BETWEEN '2024-04-24 00:00:00+00:00'::timestamptz AND '2024-05-08 00:00:00+00:00'::timestamptz"
-        in text
+        "BETWEEN '2024-04-24 00:00:00+00:00'::timestamptz AND '2024-05-08 00:00:00+00:00'::timestamptz OFFSET 0)"
+        in against
     )
-    assert text.endswith(
-        'ORDER BY s.customer_id, s.event_id, "s"."_obj", "s"."_shard_id", "s"."_sequence_number", '
-        '"s"."_sub_sequence_number"'
-    )
+    identity = PG.identity_target("appointment_booked")
+    (only_against,), _ = PG.dedupe("_stage_0", "_f", identity, cols, LO, HI, duplicates=False)
+    assert render(only_against) == against  # no duplicate pair in staging: no sort of its rows
+    ids = render(PG.record_identities("appointment_booked", "_stage_0")[0])
+    assert ids.endswith('FROM "_stage_0" ORDER BY event_id')
     insert = render(PG.insert_fresh(ref, "_fresh_0", cols))
     assert 'CAST(f."fee" AS numeric(10,2))' in insert  # numeric is staged as text
     assert {c.name: c.staging_type for c in cols}["fee"] == "text"
@@ -259,7 +268,9 @@ def test_a_redshift_load_runs_the_shared_path_with_redshift_statements() -> None
         for t in load
     )
     assert any("JSON_PARSE" in t for t in load)
-    _, ledger_params = next((t, p) for t, p in conn.log if t.startswith('INSERT INTO "shardhouse"."load_ledger"'))
+    _, ledger_params = next(
+        (t, p) for t, p in conn.log if t.startswith('INSERT INTO "shardhouse"."load_ledger"')
+    )
     assert ledger_params[: len(LEDGER_COLUMNS)][7:9] == (4, 1)
     assert load[-1] == "COMMIT" and load[-2].startswith("DROP TABLE IF EXISTS")
     for text in load:
