@@ -72,8 +72,8 @@ class SyntheticConfig:
     max_event_bytes: int = _DEFAULT_MAX_EVENT_BYTES
 
     def __post_init__(self) -> None:
-        if not 1 <= self.customers <= 9999:
-            raise ConfigError(f"customers must be 1..9999, got {self.customers}")
+        if not 1 <= self.customers <= 99_999:
+            raise ConfigError(f"customers must be 1..99999, got {self.customers}")
         for name in ("duplicate_ratio", "invalid_ratio"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -165,7 +165,8 @@ class _Generator:
         self.config = config
         self.now = now
         self.rng = random.Random(config.seed)
-        self.customers = [_Customer(f"cust_{n:04d}") for n in range(1, config.customers + 1)]
+        width = max(4, len(str(config.customers)))  # cust_0001…: the ids of up to 9,999 customers stay
+        self.customers = [_Customer(f"cust_{n:0{width}d}") for n in range(1, config.customers + 1)]
         # Zipf-like tenant sizes, sampled once into a power-of-two table (>= 16 slots per
         # customer): picking a customer is then one getrandbits.
         weights = [1.0 / (rank + 1) for rank in range(config.customers)]

@@ -39,7 +39,7 @@ CASES = [
     (["--file", "/"], "--file /: Is a directory"),
     (["--file", "-", "--seed", "3", "--customers", "2"], "--customers, --seed: only for synthetic load"),
     (["--stream", " "], "--stream must not be empty"),
-    (["--customers", "10000"], "customers must be 1..9999"),
+    (["--customers", "100000"], "customers must be 1..99999"),
     (["--duplicate-ratio", "0.5", "--invalid-ratio", "0.5"], "must leave room for valid events"),
     (["--occurred-at", "yesterday"], "--occurred-at 'yesterday': expected an RFC 3339 time"),
     (["--file", "-", "--occurred-at", "2026-01-01T00:00:00Z"], "--occurred-at: only for synthetic load"),

@@ -19,7 +19,7 @@ def demo(
     events: Annotated[
         int, typer.Option(min=100, help="Records to produce (duplicates and invalid included).")
     ] = 100_000,
-    customers: Annotated[int, typer.Option(min=1, max=9999)] = 20,
+    customers: Annotated[int, typer.Option(min=1, max=99_999)] = 20,
     duplicate_ratio: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.02,
     invalid_ratio: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.005,
     seed: Annotated[int, typer.Option()] = 42,
