@@ -129,10 +129,10 @@ def demo_settings(state: local_stack.StackState, config: DemoConfig) -> dict[str
         "SHARDHOUSE_DEAD_LETTER_QUEUE": "shardhouse-demo-batches-dlq",
         "SHARDHOUSE_BATCHER_APP": "shardhouse-demo-batcher",
         "SHARDHOUSE_PROJECTOR_APP": "shardhouse-demo-projector",
-        # Small batches and quick reads: the demo is about latency, not batch economics. Not
-        # smaller: every flush writes one object per customer and type, and thousands of tiny
-        # objects cost the inserter more than their rows (docs/benchmarks.md, small objects).
-        "SHARDHOUSE_FLUSH_AGE_SECONDS": "5",
+        # Small batches and quick reads: the demo is about latency, not batch economics. A flush
+        # writes one shared object per type and version (plus one per large customer), so its
+        # cost no longer follows the customers and a 2 s age keeps produce → warehouse short.
+        "SHARDHOUSE_FLUSH_AGE_SECONDS": "2",
         "SHARDHOUSE_FLUSH_RECORDS": "10000",
         "SHARDHOUSE_IDLE_BETWEEN_READS_MS": "250",
         "SHARDHOUSE_LOG_LEVEL": "INFO",
