@@ -362,9 +362,10 @@ def explain_dedupe(
         )
         cur.execute("ANALYZE _probe")  # give the unfenced planner every chance
         lo, hi = NOW - timedelta(days=8), NOW + timedelta(days=7)
-        text = dialect.dedupe("_probe", "_probe_fresh", ref, dialect.columns("page_view"), lo, hi).as_string(
-            conn
+        steps, _ = dialect.dedupe(
+            "_probe", "_probe_fresh", ref, dialect.columns("page_view"), lo, hi, duplicates=False
         )
+        text = steps[-1].as_string(conn)  # the probe of the identity table, a DELETE in staging
         if not fenced:
             text = text.replace(" OFFSET 0)", ")")
         rows = cur.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {text}").fetchall()

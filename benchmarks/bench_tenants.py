@@ -22,27 +22,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
+from bench_inserter import servers  # the same throwaway stack
 
 from inserter.destinations import open_destination
 from inserter.loader import Loader
 from inserter.plan import combine_plans, plan_load
 from inserter.source import ObjectSource
 from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues
-from pipeline.app.servers import stack as local_stack
-from pipeline.app.servers.process import free_port
 from pipeline.consumer.processor import InitializeInput, ProcessRecordsInput, Record, ShutdownRequestedInput
 from pipeline.core.clients import ClientFactory
 from pipeline.core.manifest import decode_manifest
@@ -71,24 +65,6 @@ class CountingCursor(psycopg.Cursor[Any]):
 class NullCheckpointer:
     def checkpoint(self, sequence_number: str | None = None, sub_sequence_number: int | None = None) -> None:
         return None
-
-
-@contextmanager
-def servers() -> Iterator[dict[str, str]]:
-    with tempfile.TemporaryDirectory(prefix="bench-tenants-") as tmp:
-        cfg = local_stack.StackConfig(
-            state_dir=Path(tmp),
-            aws_port=free_port(),
-            kinesis_mock_port=free_port(),
-            redis_port=free_port(),
-            pg_port=free_port(),
-        )
-        state, _ = local_stack.up(cfg)
-        os.environ.update(state.env)
-        try:
-            yield state.env
-        finally:
-            local_stack.down(Path(tmp))
 
 
 def shard_records(customers: int, events: int, shards: int, seed: int) -> list[list[Record]]:
@@ -219,7 +195,7 @@ def main() -> None:
     ap.add_argument("--flush-records", type=int, default=1_000, help="records per flush and shard")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
-    with servers() as env:
+    with servers(None) as env:
         base = load_settings(env)
         results = [one_scale(base, int(c), args) for c in args.customers.split(",")]
     print(json.dumps(results, indent=1))

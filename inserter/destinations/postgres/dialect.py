@@ -124,14 +124,22 @@ class PostgresDialect:
         """(schema, table, column, is a part of its pool) for each existing relation of ``refs``:
         what the DDL step needs to know about a load's tables, in one round trip whatever the
         number of customers. A part is a partition here (a view on Redshift)."""
-        pairs = sql.SQL(" OR ").join(sql.SQL("(n.nspname = %s AND c.relname = %s)").format() for _ in refs)
-        stmt = sql.SQL(
+        schema_col, table_col, query = self._relations_query()
+        pairs = sql.SQL(" OR ").join(
+            sql.SQL("({} = %s AND {} = %s)").format(sql.SQL(schema_col), sql.SQL(table_col)) for _ in refs
+        )
+        return sql.SQL(query).format(pairs), tuple(x for ref in refs for x in (ref.schema, ref.table))
+
+    def _relations_query(self) -> tuple[str, str, str]:
+        """(schema column, table column, query with ``{}`` for the pairs) of the catalog."""
+        return (
+            "n.nspname",
+            "c.relname",
             "SELECT n.nspname, c.relname, a.attname, c.relispartition "
             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-            "WHERE {}"
-        ).format(pairs)
-        return stmt, tuple(x for ref in refs for x in (ref.schema, ref.table))
+            "WHERE {}",
+        )
 
     def create_pool(self, event_type: str) -> list[Statement]:
         """The type's pool, partitioned by customer, and its identity table with the dedupe

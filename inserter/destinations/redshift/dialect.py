@@ -73,17 +73,15 @@ class RedshiftDialect(PostgresDialect):
     def _grantee(self, role: str) -> sql.Composable:
         return sql.SQL("ROLE {}").format(_id(role))
 
-    def relations(self, refs: Sequence[TableRef]) -> tuple[Statement, Params]:
-        """As PostgreSQL's; a customer's part of its pool is a view here."""
-        pairs = sql.SQL(" OR ").join(
-            sql.SQL("(c.table_schema = %s AND c.table_name = %s)").format() for _ in refs
-        )
-        stmt = sql.SQL(
+    def _relations_query(self) -> tuple[str, str, str]:
+        """information_schema: a customer's part of its pool is a view here."""
+        return (
+            "c.table_schema",
+            "c.table_name",
             "SELECT c.table_schema, c.table_name, c.column_name, t.table_type = 'VIEW' "
             "FROM information_schema.columns c JOIN information_schema.tables t "
-            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name WHERE {}"
-        ).format(pairs)
-        return stmt, tuple(x for ref in refs for x in (ref.schema, ref.table))
+            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name WHERE {}",
+        )
 
     def create_pool(self, event_type: str) -> list[Statement]:
         """One table per type for every customer; no identity table: the dedupe probe is an

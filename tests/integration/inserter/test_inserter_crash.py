@@ -40,12 +40,12 @@ def log_lines(path: Path) -> list[dict[str, object]]:
     return out
 
 
-def test_kill_9_mid_copy_then_restart_loads_exactly_once(env: Env, unique_name: str, tmp_path: Path) -> None:
-    events = make_events(unique_name, n=3000)
-    obj = env.put_object(events)
-    env.send(env.manifest([obj]))
-    args = ("inserter", "--wait-seconds", "1", "--visibility-timeout", "6")
-    first = env.spawn(tmp_path, "first.log", *args, *SLOW)
+ARGS = ("inserter", "--wait-seconds", "1", "--visibility-timeout", "6")
+
+
+def kill_9_mid_copy(env: Env, tmp_path: Path) -> None:
+    """An inserter killed with SIGKILL in the middle of a COPY, and the server done with it."""
+    first = env.spawn(tmp_path, "first.log", *ARGS, *SLOW)
     try:
         wait_for(lambda: copying(env), "the first inserter to be in the middle of a COPY", timeout=60)
         first.send_signal(signal.SIGKILL)
@@ -54,10 +54,17 @@ def test_kill_9_mid_copy_then_restart_loads_exactly_once(env: Env, unique_name: 
         if first.poll() is None:
             first.kill()
     wait_for(lambda: not copying(env), "the server to abort the dead client's COPY", timeout=30)
+
+
+def test_kill_9_mid_copy_then_restart_loads_exactly_once(env: Env, unique_name: str, tmp_path: Path) -> None:
+    events = make_events(unique_name, n=3000)
+    obj = env.put_object(events)
+    env.send(env.manifest([obj]))
+    kill_9_mid_copy(env, tmp_path)
     assert table_rows(env, unique_name) == 0  # nothing of the interrupted load is visible
     assert env.ledger() == []
 
-    second = env.spawn(tmp_path, "second.log", *args)
+    second = env.spawn(tmp_path, "second.log", *ARGS)
     try:
         # The message comes back once the visibility the dead process last extended runs out.
         wait_for(lambda: len(env.ledger()) == 1, "the restarted inserter to load the batch", timeout=60)
@@ -84,19 +91,10 @@ def test_kill_9_mid_load_of_a_shared_object_then_restart_loads_each_customer_onc
     events = [e for i, c in enumerate(customers) for e in make_events(c, n=60 + i, start=1000 * i)]
     obj = env.put_shared(events)
     env.send(env.manifest([obj], last=1000 + len(events) - 1))
-    args = ("inserter", "--wait-seconds", "1", "--visibility-timeout", "6")
-    first = env.spawn(tmp_path, "first.log", *args, *SLOW)
-    try:
-        wait_for(lambda: copying(env), "the first inserter to be in the middle of a COPY", timeout=60)
-        first.send_signal(signal.SIGKILL)
-        assert first.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if first.poll() is None:
-            first.kill()
-    wait_for(lambda: not copying(env), "the server to abort the dead client's COPY", timeout=30)
+    kill_9_mid_copy(env, tmp_path)
     assert sum(table_rows(env, c) for c in customers) == 0 and env.ledger() == []
 
-    second = env.spawn(tmp_path, "second.log", *args)
+    second = env.spawn(tmp_path, "second.log", *ARGS)
     try:
         wait_for(lambda: len(env.ledger()) == len(customers), "the restarted inserter to load", timeout=60)
         wait_for(lambda: env.queue_depth() == 0, "the message to be deleted", timeout=30)
