@@ -108,23 +108,20 @@ class Loader:
         versions added). One catalog query for all tables not yet known ready, DDL only for what
         it finds missing — each change in its own short transaction, before the load: an ALTER
         holds an exclusive lock, which must not last as long as a load does."""
-        todo = [t for t in tables if self._marker(t.target, t.event_type) not in self._ready]
+        # Every load asks this for each of its tables: the columns once per type, not per table.
+        wanted = {e: tuple(c.name for c in self.dialect.columns(e)) for e in {t.event_type for t in tables}}
+        todo = [t for t in tables if (t.target, wanted[t.event_type]) not in self._ready]
         if not todo:
             return
         types = sorted({t.event_type for t in todo})
         found = self._relations(conn, [pool_table(t) for t in types] + [t.target for t in todo])
         for event_type in types:
-            wanted = [c.name for c in self.dialect.columns(event_type)]
-            if missing_columns(found.get(pool_table(event_type)), wanted):
+            if missing_columns(found.get(pool_table(event_type)), wanted[event_type]):
                 self._ensure_pool(conn, event_type)
         for table in todo:
-            wanted = [c.name for c in self.dialect.columns(table.event_type)]
-            if part_action(found.get(table.target), wanted) is not PartAction.READY:
+            if part_action(found.get(table.target), wanted[table.event_type]) is not PartAction.READY:
                 self._ensure_part(conn, table)
-            self._ready.add(self._marker(table.target, table.event_type))
-
-    def _marker(self, ref: TableRef, event_type: str) -> tuple[TableRef, tuple[str, ...]]:
-        return ref, tuple(c.name for c in self.dialect.columns(event_type))
+            self._ready.add((table.target, wanted[table.event_type]))
 
     def _relations(self, conn: Conn, refs: Sequence[TableRef]) -> dict[TableRef, Relation]:
         found: dict[TableRef, Relation] = {}
@@ -169,7 +166,7 @@ class Loader:
                 stmts = d.adopt_customer_table(ref, customer, reader, [c for c in columns if c.name in gone])
                 log.info("customer table adopted into its pool", extra={"table": str(ref)})
             elif action is PartAction.REFRESH:
-                stmts = d.refresh_customer_table(ref, customer)
+                stmts = d.refresh_customer_table(ref, customer, reader)
             else:
                 stmts = []
             for s in stmts:
@@ -287,8 +284,7 @@ class Loader:
         todo = [u for u in units if u.unit not in done]
         if not todo:
             return []
-        skip = [(u.ordinal, u.customer_id) for u in units if u.unit in done]
-        skip = [k for k in skip if k in stats]
+        skip = [k for u in units if u.unit in done and (k := (u.ordinal, u.customer_id)) in stats]
         if skip:  # rare: slices loaded by another inserter meanwhile, or before the rest of their object
             cur.execute(d.discard_units(stage, skip))
         present = [s for u in todo if (s := stats.get((u.ordinal, u.customer_id))) is not None]

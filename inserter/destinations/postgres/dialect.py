@@ -217,7 +217,7 @@ class PostgresDialect:
             *self._readable_by(ref, reader),
         ]
 
-    def refresh_customer_table(self, ref: TableRef, customer_id: str) -> list[Statement]:
+    def refresh_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
         """Nothing: a partition has its pool's columns, new ones included."""
         return []
 

@@ -20,7 +20,7 @@ from inserter.destinations.sql import (
     _ids,
     _table,
 )
-from inserter.naming import TableRef, ledger_table, pool_table, reader_role
+from inserter.naming import TableRef, ledger_table, pool_table
 from schemas import Registry
 from schemas import ddl as schema_ddl
 
@@ -121,9 +121,9 @@ class RedshiftDialect(PostgresDialect):
             *self._view(ref, customer_id, reader),
         ]
 
-    def refresh_customer_table(self, ref: TableRef, customer_id: str) -> list[Statement]:
+    def refresh_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
         """A view lists its columns when made: a new version's columns need it made again."""
-        return self._view(ref, customer_id, reader_role(customer_id))
+        return self._view(ref, customer_id, reader)
 
     def identity_target(self, event_type: str) -> TableRef:
         return pool_table(event_type)

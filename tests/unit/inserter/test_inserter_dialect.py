@@ -46,7 +46,7 @@ def statements(d: PostgresDialect, event_type: str) -> list[str]:
         *d.create_pool(event_type),
         *d.create_customer_table(ref, "acme", reader_role("acme")),
         *d.adopt_customer_table(ref, "acme", reader_role("acme"), cols[-2:]),
-        *d.refresh_customer_table(ref, "acme"),
+        *d.refresh_customer_table(ref, "acme", reader_role("acme")),
         d.add_column(pool_table(event_type), "referrer", cols[-1].target_type),
         *d.ledger_ddl(),
         *d.create_staging("_stage_0", cols),
