@@ -22,7 +22,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from inserter.destinations.postgres.dialect import PostgresDialect
-from inserter.destinations.sql import WarehouseColumn
+from inserter.destinations.sql import Statement, WarehouseColumn
 from inserter.destinations.staging import Stager
 from inserter.errors import LoadError, classify_pg
 from inserter.naming import ADMIN_ROLE, TableRef, pool_table, reader_role, target_table
@@ -32,6 +32,9 @@ from inserter.tables import PartAction, Relation, catalog, missing_columns, part
 log = logging.getLogger(__name__)
 #: Ledger rows per INSERT: 13 parameters each, and a statement carries at most 65,535.
 LEDGER_ROWS_PER_STATEMENT = 2000
+#: New customers' parts per DDL transaction: each takes a few locks, and a transaction may hold
+#: at most max_locks_per_transaction x max_connections of them.
+PARTS_PER_TRANSACTION = 200
 Conn = psycopg.Connection[Any]
 _T = TypeVar("_T")
 
@@ -97,7 +100,7 @@ class Loader:
                 conn.execute(stmt)
             with conn.transaction():
                 self._ddl_lock(conn, "ledger")
-                self._ensure_role(conn, ADMIN_ROLE)
+                self._ensure_roles(conn, [ADMIN_ROLE])
                 for stmt in self.dialect.ledger_ddl():
                     conn.execute(stmt)
         except psycopg.Error as exc:
@@ -106,8 +109,8 @@ class Loader:
     def ensure_tables(self, conn: Conn, tables: Sequence[TableLoad]) -> None:
         """Each table's pool and part (schema, role, grants on first sight; columns of newer
         versions added). One catalog query for all tables not yet known ready, DDL only for what
-        it finds missing — each change in its own short transaction, before the load: an ALTER
-        holds an exclusive lock, which must not last as long as a load does."""
+        it finds missing, before the load and in transactions of its own: an ALTER holds an
+        exclusive lock, which must not last as long as a load does."""
         # Every load asks this for each of its tables: the columns once per type, not per table.
         wanted = {e: tuple(c.name for c in self.dialect.columns(e)) for e in {t.event_type for t in tables}}
         todo = [t for t in tables if (t.target, wanted[t.event_type]) not in self._ready]
@@ -118,10 +121,12 @@ class Loader:
         for event_type in types:
             if missing_columns(found.get(pool_table(event_type)), wanted[event_type]):
                 self._ensure_pool(conn, event_type)
-        for table in todo:
-            if part_action(found.get(table.target), wanted[table.event_type]) is not PartAction.READY:
-                self._ensure_part(conn, table)
-            self._ready.add((table.target, wanted[table.event_type]))
+        parts = [
+            t for t in todo if part_action(found.get(t.target), wanted[t.event_type]) is not PartAction.READY
+        ]
+        for chunk in _chunks(parts, PARTS_PER_TRANSACTION):
+            self._ensure_parts(conn, chunk)
+        self._ready.update((t.target, wanted[t.event_type]) for t in todo)
 
     def _relations(self, conn: Conn, refs: Sequence[TableRef]) -> dict[TableRef, Relation]:
         found: dict[TableRef, Relation] = {}
@@ -145,48 +150,61 @@ class Loader:
         if added:
             log.info("columns added", extra={"table": str(pool), "columns": [c.name for c in added]})
 
-    def _ensure_part(self, conn: Conn, table: TableLoad) -> None:
-        ref, customer = table.target, table.customer_id
-        reader = reader_role(customer)
+    def _ensure_parts(self, conn: Conn, tables: Sequence[TableLoad]) -> None:
+        """Many customers' parts in one transaction and one script: first sight of a customer
+        costs its catalog rows, not round trips. Re-checked under the DDL lock, which another
+        inserter making the same parts holds meanwhile."""
         d = self.dialect
+        readers = {t.target.schema: reader_role(t.customer_id) for t in tables}
         with conn.transaction():
-            self._ddl_lock(conn, ref.schema)
-            self._ensure_role(conn, reader)
-            stmt, params = d.schema_exists(ref.schema)
-            if conn.execute(stmt, params).fetchone() is None:
-                for s in d.create_customer_schema(ref.schema, reader):
-                    conn.execute(s)
-            existing = self._relations(conn, [ref]).get(ref)
-            columns = d.columns(table.event_type)
-            action = part_action(existing, [c.name for c in columns])
-            if action is PartAction.CREATE:
-                stmts = d.create_customer_table(ref, customer, reader)
-            elif action is PartAction.ADOPT:
-                gone = missing_columns(existing, [c.name for c in columns])
-                stmts = d.adopt_customer_table(ref, customer, reader, [c for c in columns if c.name in gone])
-                log.info("customer table adopted into its pool", extra={"table": str(ref)})
-            elif action is PartAction.REFRESH:
-                stmts = d.refresh_customer_table(ref, customer, reader)
-            else:
-                stmts = []
-            for s in stmts:
-                conn.execute(s)
+            self._ddl_lock(conn, "parts")
+            self._ensure_roles(conn, sorted(set(readers.values())))
+            stmt, params = d.schemas_present(sorted(readers))
+            present = {str(r[0]) for r in conn.execute(stmt, params).fetchall()}
+            script = [
+                s
+                for schema, reader in sorted(readers.items())
+                if schema not in present
+                for s in d.create_customer_schema(schema, reader)
+            ]
+            found = self._relations(conn, [t.target for t in tables])
+            for table in tables:
+                script += self._part_ddl(table, found.get(table.target))
+            if script:
+                conn.execute(d.script(script))
+
+    def _part_ddl(self, table: TableLoad, existing: Relation | None) -> list[Statement]:
+        ref, customer, d = table.target, table.customer_id, self.dialect
+        reader = reader_role(customer)
+        columns = d.columns(table.event_type)
+        action = part_action(existing, [c.name for c in columns])
+        if action is PartAction.CREATE:
+            return d.create_customer_table(ref, customer, reader)
+        if action is PartAction.ADOPT:
+            gone = set(missing_columns(existing, [c.name for c in columns]))
+            log.info("customer table adopted into its pool", extra={"table": str(ref)})
+            return d.adopt_customer_table(ref, customer, reader, [c for c in columns if c.name in gone])
+        if action is PartAction.REFRESH:
+            return d.refresh_customer_table(ref, customer, reader)
+        return []
 
     def _ddl_lock(self, conn: Conn, name: str) -> None:
         for stmt, params in self.dialect.ddl_lock(name):
             conn.execute(stmt, params)
 
-    def _ensure_role(self, conn: Conn, role: str) -> None:
+    def _ensure_roles(self, conn: Conn, roles: Sequence[str]) -> None:
         """Roles are cluster-wide: another database's inserter may create the same one at the
         same moment; losing that race is success."""
-        stmt, params = self.dialect.role_exists(role)
-        if conn.execute(stmt, params).fetchone() is not None:
-            return
-        try:
-            with conn.transaction():  # a savepoint: a lost race must not abort the DDL transaction
-                conn.execute(self.dialect.create_role(role))
-        except (pg_errors.DuplicateObject, pg_errors.UniqueViolation):
-            pass
+        stmt, params = self.dialect.roles_present(roles)
+        present = {str(r[0]) for r in conn.execute(stmt, params).fetchall()}
+        for role in roles:
+            if role in present:
+                continue
+            try:
+                with conn.transaction():  # a savepoint: a lost race must not abort the DDL transaction
+                    conn.execute(self.dialect.create_role(role))
+            except (pg_errors.DuplicateObject, pg_errors.UniqueViolation):
+                pass
 
     # -- the load -------------------------------------------------------------------------------
 

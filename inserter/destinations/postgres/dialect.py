@@ -46,8 +46,8 @@ from schemas import Registry
 class PostgresDialect:
     """PostgreSQL: staging filled by ``COPY … FROM STDIN (FORMAT BINARY)``; per-table
     ``pg_advisory_xact_lock`` taken after staging (so COPYs into one table run in parallel and
-    only the merge serializes); an index on ``(event_id, occurred_at)`` makes each dedupe
-    probe one index lookup."""
+    only the merge serializes); the identity table's index on ``(event_id, occurred_at)`` makes
+    each dedupe probe one index lookup."""
 
     name = "postgres"
     #: Redshift fixes a transaction's snapshot at its first statement; PostgreSQL (READ
@@ -79,11 +79,19 @@ class PostgresDialect:
 
     # -- catalog probes ---------------------------------------------------------------------------
 
-    def role_exists(self, role: str) -> tuple[Statement, Params]:
-        return sql.SQL("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s").format(), (role,)
+    def roles_present(self, roles: Sequence[str]) -> tuple[Statement, Params]:
+        """Which of ``roles`` exist (one round trip for a load's new customers)."""
+        q = sql.SQL("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname IN ({})")
+        return q.format(_placeholders(len(roles))), tuple(roles)
 
-    def schema_exists(self, schema: str) -> tuple[Statement, Params]:
-        return sql.SQL("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s").format(), (schema,)
+    def schemas_present(self, schemas: Sequence[str]) -> tuple[Statement, Params]:
+        q = sql.SQL("SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname IN ({})")
+        return q.format(_placeholders(len(schemas))), tuple(schemas)
+
+    def script(self, stmts: Sequence[Statement]) -> Statement:
+        """Statements without parameters sent as one simple-protocol query: one round trip
+        for a load's first-sight DDL, however many customers it brings."""
+        return sql.SQL(";\n").join(stmts)
 
     # -- DDL --------------------------------------------------------------------------------------
 
@@ -123,7 +131,7 @@ class PostgresDialect:
     def relations(self, refs: Sequence[TableRef]) -> tuple[Statement, Params]:
         """(schema, table, column, is a part of its pool) for each existing relation of ``refs``:
         what the DDL step needs to know about a load's tables, in one round trip whatever the
-        number of customers. A part is a partition here (a view on Redshift)."""
+        number of customers. A part is a view."""
         schema_col, table_col, query = self._relations_query()
         pairs = sql.SQL(" OR ").join(
             sql.SQL("({} = %s AND {} = %s)").format(sql.SQL(schema_col), sql.SQL(table_col)) for _ in refs
@@ -135,27 +143,29 @@ class PostgresDialect:
         return (
             "n.nspname",
             "c.relname",
-            "SELECT n.nspname, c.relname, a.attname, c.relispartition "
+            "SELECT n.nspname, c.relname, a.attname, c.relkind = 'v' "
             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
             "WHERE {}",
         )
 
     def create_pool(self, event_type: str) -> list[Statement]:
-        """The type's pool, partitioned by customer, and its identity table with the dedupe
-        index; both closed to everyone but the admin role.
+        """The type's pool, indexed by (customer_id, occurred_at) for each customer's view, and
+        its identity table with the dedupe index; both closed to everyone but the admin role.
 
-        The dedupe probe goes to the identity table, not to the pool: a probe through a
-        partitioned table with thousands of partitions is planned over all of them (measured:
-        2,000 partitions, 20,000 rows: 6-10 s, against 0.2 s through one btree). Its index is
-        event_id first (the probe is an equality on it), then occurred_at (the window is checked
-        inside the index). A hash index on event_id was measured too: ~8x *slower* while the
-        table grows from empty (bucket splits)."""
+        A plain table, not partitioned by customer: attaching a partition rebuilds the pool's
+        partition map, so first sight cost 10 ms per customer at 300 partitions and 18 ms at
+        3,000, against 0.5-0.8 ms for a view at either (docs/inserter.md, "Pools"). The dedupe
+        probe goes to the identity table: one narrow btree, event_id first (the probe is an
+        equality on it), then occurred_at (the window is checked inside the index). A hash
+        index on event_id was measured too: ~8x *slower* while the table grows from empty."""
         pool, ids = pool_table(event_type), identity_table(event_type)
-        ddl = self.registry.postgres_ddl(event_type, pool.schema, pool.table)
         index = _id(f"{ids.table}__dedupe")
         return [
-            sql.SQL(ddl + " PARTITION BY LIST (customer_id)").format(),
+            sql.SQL(self.registry.postgres_ddl(event_type, pool.schema, pool.table)).format(),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (customer_id, occurred_at)").format(
+                _id(f"{pool.table}__customer"), _table(pool)
+            ),
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (customer_id text NOT NULL, event_id uuid NOT NULL, "
                 "occurred_at timestamptz NOT NULL)"
@@ -180,60 +190,66 @@ class PostgresDialect:
             ),
         ]
 
-    def _customer_check(self, ref: TableRef, customer_id: str) -> list[Statement]:
-        """A CHECK matching the partition bound, so ATTACH need not scan (and takes only SHARE
-        UPDATE EXCLUSIVE on the pool: loads into it go on meanwhile)."""
+    def _view_barrier(self, ref: TableRef) -> list[Statement]:
+        """security_barrier: a reader's own functions in a WHERE run only on the rows the view
+        lets through, so they cannot be used to peek at other customers' rows of the pool."""
+        return [sql.SQL("ALTER VIEW {} SET (security_barrier = true)").format(_table(ref))]
+
+    def _view(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
+        """The customer's rows of the pool, as a view (run with its owner's rights: the reader
+        needs no grant on the pool, and gets none). Dropped and made again, not replaced: a
+        new version's columns may come between the old ones, which CREATE OR REPLACE refuses."""
+        names = [c.name for c in self.columns(ref.table)]
         return [
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (customer_id = {})").format(
-                _table(ref), _id(f"{ref.table}__customer"), sql.Literal(customer_id)
+            sql.SQL("DROP VIEW IF EXISTS {}").format(_table(ref)),
+            sql.SQL("CREATE VIEW {} AS SELECT {} FROM {} WHERE customer_id = {}").format(
+                _table(ref), _ids(names), _table(pool_table(ref.table)), sql.Literal(customer_id)
             ),
-            sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
-                _table(pool_table(ref.table)), _table(ref), sql.Literal(customer_id)
-            ),
+            *self._view_barrier(ref),
+            *self._readable_by(ref, reader),
         ]
 
     def create_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
-        """``c_<customer>.<type>``: the customer's partition of the type's pool, readable by the
-        customer's role (which cannot read the pool, nor another customer's partition)."""
-        return [
-            sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
-                _table(ref), _table(pool_table(ref.table))
-            ),
-            *self._customer_check(ref, customer_id),
-            *self._readable_by(ref, reader),
-        ]
+        """``c_<customer>.<type>``: the customer's view of the type's pool, readable by the
+        customer's role (which cannot read the pool, nor another customer's view)."""
+        return self._view(ref, customer_id, reader)
 
     def adopt_customer_table(
         self, ref: TableRef, customer_id: str, reader: str, missing: Sequence[WarehouseColumn]
     ) -> list[Statement]:
-        """A customer table made before pools (one table per customer, its own dedupe index)
-        becomes its pool's partition: its missing columns added, its ids copied into the
-        identity table, its dedupe index dropped (the identity table's replaces it)."""
+        """A customer table made before pools: its rows move into the pool (and its ids into the
+        identity table), the table is kept as ``<type>__pre_pool`` for the operator to drop
+        once checked, and the view takes its name."""
+        absent = {c.name for c in missing}
+        names = [c.name for c in self.columns(ref.table) if c.name not in absent]
         return [
-            *(self.add_column(ref, c.name, c.target_type) for c in missing),
-            *self._customer_check(ref, customer_id),
-            self._identities_from(ref.table, _table(ref)),
-            sql.SQL("DROP INDEX IF EXISTS {}.{}").format(_id(ref.schema), _id(f"{ref.table}__dedupe")),
-            *self._readable_by(ref, reader),
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                _table(pool_table(ref.table)), _ids(names), _ids(names), _table(ref)
+            ),
+            *self._identities_from(ref.table, _table(ref)),
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(_table(ref), _id(f"{ref.table}__pre_pool")),
+            *self._view(ref, customer_id, reader),
         ]
 
     def refresh_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
-        """Nothing: a partition has its pool's columns, new ones included."""
-        return []
+        """A view lists its columns when made: a new version's columns need it made again."""
+        return self._view(ref, customer_id, reader)
 
     def identity_target(self, event_type: str) -> TableRef:
         """Where the dedupe probe looks."""
         return identity_table(event_type)
 
     def record_identities(self, event_type: str, fresh: str) -> list[Statement]:
-        return [self._identities_from(event_type, _id(fresh))]
+        return self._identities_from(event_type, _id(fresh))
 
-    def _identities_from(self, event_type: str, source: sql.Composable) -> Statement:
+    def _identities_from(self, event_type: str, source: sql.Composable) -> list[Statement]:
         """In event_id order: the btree then fills page by page (1M ids: 1.8 s, 3.0 s unordered)."""
-        return sql.SQL(
-            "INSERT INTO {} (customer_id, event_id, occurred_at) "
-            "SELECT customer_id, event_id, occurred_at FROM {} ORDER BY event_id"
-        ).format(_table(identity_table(event_type)), source)
+        return [
+            sql.SQL(
+                "INSERT INTO {} (customer_id, event_id, occurred_at) "
+                "SELECT customer_id, event_id, occurred_at FROM {} ORDER BY event_id"
+            ).format(_table(identity_table(event_type)), source)
+        ]
 
     def add_column(self, ref: TableRef, name: str, target_type: str) -> Statement:
         """A new version's column; nullable (rows of older versions have no value for it)."""

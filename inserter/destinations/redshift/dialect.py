@@ -18,6 +18,7 @@ from inserter.destinations.sql import (
     WarehouseColumn,
     _id,
     _ids,
+    _placeholders,
     _table,
 )
 from inserter.naming import TableRef, ledger_table, pool_table
@@ -58,8 +59,9 @@ class RedshiftDialect(PostgresDialect):
             WarehouseColumn(n, t, self.staging_type(t)) for n, t in schema_ddl.redshift_columns(et.fields)
         ]
 
-    def role_exists(self, role: str) -> tuple[Statement, Params]:
-        return sql.SQL("SELECT 1 FROM svv_roles WHERE role_name = %s").format(), (role,)
+    def roles_present(self, roles: Sequence[str]) -> tuple[Statement, Params]:
+        q = sql.SQL("SELECT role_name FROM svv_roles WHERE role_name IN ({})")
+        return q.format(_placeholders(len(roles))), tuple(roles)
 
     def ddl_lock(self, name: str) -> list[tuple[Statement, Params]]:
         """No advisory locks: DDL serializes on the ledger's table lock (once it exists)."""
@@ -92,44 +94,14 @@ class RedshiftDialect(PostgresDialect):
             *self._admin_only(pool),
         ]
 
-    def _view(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
-        """The customer's rows of the pool, as a view (run with its owner's rights: the reader
-        needs no grant on the pool, and gets none)."""
-        names = [c.name for c in self.columns(ref.table)]
-        return [
-            sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {} WHERE customer_id = {}").format(
-                _table(ref), _ids(names), _table(pool_table(ref.table)), sql.Literal(customer_id)
-            ),
-            *self._readable_by(ref, reader),
-        ]
+    def _view_barrier(self, ref: TableRef) -> list[Statement]:
+        return []  # Redshift has no security_barrier option
 
-    def create_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
-        return self._view(ref, customer_id, reader)
-
-    def adopt_customer_table(
-        self, ref: TableRef, customer_id: str, reader: str, missing: Sequence[WarehouseColumn]
-    ) -> list[Statement]:
-        """A customer table made before pools: its rows move into the pool, the table is kept
-        as ``<type>__pre_pool`` (for the operator to drop once checked), the view takes its name."""
-        absent = {c.name for c in missing}
-        names = [c.name for c in self.columns(ref.table) if c.name not in absent]
-        return [
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
-                _table(pool_table(ref.table)), _ids(names), _ids(names), _table(ref)
-            ),
-            sql.SQL("ALTER TABLE {} RENAME TO {}").format(_table(ref), _id(f"{ref.table}__pre_pool")),
-            *self._view(ref, customer_id, reader),
-        ]
-
-    def refresh_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
-        """A view lists its columns when made: a new version's columns need it made again."""
-        return self._view(ref, customer_id, reader)
+    def _identities_from(self, event_type: str, source: sql.Composable) -> list[Statement]:
+        return []  # no identity table: the probe reads the pool
 
     def identity_target(self, event_type: str) -> TableRef:
         return pool_table(event_type)
-
-    def record_identities(self, event_type: str, fresh: str) -> list[Statement]:
-        return []
 
     def _ledger_table(self, led: sql.Composed) -> Statement:
         return sql.SQL(

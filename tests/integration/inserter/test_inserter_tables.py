@@ -59,8 +59,8 @@ def test_a_customer_role_reads_only_its_own_schema(env: Env, unique_name: str) -
 
 
 def test_v2_rows_load_next_to_v1_rows(clients: ClientFactory, settings: Settings, unique_name: str) -> None:
-    """A pool created when only v1 existed gains v2's columns (ALTER TABLE ADD COLUMN, which its
-    partitions follow) before v2 rows load; v1 rows read NULL there. Its own database: the pool
+    """A pool created when only v1 existed gains v2's columns (ALTER TABLE ADD COLUMN; the
+    customer's view is made again) before v2 rows load; v1 rows read NULL there. Its own database: the pool
     is per type, and another test's may already have v2's columns."""
     env = make_env(clients, settings, unique_name, fresh_database(settings.warehouse.url, "v1v2"))
     v1_only = load_registry(definitions=[d for d in builtin_definitions() if d.version == 1])
@@ -83,7 +83,9 @@ def test_v2_rows_load_next_to_v1_rows(clients: ClientFactory, settings: Settings
     env.send(env.manifest([env.put_object(v2, first=5000)], first=5000, last=5005))
     env.drain()
 
-    assert columns()[-2:] == ["referrer", "session_id"]  # appended: order does not matter, names do
+    # The customer's view is made again with every version's columns, in the schema's order.
+    assert columns() == [name for name, _ in load_registry().postgres_columns("page_view")]
+    assert {"referrer", "session_id"} <= set(columns())
     rows = env.query(
         f"SELECT event_version, count(*), count(referrer), count(session_id) FROM {table} GROUP BY 1 ORDER BY 1"
     )
@@ -127,22 +129,26 @@ def test_table_shape_index_and_grants(env: Env, unique_name: str) -> None:
     env.send(env.manifest([env.put_object(make_events(unique_name, "order_placed", 2, 2))]))
     env.drain()
     schema = f"c_{unique_name}"
-    # The customer's table is its partition of the type's pool; the dedupe index is the
-    # identity table's (one btree for every customer), the partition has none.
+    # The customer's table is a security-barrier view of the type's pool, which is indexed by
+    # customer; the dedupe index is the identity table's (one btree for every customer).
     assert env.query(
-        "SELECT p.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "SELECT c.relkind, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = 'order_placed'",
         (schema,),
-    ) == [("events_order_placed",)]
+    ) == [("v", ["security_barrier=true"])]
     assert env.query("SELECT 1 FROM pg_indexes WHERE schemaname = %s", (schema,)) == []
     assert env.query(
-        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'shardhouse' AND tablename = 'ids_order_placed'"
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'shardhouse' "
+        "AND tablename IN ('ids_order_placed', 'events_order_placed') ORDER BY 1"
     ) == [
+        (
+            "CREATE INDEX events_order_placed__customer ON shardhouse.events_order_placed "
+            "USING btree (customer_id, occurred_at)",
+        ),
         (
             "CREATE INDEX ids_order_placed__dedupe ON shardhouse.ids_order_placed "
             "USING btree (event_id, occurred_at)",
-        )
+        ),
     ]
     types = dict(
         env.query(
@@ -168,13 +174,19 @@ def test_a_customer_table_made_before_pools_is_adopted_and_keeps_deduplicating(
     env: Env, unique_name: str
 ) -> None:
     """An upgrade: a customer's standalone table (with its own dedupe index, no identity rows)
-    becomes its pool's partition on first sight; its rows count for dedupe from then on."""
+    moves into its pool on first sight and is kept as ``page_view__pre_pool``; its rows count for
+    dedupe from then on."""
     schema, first = f"c_{unique_name}", make_events(unique_name, "page_view", 2, 10)
     env.send(env.manifest([env.put_object(first)]))
     env.drain()
     with env.connect() as conn:  # back to the shape the inserter made before pools
-        conn.execute(f'ALTER TABLE shardhouse.events_page_view DETACH PARTITION "{schema}".page_view')
-        conn.execute(f'ALTER TABLE "{schema}".page_view DROP CONSTRAINT page_view__customer')
+        conn.execute(f'DROP VIEW "{schema}".page_view')
+        conn.execute(
+            f'CREATE TABLE "{schema}".page_view AS SELECT * FROM shardhouse.events_page_view '
+            "WHERE customer_id = %s",
+            (unique_name,),
+        )
+        conn.execute("DELETE FROM shardhouse.events_page_view WHERE customer_id = %s", (unique_name,))
         conn.execute("DELETE FROM shardhouse.ids_page_view WHERE customer_id = %s", (unique_name,))
         conn.execute(f'CREATE INDEX page_view__dedupe ON "{schema}".page_view (event_id, occurred_at)')
 
@@ -184,11 +196,11 @@ def test_a_customer_table_made_before_pools_is_adopted_and_keeps_deduplicating(
 
     assert sorted(env.event_ids(unique_name)) == sorted(str(e.event_id) for e in [*first, *again[4:]])
     assert env.query(
-        "SELECT c.relispartition FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = 'page_view'",
+        "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relkind IN ('r', 'v') ORDER BY 1",
         (schema,),
-    ) == [(True,)]
-    assert env.query("SELECT 1 FROM pg_indexes WHERE schemaname = %s", (schema,)) == []
+    ) == [("page_view", "v"), ("page_view__pre_pool", "r")]
+    assert env.query(f'SELECT count(*) FROM "{schema}".page_view__pre_pool') == [(10,)]
     assert env.query(
         "SELECT count(*) FROM shardhouse.ids_page_view WHERE customer_id = %s", (unique_name,)
     ) == [(16,)]

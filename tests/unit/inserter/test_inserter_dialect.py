@@ -63,6 +63,8 @@ def statements(d: PostgresDialect, event_type: str) -> list[str]:
         *(s for s, _ in d.lock_tables([ref, target_table("acme", "page_view")])),
         *(s for s, _ in d.ddl_lock(ref.schema)),
         d.create_role(reader_role("acme")),
+        d.roles_present([reader_role("acme"), reader_role("globex")])[0],
+        d.schemas_present([ref.schema, "c_globex"])[0],
     ]
     return [render(s) for s in out]
 
@@ -104,11 +106,12 @@ def test_redshift_pools_distribute_on_event_id_and_customers_read_through_views(
         'REVOKE ALL ON TABLE "shardhouse"."events_order_placed" FROM PUBLIC',
         'GRANT SELECT ON TABLE "shardhouse"."events_order_placed" TO ROLE "shardhouse_admin"',
     ]
-    view, *grants = RS.create_customer_table(
+    drop, view, *grants = RS.create_customer_table(
         target_table("acme", "order_placed"), "acme", reader_role("acme")
     )
+    assert render(drop) == 'DROP VIEW IF EXISTS "c_acme"."order_placed"'
     text = render(view)
-    assert text.startswith('CREATE OR REPLACE VIEW "c_acme"."order_placed" AS SELECT "event_id"')
+    assert text.startswith('CREATE VIEW "c_acme"."order_placed" AS SELECT "event_id"')
     assert text.endswith('FROM "shardhouse"."events_order_placed" WHERE customer_id = \'acme\'')
     assert [render(g) for g in grants][1:] == [
         'GRANT SELECT ON TABLE "c_acme"."order_placed" TO ROLE "c_acme_reader"',
