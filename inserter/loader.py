@@ -10,6 +10,7 @@ leaves nothing behind; the message comes back and the load runs again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -194,17 +195,23 @@ class Loader:
 
     def _ensure_roles(self, conn: Conn, roles: Sequence[str]) -> None:
         """Roles are cluster-wide: another database's inserter may create the same one at the
-        same moment; losing that race is success."""
+        same moment; losing that race is success. All missing roles go in one script; only
+        after a lost race are they made one by one."""
         stmt, params = self.dialect.roles_present(roles)
         present = {str(r[0]) for r in conn.execute(stmt, params).fetchall()}
-        for role in roles:
-            if role in present:
-                continue
-            try:
-                with conn.transaction():  # a savepoint: a lost race must not abort the DDL transaction
-                    conn.execute(self.dialect.create_role(role))
-            except (pg_errors.DuplicateObject, pg_errors.UniqueViolation):
-                pass
+        missing = [r for r in roles if r not in present]
+        if not missing:
+            return
+        with contextlib.suppress(pg_errors.DuplicateObject, pg_errors.UniqueViolation):
+            with conn.transaction():  # a savepoint: a lost race must not abort the DDL transaction
+                conn.execute(self.dialect.script([self.dialect.create_role(r) for r in missing]))
+            return
+        for role in missing:
+            with (
+                contextlib.suppress(pg_errors.DuplicateObject, pg_errors.UniqueViolation),
+                conn.transaction(),
+            ):
+                conn.execute(self.dialect.create_role(role))
 
     # -- the load -------------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pyarrow.parquet as pq
@@ -12,6 +14,12 @@ from inserter_harness import Env, fresh_database, make_env, make_events, parquet
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from inserter.destinations.postgres.dialect import PostgresDialect
+from inserter.destinations.postgres.stager import PostgresCopyStager
+from inserter.loader import Loader
+from inserter.naming import target_table
+from inserter.plan import TableLoad
+from inserter.source import ObjectSource
 from pipeline.core.clients import ClientFactory
 from pipeline.core.settings import Settings
 from schemas import builtin_definitions, load_registry
@@ -204,3 +212,34 @@ def test_a_customer_table_made_before_pools_is_adopted_and_keeps_deduplicating(
     assert env.query(
         "SELECT count(*) FROM shardhouse.ids_page_view WHERE customer_id = %s", (unique_name,)
     ) == [(16,)]
+
+
+def test_two_databases_meeting_the_same_new_customers_at_once_both_make_their_views(
+    clients: ClientFactory, settings: Settings, unique_name: str
+) -> None:
+    """Reader roles are cluster-wide: two inserters on two databases create the same 60 roles
+    at the same moment (one script each, a per-role retry after the lost race); both succeed,
+    and each database ends with every customer's view."""
+    customers = [f"{unique_name}_{i:02d}" for i in range(60)]
+    tables = [TableLoad(target_table(c, "page_view"), c, "page_view", ()) for c in customers]
+    urls = [fresh_database(settings.warehouse.url, f"race{i}") for i in range(2)]
+    start = threading.Barrier(2)
+
+    def first_sight(url: str) -> None:
+        dialect = PostgresDialect(load_registry())
+        loader = Loader(dialect, PostgresCopyStager(ObjectSource(clients.s3()), dialect))
+        with psycopg.connect(url, autocommit=True) as conn:
+            loader.prepare(conn)
+            start.wait(timeout=30)
+            loader.ensure_tables(conn, tables)
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(first_sight, url) for url in urls]:
+            done.result(timeout=120)
+    for url in urls:
+        with psycopg.connect(url, autocommit=True) as conn:
+            views = conn.execute(
+                "SELECT count(*) FROM pg_views WHERE viewname = 'page_view' AND schemaname LIKE %s",
+                (f"c_{unique_name}\\_%",),
+            ).fetchone()
+        assert views == (60,)
