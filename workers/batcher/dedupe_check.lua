@@ -16,9 +16,7 @@ end
 local buckets, hashes, pending = decode(blob)
 local seen = {}
 for i = 1, #pending do seen[i] = '0' end
-for level = 0, max_level do
-  if #pending == 0 then break end
-  local keys, lists = group(prefix, level, slots, buckets, hashes, pending)
+walk(prefix, slots, fan, max_level, buckets, hashes, pending, function(_, keys, lists)
   local nxt = {}
   for first = 1, #keys, 1000 do -- one MGET per 1,000 keys, not one GET per key
     local last = math.min(first + 999, #keys)
@@ -38,7 +36,6 @@ for level = 0, max_level do
       end
     end
   end
-  pending = nxt
-  slots = slots * fan
-end
+  return nxt
+end)
 return '0' .. concat(seen)

@@ -17,9 +17,7 @@ local batch_key = ARGV[7]
 local blob = ARGV[8]
 local buckets, hashes, pending = decode(blob)
 local stored = 0
-for level = 0, max_level do
-  if #pending == 0 then break end
-  local keys, lists = group(prefix, level, slots, buckets, hashes, pending)
+walk(prefix, slots, fan, max_level, buckets, hashes, pending, function(level, keys, lists)
   local nxt = {}
   for n, key in ipairs(keys) do
     local members = lists[n]
@@ -49,9 +47,8 @@ for level = 0, max_level do
     end
     for j = take + 1, #members do nxt[#nxt + 1] = members[j] end
   end
-  pending = nxt
-  slots = slots * fan
-end
+  return nxt
+end)
 if batch_key ~= '' then
   redis.call('SET', batch_key, '1', 'EX', ttl)
 end

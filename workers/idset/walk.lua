@@ -49,3 +49,14 @@ local function holds(value, id)
   while p and (p - 1) % 16 ~= 0 do p = find(value, id, p + 1, true) end
   return p ~= nil
 end
+
+-- The walk: level by level, visit(level, keys, lists) sees the pending ids grouped by key and
+-- returns those that continue one level down (the ones that met a full key).
+local function walk(prefix, slots, fan, max_level, buckets, hashes, pending, visit)
+  for level = 0, max_level do
+    if #pending == 0 then break end
+    local keys, lists = group(prefix, level, slots, buckets, hashes, pending)
+    pending = visit(level, keys, lists)
+    slots = slots * fan
+  end
+end

@@ -67,36 +67,43 @@ local buckets, hashes = decode(gate)
 local ids = {}
 for i = 1, n do ids[i] = sub(gate, i * 24 - 15, i * 24) end
 
+-- HMGET of the count field '#' and the members' ids, 4,000 at a time (unpack's stack limit):
+-- each(vals, s, e) per chunk, vals[j - s + 2] the value of members[j].
+local function hmget_members(key, members, id_of, each)
+  for s = 1, #members, 4000 do
+    local e = #members
+    if e > s + 3999 then e = s + 3999 end
+    local fields = {'#'}
+    for j = s, e do fields[#fields + 1] = id_of[members[j]] end
+    each(call('HMGET', key, unpack(fields)), s, e)
+  end
+end
+
 -- 0. legacy records (read-only walk): old[i] = true for events marked in the old format.
 local lbuckets, lhashes
-if #legacy > 0 then lbuckets, lhashes = decode(legacy) end
+local lids = {}
+if #legacy > 0 then
+  lbuckets, lhashes = decode(legacy)
+  for i = 1, n do lids[i] = sub(legacy, i * 24 - 15, i * 24) end
+end
 local function applied_before(gp)
   local old = {}
   if #legacy == 0 then return old end
   local pending = {}
   for i = 1, n do pending[i] = i end
-  local slots = base
-  for level = 0, max_level do
-    if #pending == 0 then break end
-    local keys, lists = group(gp, level, slots, lbuckets, lhashes, pending)
+  walk(gp, base, fan, max_level, lbuckets, lhashes, pending, function(level, keys, lists)
     local nxt = {}
     for k, key in ipairs(keys) do
       local members = lists[k]
-      for s = 1, #members, 4000 do
-        local e = #members
-        if e > s + 3999 then e = s + 3999 end
-        local fields = {'#'}
-        for j = s, e do fields[#fields + 1] = sub(legacy, members[j] * 24 - 15, members[j] * 24) end
-        local vals = call('HMGET', key, unpack(fields))
+      hmget_members(key, members, lids, function(vals, s, e)
         local full = level < max_level and (tonumber(vals[1]) or 0) >= cap
         for j = s, e do
           if vals[j - s + 2] then old[members[j]] = true elseif full then nxt[#nxt + 1] = members[j] end
         end
-      end
+      end)
     end
-    pending = nxt
-    slots = slots * fan
-  end
+    return nxt
+  end)
   return old
 end
 
@@ -106,26 +113,18 @@ local function admit(gp)
   local pending = {}
   local old = applied_before(gp)
   for i = 1, n do if not old[i] then pending[#pending + 1] = i end end
-  local slots = base
-  for level = 0, max_level do
-    if #pending == 0 then break end
-    local keys, lists = group(gp, level, slots, buckets, hashes, pending)
+  walk(gp, base, fan, max_level, buckets, hashes, pending, function(level, keys, lists)
     local nxt = {}
-    for n, key in ipairs(keys) do
-      local members = lists[n]
+    for k, key in ipairs(keys) do
+      local members = lists[k]
       local held = nil
       local missing = {}
-      for s = 1, #members, 4000 do
-        local e = #members
-        if e > s + 3999 then e = s + 3999 end
-        local fields = {'#'}
-        for j = s, e do fields[#fields + 1] = ids[members[j]] end
-        local vals = call('HMGET', key, unpack(fields))
+      hmget_members(key, members, ids, function(vals, s, e)
         if held == nil then held = tonumber(vals[1]) or 0 end
         for j = s, e do
           if not vals[j - s + 2] then missing[#missing + 1] = members[j] end
         end
-      end
+      end)
       if #missing > 0 then
         local take = #missing
         if level < max_level then
@@ -148,9 +147,8 @@ local function admit(gp)
         call('PEXPIREAT', key, gate_at)
       end
     end
-    pending = nxt
-    slots = slots * fan
-  end
+    return nxt
+  end)
   return fresh
 end
 
