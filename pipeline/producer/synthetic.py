@@ -393,55 +393,6 @@ def _invalid_makers() -> list[_Maker]:
         _, event = g._base_event()
         return g._bad(event, "bad_json", data=b"event_id=42&type=page_view")
 
-    def missing_envelope_field(g: _Generator) -> SyntheticRecord:
-        _, event = g._base_event()
-        del event["occurred_at"]
-        return g._bad(event, "missing_field")
-
-    def missing_payload_field(g: _Generator) -> SyntheticRecord:
-        _, event = g._base_event()
-        del event["payload"]["user_id"]
-        return g._bad(event, "missing_field")
-
-    def version_as_string(g: _Generator) -> SyntheticRecord:
-        _, event = g._base_event()
-        event["version"] = "1"
-        return g._bad(event, "wrong_type")
-
-    def payload_wrong_type(g: _Generator) -> SyntheticRecord:
-        _, event = g._base_event()
-        event["payload"]["duration_ms"] = "1200ms"
-        return g._bad(event, "wrong_type")
-
-    def bad_event_id(g: _Generator) -> SyntheticRecord:
-        _, event = g._base_event()
-        event["event_id"] = ("not-a-uuid", "1234", "0190f0e2-8c2b-7a6b-9c3d-1234567890zz")[
-            int(g.rng.random() * 3)
-        ]
-        return g._bad(event, "bad_event_id")
-
-    def bad_timestamp(g: _Generator) -> SyntheticRecord:
-        _, event = g._base_event()
-        event["occurred_at"] = ("yesterday", "2024-13-45T00:00:00Z", "2024-05-01T12:00:00")[
-            int(g.rng.random() * 3)
-        ]
-        return g._bad(event, "bad_timestamp")
-
-    def unsafe_customer(g: _Generator) -> SyntheticRecord:
-        _, event = g._base_event()
-        event["customer_id"] = UNSAFE_CUSTOMER_IDS[int(g.rng.random() * len(UNSAFE_CUSTOMER_IDS))]
-        return g._bad(event, "unsafe_customer_id")
-
-    def unknown_type(g: _Generator) -> SyntheticRecord:
-        _, event = g._base_event()
-        event["type"] = "page_vew"
-        return g._bad(event, "unknown_type")
-
-    def unknown_version(g: _Generator) -> SyntheticRecord:
-        _, event = g._base_event()
-        event["version"] = 99
-        return g._bad(event, "unknown_version")
-
     def too_deep(g: _Generator) -> SyntheticRecord:
         _, event = g._base_event()
         event["payload"]["title"] = "@@TITLE@@"
@@ -450,7 +401,38 @@ def _invalid_makers() -> list[_Maker]:
         return g._bad(event, "too_deep", data=data)
 
     return [
-        not_utf8, oversize, truncated_json, not_json, missing_envelope_field, missing_payload_field,
-        version_as_string, payload_wrong_type, bad_event_id, bad_timestamp, unsafe_customer, unknown_type,
-        unknown_version, too_deep,
+        not_utf8, oversize, truncated_json, not_json,
+        _without("missing_field", "occurred_at"),
+        _without("missing_field", "user_id", in_payload=True),
+        _setting("wrong_type", "version", "1"),
+        _setting("wrong_type", "duration_ms", "1200ms", in_payload=True),
+        _setting("bad_event_id", "event_id", "not-a-uuid", "1234", "0190f0e2-8c2b-7a6b-9c3d-1234567890zz"),
+        _setting("bad_timestamp", "occurred_at", "yesterday", "2024-13-45T00:00:00Z", "2024-05-01T12:00:00"),
+        _setting("unsafe_customer_id", "customer_id", *UNSAFE_CUSTOMER_IDS),
+        _setting("unknown_type", "type", "page_vew"),
+        _setting("unknown_version", "version", 99),
+        too_deep,
     ]  # fmt: skip
+
+
+def _without(reason: str, name: str, *, in_payload: bool = False) -> _Maker:
+    """A maker that drops one field of the envelope (or of the payload)."""
+
+    def maker(g: _Generator) -> SyntheticRecord:
+        _, event = g._base_event()
+        del (event["payload"] if in_payload else event)[name]
+        return g._bad(event, reason)
+
+    return maker
+
+
+def _setting(reason: str, name: str, *values: Any, in_payload: bool = False) -> _Maker:
+    """A maker that gives one field a bad value (picked at random when there are several)."""
+
+    def maker(g: _Generator) -> SyntheticRecord:
+        _, event = g._base_event()
+        value = values[0] if len(values) == 1 else values[int(g.rng.random() * len(values))]
+        (event["payload"] if in_payload else event)[name] = value
+        return g._bad(event, reason)
+
+    return maker
