@@ -42,21 +42,21 @@ _RS_METADATA: Final = (
 REDSHIFT_MAX_VARCHAR: Final = 65535
 
 
+#: Payload kinds both warehouses name alike (Redshift's spelling is the upper-case one).
+_PLAIN_KIND: Final = {
+    "int": "bigint",
+    "float": "double precision",
+    "bool": "boolean",
+    "timestamp": "timestamptz",
+}
+_PG_KIND: Final = {"string": "text", "json": "jsonb", **_PLAIN_KIND}
+
+
 def postgres_type(f: FieldDef) -> str:
     """PostgreSQL type of a payload field (string → text: PostgreSQL needs no length)."""
     if f.kind == "decimal":
         return f"numeric({f.precision},{f.scale})"
     return _PG_KIND[f.kind]
-
-
-_PG_KIND: Final = {
-    "string": "text",
-    "int": "bigint",
-    "float": "double precision",
-    "bool": "boolean",
-    "timestamp": "timestamptz",
-    "json": "jsonb",
-}
 
 
 def redshift_type(f: FieldDef, *, staging: bool = False) -> str:
@@ -69,15 +69,7 @@ def redshift_type(f: FieldDef, *, staging: bool = False) -> str:
         return f"VARCHAR({REDSHIFT_MAX_VARCHAR})" if staging else "SUPER"
     if f.kind == "decimal":
         return f"DECIMAL({f.precision},{f.scale})"
-    return _RS_KIND[f.kind]
-
-
-_RS_KIND: Final = {
-    "int": "BIGINT",
-    "float": "DOUBLE PRECISION",
-    "bool": "BOOLEAN",
-    "timestamp": "TIMESTAMPTZ",
-}
+    return _PLAIN_KIND[f.kind].upper()
 
 
 def postgres_columns(fields: Sequence[FieldDef]) -> list[tuple[str, str]]:
