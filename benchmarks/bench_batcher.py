@@ -126,11 +126,11 @@ class CountingCheckpointer:
 
 
 @contextmanager
-def redis_server() -> Iterator[redis.Redis]:
+def redis_url() -> Iterator[str]:
     """REDIS_URL if set, else a private redis-server on a free port (stopped afterwards)."""
     url = os.environ.get("REDIS_URL")
     if url:
-        yield redis.Redis.from_url(url, socket_timeout=30)
+        yield url
         return
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
@@ -140,16 +140,24 @@ def redis_server() -> Iterator[redis.Redis]:
     pid = spawn(cmd, log_path=log)
     try:
         wait_for_port("redis-server", "127.0.0.1", port, pid=pid, log_path=log)
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield client
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop_pid(pid)
+
+
+@contextmanager
+def redis_server() -> Iterator[redis.Redis]:
+    """A client of :func:`redis_url`'s server, once a private one answers."""
+    with redis_url() as url:
+        client = redis.Redis.from_url(url, socket_timeout=30)
+        if "REDIS_URL" not in os.environ:
+            for _ in range(100):
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+        yield client
 
 
 def context(

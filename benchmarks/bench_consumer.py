@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pipeline.app.provision import ensure_stream
 from pipeline.app.servers import stack
-from pipeline.app.servers.process import free_port
 from pipeline.consumer.lease_store import LeaseStore
+from pipeline.consumer.shard_sync import stream_pages
 from pipeline.core.clients import ClientFactory
 from pipeline.core.settings import load_settings
 
@@ -41,18 +41,9 @@ def raw_ceiling(clients: ClientFactory, stream: str, last: dict[str, str]) -> fl
     """Read every shard once (recording each shard's last sequence number into ``last``)."""
     kinesis = clients.kinesis()
     total, start = 0, time.perf_counter()
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        it = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while it:
-            page = kinesis.get_records(ShardIterator=it, Limit=10_000)
-            total += len(page["Records"])
-            if page["Records"]:
-                last[shard["ShardId"]] = page["Records"][-1]["SequenceNumber"]
-            if not page["Records"]:
-                break
-            it = page.get("NextShardIterator")
+    for shard_id, records in stream_pages(kinesis, stream):
+        total += len(records)
+        last[shard_id] = records[-1]["SequenceNumber"]
     return total / (time.perf_counter() - start)
 
 
@@ -70,9 +61,7 @@ def main() -> None:
                         help="kinesis-mock: the engine the Java MultiLangDaemon benchmark uses")
     args = parser.parse_args()
     state_dir = Path(tempfile.mkdtemp(prefix="bench-consumer-"))
-    cfg = stack.StackConfig(
-        state_dir=state_dir, kinesis_engine=args.kinesis, kinesis_mock_port=free_port(), aws_port=free_port(), redis_port=free_port(), pg_port=free_port()
-    )
+    cfg = stack.StackConfig.on_free_ports(state_dir, kinesis_engine=args.kinesis)
     state, _ = stack.up(cfg)
     try:
         env = {

@@ -45,7 +45,6 @@ from inserter.plan import combine_plans, plan_load
 from inserter.source import ObjectSource
 from pipeline.app.provision import ensure_bucket, ensure_database
 from pipeline.app.servers import stack as local_stack
-from pipeline.app.servers.process import free_port
 from pipeline.core.clients import ClientFactory
 from pipeline.core.layout import EventObjectKey
 from pipeline.core.manifest import BatchManifest, BatchObject
@@ -66,13 +65,7 @@ def servers(env_file: str | None) -> Iterator[dict[str, str]]:
         yield env
         return
     with tempfile.TemporaryDirectory(prefix="bench-inserter-") as tmp:
-        cfg = local_stack.StackConfig(
-            state_dir=Path(tmp),
-            aws_port=free_port(),
-            kinesis_mock_port=free_port(),
-            redis_port=free_port(),
-            pg_port=free_port(),
-        )
+        cfg = local_stack.StackConfig.on_free_ports(Path(tmp))
         state, _ = local_stack.up(cfg)
         os.environ.update(state.env)
         try:

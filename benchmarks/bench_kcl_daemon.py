@@ -30,7 +30,7 @@ from typing import Any
 
 from pipeline.app import kcl_daemon
 from pipeline.app.servers import stack as local_stack
-from pipeline.app.servers.process import free_port
+from pipeline.consumer.shard_sync import stream_pages
 from pipeline.core.clients import ClientFactory
 from pipeline.core.settings import load_settings
 
@@ -61,17 +61,7 @@ def fill(kinesis: Any, stream: str, count: int, size: int) -> dict[str, list[int
 
 def raw_get_records(kinesis: Any, stream: str) -> tuple[int, float]:
     t0 = time.perf_counter()
-    total = 0
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            resp = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            if not resp["Records"]:
-                break
-            total += len(resp["Records"])
-            iterator = resp.get("NextShardIterator")
+    total = sum(len(records) for _, records in stream_pages(kinesis, stream))
     return total, time.perf_counter() - t0
 
 
@@ -145,14 +135,8 @@ def main() -> None:
 
     kcl_daemon.find_jars()
     state_dir = Path(tempfile.mkdtemp(prefix="bench-kcl-"))
-    cfg = local_stack.StackConfig(
-        state_dir=state_dir,
-        aws_port=free_port(),
-        kinesis_mock_port=free_port(),
-        redis_port=free_port(),
-        pg_port=free_port(),
-        with_kinesis_mock=True,
-        npm_dirs=(REPO / ".shardhouse/npm",),
+    cfg = local_stack.StackConfig.on_free_ports(
+        state_dir, with_kinesis_mock=True, npm_dirs=(REPO / ".shardhouse/npm",)
     )
     state, _ = local_stack.up(cfg)
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.app.cli import context
 from pipeline.app.provision import ensure_stream
+from pipeline.consumer.shard_sync import stream_pages
 from pipeline.producer.client import Producer
 
 
@@ -32,18 +33,7 @@ def records(count: int, size: int) -> list[tuple[bytes, str]]:
 
 
 def count_stream(kinesis: Any, stream: str) -> int:
-    total = 0
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            if not response["Records"]:
-                break
-            total += len(response["Records"])
-            iterator = response.get("NextShardIterator")
-    return total
+    return sum(len(records) for _, records in stream_pages(kinesis, stream))
 
 
 def main() -> None:

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,9 +41,9 @@ from typing import Any
 from urllib.parse import quote
 
 import redis
+from bench_batcher import redis_url  # the same throwaway redis-server
 
-from pipeline.app.servers import binaries
-from pipeline.app.servers.process import free_port, spawn, stop_pid, wait_for_port
+from pipeline.app.servers.process import free_port, wait_for_port
 from pipeline.consumer.processor import InitializeInput, ProcessRecordsInput, Record
 from pipeline.core.clients import ClientFactory
 from pipeline.core.settings import RedisSettings, ResourceSettings, Settings
@@ -58,26 +57,6 @@ from workers.projector.store import ApplyResult
 STREAM = "bench"
 SHARD = "shardId-000000000000"
 BATCH = 10_000
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """REDIS_URL if set, else a private redis-server on a free port (stopped afterwards)."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-    log = workdir / "redis.log"
-    cmd = [binaries.redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-           "--appendonly", "no", "--dir", str(workdir)]  # fmt: skip
-    pid = spawn(cmd, log_path=log)
-    try:
-        wait_for_port("redis-server", "127.0.0.1", port, pid=pid, log_path=log)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop_pid(pid)
 
 
 def settings_for(url: str) -> Settings:
@@ -434,7 +413,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=1000, help="paced run: requests/s over all clients")
     args = parser.parse_args()
-    with redis_server() as url:
+    with redis_url() as url:
         if args.mode in ("apply", "all"):
             apply_mode(args, url)
         if args.mode in ("read", "all"):

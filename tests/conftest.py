@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.app.servers import stack as local_stack
-from pipeline.app.servers.process import free_port
 from pipeline.core.clients import ClientFactory
 from pipeline.core.errors import ConfigError, TerminalError
 from pipeline.core.settings import Settings, load_settings
@@ -40,14 +39,8 @@ def _up_on_free_ports(state_dir: Path, attempts: int = 3) -> local_stack.StackSt
     anything else on the machine) can take it in between.
     """
     for attempt in range(attempts):
-        cfg = local_stack.StackConfig(
-            state_dir=state_dir,
-            aws_port=free_port(),
-            kinesis_mock_port=free_port(),
-            redis_port=free_port(),
-            pg_port=free_port(),
-            with_kinesis_mock=_kinesis_mock_installed(),
-            npm_dirs=(REPO / ".shardhouse/npm",),
+        cfg = local_stack.StackConfig.on_free_ports(
+            state_dir, with_kinesis_mock=_kinesis_mock_installed(), npm_dirs=(REPO / ".shardhouse/npm",)
         )
         try:
             state, _ = local_stack.up(cfg)

@@ -3,7 +3,7 @@ workers syncing at once create each lease exactly once."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline.consumer.lease_store import LeaseStore
@@ -14,6 +14,7 @@ from pipeline.core.retry import Backoff, call_with_retry
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
+    from mypy_boto3_kinesis.type_defs import RecordTypeDef
 
 
 def list_shards(kinesis: KinesisClient, stream: str) -> list[dict[str, Any]]:
@@ -26,6 +27,21 @@ def list_shards(kinesis: KinesisClient, stream: str) -> list[dict[str, Any]]:
         if not token:
             return shards
         kwargs = {"NextToken": token}
+
+
+def stream_pages(kinesis: KinesisClient, stream: str) -> Iterator[tuple[str, list[RecordTypeDef]]]:
+    """(shard id, records) for every page of every shard, from TRIM_HORIZON until a shard returns
+    nothing more: what a benchmark or a check compares a consumer's output with."""
+    for shard in list_shards(kinesis, stream):
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            if not page["Records"]:
+                break
+            yield shard["ShardId"], page["Records"]
+            iterator = page.get("NextShardIterator")
 
 
 def _list_page(kinesis: KinesisClient, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from support.records import synthetic
 from pipeline.app.provision import ensure_stream
 from pipeline.app.servers.process import free_port
 from pipeline.app.servers.stack import StackState
+from pipeline.consumer.shard_sync import stream_pages
 from pipeline.core.clients import ClientFactory
 from pipeline.producer.batching import hash_partition_key
 from pipeline.producer.client import Producer
@@ -57,18 +58,7 @@ def produce_cli(
 
 def read_stream(kinesis: Any, stream: str) -> list[dict[str, Any]]:
     """Every record of every shard, from TRIM_HORIZON until a shard returns nothing more."""
-    records: list[dict[str, Any]] = []
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        iterator = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while iterator:
-            response = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
-            if not response["Records"]:
-                break
-            records.extend(response["Records"])
-            iterator = response.get("NextShardIterator")
-    return records
+    return [r for _, page in stream_pages(kinesis, stream) for r in page]
 
 
 def received(kinesis: Any, stream: str) -> Counter[tuple[bytes, str]]:

@@ -18,7 +18,7 @@ import psycopg
 import redis
 
 from pipeline.app.servers import binaries, postgres
-from pipeline.app.servers.process import pid_alive, port_open, spawn, stop_pid, wait_for_port
+from pipeline.app.servers.process import free_port, pid_alive, port_open, spawn, stop_pid, wait_for_port
 from pipeline.core.errors import ConfigError, TerminalError
 
 
@@ -52,6 +52,27 @@ class StackConfig:
         except ValueError:
             choices = ", ".join(KinesisEngine)
             raise ConfigError(f"--kinesis {self.kinesis_engine!r}: expected one of {choices}") from None
+
+    @classmethod
+    def on_free_ports(
+        cls,
+        state_dir: Path,
+        *,
+        kinesis_engine: KinesisEngine = KinesisEngine.MOTO,
+        with_kinesis_mock: bool = False,
+        npm_dirs: tuple[Path, ...] = (),
+    ) -> StackConfig:
+        """A stack that runs beside others (tests, benchmarks): every port free when chosen."""
+        return cls(
+            state_dir=state_dir,
+            aws_port=free_port(),
+            kinesis_engine=kinesis_engine,
+            kinesis_mock_port=free_port(),
+            redis_port=free_port(),
+            pg_port=free_port(),
+            with_kinesis_mock=with_kinesis_mock,
+            npm_dirs=npm_dirs,
+        )
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pipeline.app.provision import ensure_stream
 from pipeline.consumer.diagnostic import recorder_keys
 from pipeline.consumer.lease_store import LeaseStore
 from pipeline.consumer.leases import Lease
+from pipeline.consumer.shard_sync import stream_pages
 from pipeline.core.clients import ClientFactory
 
 
@@ -121,19 +122,8 @@ def put(clients: ClientFactory, stream: str, payloads: list[bytes]) -> None:
 
 def stream_positions(clients: ClientFactory, stream: str) -> set[tuple[str, str]]:
     """Every (shard, sequence number) the stream holds, read straight from Kinesis."""
-    kinesis = clients.kinesis()
-    out: set[tuple[str, str]] = set()
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        it = kinesis.get_shard_iterator(
-            StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while it:
-            page = kinesis.get_records(ShardIterator=it, Limit=10_000)
-            out.update((shard["ShardId"], r["SequenceNumber"]) for r in page["Records"])
-            if not page["Records"]:
-                break
-            it = page.get("NextShardIterator")
-    return out
+    pages = stream_pages(clients.kinesis(), stream)
+    return {(shard_id, r["SequenceNumber"]) for shard_id, page in pages for r in page}
 
 
 def recorded_positions(fleet: Fleet) -> Counter[tuple[str, str]]:
