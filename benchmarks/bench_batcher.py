@@ -10,12 +10,12 @@ or uses ``REDIS_URL`` if set. Parquet goes to **local files** (a temporary direc
 like S3 with If-None-Match), SQS announcements to an in-memory list: the benchmark measures the
 process, not the emulators.
 
-* ``hotpath``: one process, one shard. Synthetic ~300-byte events (pipeline.producer.synthetic, 2 %
-  producer retries, 0.5 % invalid) are first run stage by stage — decode+validate (+ buffer),
-  dedupe pack, Redis check, Arrow build, Parquet encode, file write, Redis mark — then through
-  the real BatcherProcessor (the check overlaps the Arrow build there). Reports events/s overall,
-  the cost of each stage, and peak RSS (ru_maxrss; it includes the input records held in memory,
-  reported separately).
+* ``hotpath``: one process, one shard. Synthetic events of 372 B mean (``--event-bytes N``: all
+  N bytes; pipeline.producer.synthetic, 2 % producer retries, 0.5 % invalid) are first run stage
+  by stage — decode+validate (+ buffer), dedupe pack, Redis check, Arrow build, Parquet encode,
+  file write, Redis mark — then through the real BatcherProcessor (the check overlaps the Arrow
+  build there). Reports events/s overall, the cost of each stage, and peak RSS (ru_maxrss; it
+  includes the input records held in memory, reported separately).
 * ``memory``: one process, 16 shards, 200 customers (≈1,000 open customer/type/version groups
   per shard), default flush thresholds and max_buffer_bytes; inputs are generated on the fly
   (not held) and delivered 10,000 records per call, round-robin over shards. Reports peak RSS
@@ -46,9 +46,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 
 from pipeline.app.servers import binaries
@@ -211,13 +213,41 @@ def trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def make_records(count: int, *, seed: int = 1, customers: int = 20) -> list[Record]:
+def make_records(count: int, *, seed: int = 1, customers: int = 20, event_bytes: int = 0) -> list[Record]:
     config = SyntheticConfig(seed=seed, customers=customers, duplicate_ratio=0.02, invalid_ratio=0.005)
+    resize = partial(sized, size=event_bytes, optional=optional_fields()) if event_bytes else None
     out = []
     for i, r in enumerate(generate(config, count)):
-        out.append(Record(exact_bytes(r.data), r.partition_key, str(10_000 + i), 0, ORIGIN_MS + i // 100))
+        data = resize(r.data) if resize and r.valid else r.data
+        out.append(Record(exact_bytes(data), r.partition_key, str(10_000 + i), 0, ORIGIN_MS + i // 100))
     trim()
     return out
+
+
+def optional_fields() -> dict[tuple[str, int], list[str]]:
+    """Per (type, version), the payload fields the schema does not require, last first."""
+    return {
+        (et.definition.type, et.definition.version): [f.name for f in reversed(et.definition.fields) if not f.required]
+        for et in load_registry().types()
+    }
+
+
+def sized(data: bytes, *, size: int, optional: dict[tuple[str, int], list[str]]) -> bytes:
+    """A valid event at exactly ``size`` bytes, so runs compare at a fixed record size: optional
+    payload fields are dropped while it is too long, then a ``pad`` string (a field the schema
+    does not know, which the validator skips) fills it. A retry re-sends the same bytes."""
+    event = orjson.loads(data)
+    payload = event["payload"]
+    droppable = list(optional.get((event["type"], event["version"]), ()))
+    while True:
+        payload["pad"] = ""
+        short = size - len(orjson.dumps(event))
+        if short >= 0:
+            payload["pad"] = "x" * short
+            return orjson.dumps(event)
+        if not droppable:
+            raise SystemExit(f"--event-bytes {size}: a {event['type']} event needs {size - short} bytes")
+        payload.pop(droppable.pop(0), None)
 
 
 # -- hot path ---------------------------------------------------------------------------------
@@ -236,7 +266,7 @@ class Stages:
 
 def hotpath(args: argparse.Namespace) -> None:
     print(f"generating {args.events:,} synthetic events ...", flush=True)
-    records = make_records(args.events)
+    records = make_records(args.events, event_bytes=args.event_bytes)
     input_mib = sum(len(r.binary_data) for r in records) / MiB
     mean = sum(len(r.binary_data) for r in records) / len(records)
     base_rss = rss_mib()
@@ -462,6 +492,8 @@ def main() -> None:
     )
     parser.add_argument("--mode", choices=("all", "hotpath", "memory", "redis"), default="all")
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--event-bytes", type=int, default=0, metavar="N",
+                        help="hotpath: every valid event exactly N bytes (0: the generator's sizes, 372 B mean)")
     parser.add_argument("--repeats", type=int, default=1, help="processor runs in hotpath mode")
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--customers", type=int, default=200)
