@@ -31,7 +31,8 @@ from inserter.plan import LoadPlan, ObjectLoad, TableLoad, merge_window
 from inserter.tables import PartAction, Relation, catalog, missing_columns, part_action
 
 log = logging.getLogger(__name__)
-#: Ledger rows per INSERT: 13 parameters each, and a statement carries at most 65,535.
+#: Ledger rows per INSERT where there is no COPY FROM STDIN (Redshift): 13 parameters each, and
+#: a statement carries at most 65,535.
 LEDGER_ROWS_PER_STATEMENT = 2000
 #: New customers' parts per DDL transaction: each takes a few locks, and a transaction may hold
 #: at most max_locks_per_transaction x max_connections of them.
@@ -264,9 +265,7 @@ class Loader:
                 fresh_tables.append(fresh := f"_fresh_{i}")
                 outcomes.extend(self._merge(cur, fresh, event_type, stage, columns, units, stats, done))
             duration_ms = _ms_since(started)
-            for chunk in _chunks(outcomes, LEDGER_ROWS_PER_STATEMENT):
-                params = self._ledger_params(plan, load_id, chunk, duration_ms)
-                cur.execute(d.record_ledger(len(chunk)), params)
+            self._record_ledger(cur, self._ledger_rows(plan, load_id, outcomes, duration_ms))
             for stmt in d.cleanup([stage for _, stage, _ in stages] + fresh_tables):
                 cur.execute(stmt)
         return LoadResult(
@@ -369,15 +368,26 @@ class Loader:
             out[(int(ordinal), customer)] = _Stats(int(rows), lo, hi)
         return out
 
-    def _ledger_params(
+    def _record_ledger(self, cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]) -> None:
+        copy = self.dialect.copy_ledger()
+        if copy is not None:
+            with cur.copy(copy) as pipe:
+                for row in rows:
+                    pipe.write_row(row)
+            return
+        for chunk in _chunks(rows, LEDGER_ROWS_PER_STATEMENT):
+            cur.execute(self.dialect.record_ledger(len(chunk)), tuple(x for row in chunk for x in row))
+
+    def _ledger_rows(
         self, plan: LoadPlan, load_id: str, outcomes: Sequence[ObjectOutcome], duration_ms: int
-    ) -> tuple[Any, ...]:
+    ) -> list[tuple[Any, ...]]:
+        """One row per unit, in LEDGER_COLUMNS order."""
         by_key = {o.unit: o for o in plan.objects}
         now = self.clock()
-        params: list[Any] = []
+        rows = []
         for out in outcomes:
             obj = by_key[out.key]
-            params.extend(
+            rows.append(
                 (
                     out.key,
                     obj.batch_id or plan.batch_id,
@@ -394,7 +404,7 @@ class Loader:
                     duration_ms,
                 )
             )
-        return tuple(params)
+        return rows
 
 
 def _chunks(items: Sequence[_T], size: int) -> list[Sequence[_T]]:

@@ -421,6 +421,11 @@ class PostgresDialect:
             fresh=_id(fresh),
         )
 
+    def copy_ledger(self) -> Statement | None:
+        """The ledger rows by COPY: a multi-row INSERT of 2,000 rows (26,000 parameters) took
+        225 ms to plan and run, 0.5 s of a 2,000-customer load's 1.3 s (bench_tenants profile)."""
+        return sql.SQL("COPY {} ({}) FROM STDIN").format(_table(ledger_table()), _ids(LEDGER_COLUMNS))
+
     def record_ledger(self, n_objects: int) -> Statement:
         row = sql.SQL("({})").format(_placeholders(len(LEDGER_COLUMNS)))
         return sql.SQL("INSERT INTO {} ({}) VALUES {}").format(

@@ -103,6 +103,9 @@ class RedshiftDialect(PostgresDialect):
     def identity_target(self, event_type: str) -> TableRef:
         return pool_table(event_type)
 
+    def copy_ledger(self) -> Statement | None:
+        return None  # Redshift has no COPY FROM STDIN: multi-row INSERTs
+
     def _ledger_table(self, led: sql.Composed) -> Statement:
         return sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} ("
