@@ -127,7 +127,7 @@ class Loader:
             t for t in todo if part_action(found.get(t.target), wanted[t.event_type]) is not PartAction.READY
         ]
         for chunk in _chunks(parts, PARTS_PER_TRANSACTION):
-            self._ensure_parts(conn, chunk)
+            self._ensure_parts(conn, chunk, wanted)
         self._ready.update((t.target, wanted[t.event_type]) for t in todo)
 
     def _relations(self, conn: Conn, refs: Sequence[TableRef]) -> dict[TableRef, Relation]:
@@ -152,7 +152,9 @@ class Loader:
         if added:
             log.info("columns added", extra={"table": str(pool), "columns": [c.name for c in added]})
 
-    def _ensure_parts(self, conn: Conn, tables: Sequence[TableLoad]) -> None:
+    def _ensure_parts(
+        self, conn: Conn, tables: Sequence[TableLoad], wanted: dict[str, tuple[str, ...]]
+    ) -> None:
         """Many customers' parts in one transaction and one script: first sight of a customer
         costs its catalog rows, not round trips. Re-checked under the DDL lock, which another
         inserter making the same parts holds meanwhile."""
@@ -171,21 +173,23 @@ class Loader:
             ]
             found = self._relations(conn, [t.target for t in tables])
             for table in tables:
-                script += self._part_ddl(table, found.get(table.target))
+                script += self._part_ddl(table, found.get(table.target), wanted[table.event_type])
             if script:
                 conn.execute(d.script(script))
 
-    def _part_ddl(self, table: TableLoad, existing: Relation | None) -> list[Statement]:
+    def _part_ddl(
+        self, table: TableLoad, existing: Relation | None, wanted: Sequence[str]
+    ) -> list[Statement]:
         ref, customer, d = table.target, table.customer_id, self.dialect
         reader = reader_role(customer)
-        columns = d.columns(table.event_type)
-        action = part_action(existing, [c.name for c in columns])
+        action = part_action(existing, wanted)
         if action is PartAction.CREATE:
             return d.create_customer_table(ref, customer, reader)
         if action is PartAction.ADOPT:
-            gone = set(missing_columns(existing, [c.name for c in columns]))
+            gone = set(missing_columns(existing, wanted))
             log.info("customer table adopted into its pool", extra={"table": str(ref)})
-            return d.adopt_customer_table(ref, customer, reader, [c for c in columns if c.name in gone])
+            missing = [c for c in d.columns(table.event_type) if c.name in gone]
+            return d.adopt_customer_table(ref, customer, reader, missing)
         if action is PartAction.REFRESH:
             return d.refresh_customer_table(ref, customer, reader)
         return []
