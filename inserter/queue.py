@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.core.aws_errors import classify_aws, error_code
+from pipeline.core.errors import TransientError
 from pipeline.core.retry import Backoff, call_with_retry
 
 if TYPE_CHECKING:
@@ -125,6 +126,37 @@ class BatchQueue:
             ),
             f"delete {message.message_id}",
         )
+
+    def delete_all(self, messages: Sequence[Message]) -> list[str]:
+        """Delete after commit, ten per call (one round trip for a whole receive, where one per
+        message took a fifth of the inserter's time in the 2,000-customer demo); returns the ids
+        whose receipt was no longer ours. Entries SQS fails for another reason are retried."""
+        gone: list[str] = []
+        for start in range(0, len(messages), 10):
+            pending = list(messages[start : start + 10])
+            what = f"delete {len(pending)} messages from {self.queue}"
+            call_with_retry(
+                functools.partial(self._delete_batch, pending, gone, what), what=what, backoff=self.backoff
+            )
+        if gone:
+            log.warning("receipt no longer valid", extra={"what": "delete", "message_ids": gone})
+        return gone
+
+    def _delete_batch(self, pending: list[Message], gone: list[str], what: str) -> None:
+        """One DeleteMessageBatch of ``pending``; leaves in it only the entries to try again."""
+        entries: list[Any] = [
+            {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(pending)
+        ]
+        try:
+            resp = self.sqs.delete_message_batch(QueueUrl=self.url(self.queue), Entries=entries)
+        except (ClientError, BotoCoreError) as exc:
+            raise classify_aws(exc, what) from exc
+        failed = {int(f["Id"]): str(f.get("Code", "")) for f in resp.get("Failed", [])}
+        gone.extend(pending[i].message_id for i, code in failed.items() if code in _GONE)
+        pending[:] = [m for i, m in enumerate(pending) if i in failed and failed[i] not in _GONE]
+        if pending:
+            codes = sorted({c for c in failed.values() if c not in _GONE})
+            raise TransientError(f"{what}: {len(pending)} entries failed ({', '.join(codes)})")
 
     def _on_receipt(self, fn: Callable[[], Any], what: str) -> bool:
         def attempt() -> bool:

@@ -247,13 +247,16 @@ class Inserter:
         """Committed: the messages can go, and the load is counted and logged."""
         for message in messages:
             self.heartbeat.drop(message)
-            try:
-                self.queue.delete(message)
-            except Exception as exc:  # it comes back; the ledger makes that delivery a no-op
-                log.warning(
-                    "delete after commit failed; the message will come back as already loaded",
-                    extra={"message_id": message.message_id, "reason": f"{type(exc).__name__}: {exc}"},
-                )
+        try:
+            self.queue.delete_all(messages)
+        except Exception as exc:  # they come back; the ledger makes those deliveries no-ops
+            log.warning(
+                "delete after commit failed; the messages will come back as already loaded",
+                extra={
+                    "message_ids": [m.message_id for m in messages],
+                    "reason": f"{type(exc).__name__}: {exc}",
+                },
+            )
         self._record(messages, result, "loaded" if result.loaded else "duplicate")
 
     def _load(self, plan: LoadPlan) -> LoadResult:

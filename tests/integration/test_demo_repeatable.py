@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("demo")]
 def test_the_demo_passes_twice_in_a_row_in_one_state_dir(tmp_path: Path) -> None:
     said: list[str] = []
     for keep in (True, False):
-        config = DemoConfig(events=800, customers=3, seed=9, keep=keep, timeout=120, state_dir=tmp_path / "demo")
+        config = DemoConfig(
+            events=800, customers=3, seed=9, keep=keep, timeout=120, state_dir=tmp_path / "demo"
+        )
         with open(tmp_path / "console.txt", "a") as out:
             outcome = execute(config, Console(file=out, width=140), said.append)
         verdict = outcome.verdict

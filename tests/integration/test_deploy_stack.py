@@ -81,8 +81,14 @@ def test_the_template_deploys_and_the_pipeline_runs_on_the_stacks_resources(
     assert len(alarms) == 4
     sqs = boto3.client("sqs", **kw)
     url = sqs.get_queue_url(QueueName=outputs["BatchQueueName"])["QueueUrl"]
-    redrive = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"])
-    assert int(redrive["maxReceiveCount"]) == 4 and redrive["deadLetterTargetArn"].endswith(outputs["DeadLetterQueueName"])
+    redrive = json.loads(
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"][
+            "RedrivePolicy"
+        ]
+    )
+    assert int(redrive["maxReceiveCount"]) == 4 and redrive["deadLetterTargetArn"].endswith(
+        outputs["DeadLetterQueueName"]
+    )
 
     # The roles' environment names the stack and the local Redis and warehouse, nothing else.
     warehouse_url = psycopg.conninfo.make_conninfo(settings.warehouse.url, dbname=unique_name)
@@ -97,7 +103,9 @@ def test_the_template_deploys_and_the_pipeline_runs_on_the_stacks_resources(
         "SHARDHOUSE_FLUSH_AGE_SECONDS": "1",
         "SHARDHOUSE_IDLE_BETWEEN_READS_MS": "200",
     }
-    for key in [k for k in env if k.startswith(("SHARDHOUSE_STREAM", "SHARDHOUSE_BUCKET", "SHARDHOUSE_QUEUE"))]:
+    for key in [
+        k for k in env if k.startswith(("SHARDHOUSE_STREAM", "SHARDHOUSE_BUCKET", "SHARDHOUSE_QUEUE"))
+    ]:
         del env[key]
     deployed = load_deployed_settings(env, lambda base: ClientFactory(base).cloudformation())
     assert deployed.resources.stream == outputs["StreamName"]
@@ -105,7 +113,9 @@ def test_the_template_deploys_and_the_pipeline_runs_on_the_stacks_resources(
     assert deployed.worker.batcher_app == f"{unique_name}-batcher"
 
     run = DemoRun(config=DemoConfig(), settings=deployed, clients=ClientFactory(deployed))
-    records = list(generate(SyntheticConfig(seed=15, customers=2, duplicate_ratio=0.05, invalid_ratio=0.02), 400))
+    records = list(
+        generate(SyntheticConfig(seed=15, customers=2, duplicate_ratio=0.05, invalid_ratio=0.02), 400)
+    )
     for record in records:
         run.expected.add(record)
     run.records = records

@@ -66,7 +66,10 @@ class Call:
 
     @property
     def action(self) -> str:
-        return ACTIONS.get((self.service, self.operation)) or f"{self.service}:{camel(self.service, self.operation)}"
+        return (
+            ACTIONS.get((self.service, self.operation))
+            or f"{self.service}:{camel(self.service, self.operation)}"
+        )
 
 
 @cache

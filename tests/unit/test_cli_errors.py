@@ -9,7 +9,10 @@ import sys
 import pytest
 
 CASES = [
-    (["up", "--kinesis", "foo"], "Invalid value for '--kinesis': Value error, 'foo' is not one of 'moto', 'kinesis-mock'"),
+    (
+        ["up", "--kinesis", "foo"],
+        "Invalid value for '--kinesis': Value error, 'foo' is not one of 'moto', 'kinesis-mock'",
+    ),
     (["up", "--redis-port", "x"], "Invalid value for '--redis-port'"),
     (["no-such-command"], "No such command 'no-such-command'"),
     (["provision", "--shards", "0"], "Invalid value for '--shards'"),
@@ -22,7 +25,10 @@ def test_bad_input_is_one_clear_line(args: list[str], expected: str) -> None:
     env = {**os.environ, "SHARDHOUSE_STATE_DIR": "/nonexistent-shardhouse"}
     done = subprocess.run(
         [sys.executable, "-c", "from pipeline.app.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
@@ -42,7 +48,10 @@ def test_unreachable_endpoint_is_one_line() -> None:
     }
     done = subprocess.run(
         [sys.executable, "-c", "from pipeline.app.cli import main; main()", "provision"],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [

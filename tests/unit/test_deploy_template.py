@@ -21,7 +21,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def test_each_role_policy_allows_exactly_the_calls_its_code_makes(role: str) -> None:
     policy, _ = iam.ROLES[role]
     called, unknown = iam.code_actions(role)
-    assert not unknown, f"calls of AWS operation names on unknown receivers (name the client after its service, or list it in NOT_AWS): {unknown}"
+    assert not unknown, (
+        f"calls of AWS operation names on unknown receivers (name the client after its service, or list it in NOT_AWS): {unknown}"
+    )
     allowed = iam.policy_actions(policy)
     missing = {a: [f"{c.module}:{c.line}" for c in calls] for a, calls in called.items() if a not in allowed}
     assert not missing, f"{policy} lacks actions its code calls: {missing}"

@@ -44,13 +44,19 @@ class CloudFormation:
 def stack(status: str = "UPDATE_COMPLETE", outputs: dict[str, str] = OUTPUTS) -> dict[str, Any]:
     return {
         "Stacks": [
-            {"StackStatus": status, "Outputs": [{"OutputKey": k, "OutputValue": v} for k, v in outputs.items()]}
+            {
+                "StackStatus": status,
+                "Outputs": [{"OutputKey": k, "OutputValue": v} for k, v in outputs.items()],
+            }
         ]
     }
 
 
 def error(code: str, status: int = 400) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "DescribeStacks")
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "DescribeStacks",
+    )
 
 
 def test_outputs_name_the_resources_and_unknown_outputs_are_ignored() -> None:
@@ -60,10 +66,16 @@ def test_outputs_name_the_resources_and_unknown_outputs_are_ignored() -> None:
     cfn = CloudFormation(stack())
     s = load_deployed_settings({"SHARDHOUSE_STACK": "prod"}, lambda _: cfn)  # type: ignore[arg-type,return-value]
     assert cfn.calls == ["prod"]
-    assert (s.resources.stream, s.resources.bucket, s.resources.queue) == ("prod-events", "prod-123-us-east-1", "prod-batches")
+    assert (s.resources.stream, s.resources.bucket, s.resources.queue) == (
+        "prod-events",
+        "prod-123-us-east-1",
+        "prod-batches",
+    )
     assert s.resources.dead_letter_queue == "prod-batches-dlq" and s.resources.max_receive_count == 7
     assert (s.worker.batcher_app, s.worker.projector_app) == ("prod-batcher", "prod-projector")
-    assert s.warehouse.dialect == "redshift" and s.warehouse.redshift_iam_role == OUTPUTS["WarehouseCopyRoleArn"]
+    assert (
+        s.warehouse.dialect == "redshift" and s.warehouse.redshift_iam_role == OUTPUTS["WarehouseCopyRoleArn"]
+    )
     assert s.stack == "prod" and s.to_env()["SHARDHOUSE_STACK"] == "prod"
 
 

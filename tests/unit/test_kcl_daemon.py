@@ -151,10 +151,7 @@ def test_from_settings_maps_the_worker_section() -> None:
 
 def test_resolve_processor() -> None:
     assert resolve_processor("noop").__name__ == "create_noop"
-    assert (
-        resolve_processor("pipeline.consumer.diagnostic:create_recorder").__name__
-        == "create_recorder"
-    )
+    assert resolve_processor("pipeline.consumer.diagnostic:create_recorder").__name__ == "create_recorder"
     with pytest.raises(ConfigError, match="unknown processor 'nope'"):
         resolve_processor("nope")
     with pytest.raises(ConfigError, match="cannot import"):

@@ -49,8 +49,12 @@ def test_dead_letter_key() -> None:
 
 
 def _manifest() -> BatchManifest:
-    obj = BatchObject("events/k.parquet", "c1", "page_view", 1, 10, 999, "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z")
-    return BatchManifest(FORMAT, "s/shardId-000000000000/1-2", "s", "shardId-000000000000", "1", "2", "b", (obj,))
+    obj = BatchObject(
+        "events/k.parquet", "c1", "page_view", 1, 10, 999, "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"
+    )
+    return BatchManifest(
+        FORMAT, "s/shardId-000000000000/1-2", "s", "shardId-000000000000", "1", "2", "b", (obj,)
+    )
 
 
 def test_manifest_round_trip() -> None:

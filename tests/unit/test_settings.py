@@ -25,7 +25,12 @@ def test_defaults_and_overrides() -> None:
 
 
 def test_secrets_never_printed() -> None:
-    s = load_settings({"SHARDHOUSE_DATABASE_URL": "postgresql://u:hunter2@db/wh", "SHARDHOUSE_REDIS_URL": "redis://:hunter2@r:6379/0"})
+    s = load_settings(
+        {
+            "SHARDHOUSE_DATABASE_URL": "postgresql://u:hunter2@db/wh",
+            "SHARDHOUSE_REDIS_URL": "redis://:hunter2@r:6379/0",
+        }
+    )
     assert "hunter2" not in repr(s)
     assert redact_url("postgresql://u:hunter2@db:5/wh") == "postgresql://u:***@db:5/wh"
 

@@ -133,7 +133,6 @@ def test_release_makes_lease_ownerless_at_once(store: LeaseStore) -> None:
     )
 
 
-
 def test_a_failing_shard_is_published_on_its_lease_for_status_and_cleared_by_a_new_owner(
     store: LeaseStore,
 ) -> None:
@@ -149,7 +148,9 @@ def test_a_failing_shard_is_published_on_its_lease_for_status_and_cleared_by_a_n
     reason = "ShardFailed: flush failed: redis: connection refused"
     store.set_failing("s0", "w1", reason)
     assert failing() == reason
-    snap = Snapshot("s", datetime.now(UTC), 1.0, shards=[ShardView("app", "s0", "w1", "TRIM_HORIZON", failing=reason)])
+    snap = Snapshot(
+        "s", datetime.now(UTC), 1.0, shards=[ShardView("app", "s0", "w1", "TRIM_HORIZON", failing=reason)]
+    )
     assert f"FAILING (records kept, retried with backoff): {reason}" in render(snap)
     lease = store.get("s0")
     assert lease is not None and store.take(lease, "w2")  # a new owner starts clean

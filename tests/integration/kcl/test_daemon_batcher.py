@@ -77,7 +77,9 @@ def test_batcher_under_the_java_daemon(
     expected = {r.event_id for r in synthetic if r.valid}
     poisoned = {(p.shard_id, p.seq) for p, data in zip(puts, payloads, strict=True) if data.startswith(MARK)}
 
-    start_daemon(settings, app=name, worker_id="java-batcher", processor="tests.support.poison:create_batcher")
+    start_daemon(
+        settings, app=name, worker_id="java-batcher", processor="tests.support.poison:create_batcher"
+    )
     # Full batches flush on size; the tails flush on the idle rule, fed by empty processRecords calls.
     wait_until(
         lambda: set(objects_by_event_id(clients, name)) >= expected,

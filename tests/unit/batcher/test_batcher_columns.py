@@ -79,7 +79,9 @@ def _buffered(datas: list[bytes]) -> tuple[Batch, list[tuple[Event, str, int]]]:
         event = REGISTRY.decode(data)
         record = Record(data, "pk", str(5000 + i), i % 3, 1714607999000 + i)
         buf.add_valid(record, event)
-        kept.setdefault((event.customer_id, event.event_id), (event, record.sequence_number, record.sub_sequence_number))
+        kept.setdefault(
+            (event.customer_id, event.event_id), (event, record.sequence_number, record.sub_sequence_number)
+        )
     return buf.seal(FlushReason.RECORDS), list(kept.values())
 
 
@@ -112,7 +114,9 @@ def test_tables_equal_the_to_columns_path_down_to_the_parquet_bytes(datas: list[
         assert [ids[i] for i in where.to_pylist()] == table.column("event_id").to_pylist()
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(_batches(), st.data())
 def test_seen_rows_are_filtered_out_of_their_group(datas: list[bytes], data: st.DataObject) -> None:
     batch, _ = _buffered(datas)

@@ -66,6 +66,8 @@ def test_a_lost_lease_is_not_retried() -> None:
 
 def test_a_wrong_call_is_terminal_and_says_where() -> None:
     ckpt = Checkpoints(fail=[KclError.INVALID_STATE])
-    with pytest.raises(CheckpointRefused, match="checkpoint at SHARD_END refused: InvalidStateException") as caught:
+    with pytest.raises(
+        CheckpointRefused, match="checkpoint at SHARD_END refused: InvalidStateException"
+    ) as caught:
         checkpoint(ckpt, backoff=NO_WAIT)
     assert isinstance(caught.value, TerminalError)

@@ -61,7 +61,9 @@ def test_resharding_hands_every_child_to_a_worker(outcomes: dict[str, bench_flee
     assert split.gaps and max(split.gaps) < 2.0  # an ownerless child is taken by the next release scan
 
 
-def test_the_simulation_runs_the_workers_own_decisions_deterministically(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_simulation_runs_the_workers_own_decisions_deterministically(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls = 0
     real = worker_module.plan_take
 

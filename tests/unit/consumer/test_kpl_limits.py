@@ -43,7 +43,9 @@ def test_a_kpl_sized_aggregate_passes_the_defaults() -> None:
     assert [r.binary_data for r in out] == datas and out[-1].sub_sequence_number == 39_999
 
 
-@given(st.binary(max_size=400), st.integers(min_value=1, max_value=50), st.integers(min_value=1, max_value=500))
+@given(
+    st.binary(max_size=400), st.integers(min_value=1, max_value=50), st.integers(min_value=1, max_value=500)
+)
 def test_any_bytes_give_bounded_records_or_a_reason(data: bytes, max_records: int, max_bytes: int) -> None:
     limits = AggregateLimits(max_records=max_records, max_bytes=max_bytes)
     for blob in (data, MAGIC + data + hashlib.md5(data).digest()):

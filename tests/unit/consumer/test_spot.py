@@ -64,7 +64,9 @@ def test_notice_seen_with_and_without_a_session_token(url: str, imdsv2: bool) ->
 
 
 def test_no_metadata_service_means_no_notice() -> None:
-    assert not notice_present(f"http://127.0.0.1:{free_port()}/latest/meta-data/spot/instance-action", timeout=0.5)
+    assert not notice_present(
+        f"http://127.0.0.1:{free_port()}/latest/meta-data/spot/instance-action", timeout=0.5
+    )
 
 
 def test_token_address_is_on_the_same_metadata_host() -> None:

@@ -12,7 +12,7 @@ from inserter.errors import LoadError
 from inserter.loader import LoadResult, ObjectOutcome
 from inserter.naming import TableRef
 from inserter.plan import LoadPlan
-from inserter.queue import Heartbeat, Message
+from inserter.queue import BatchQueue, Heartbeat, Message
 from inserter.service import Inserter, InserterConfig, retry_delay
 from pipeline.core.errors import TransientError
 from pipeline.core.layout import EventObjectKey
@@ -48,6 +48,10 @@ class FakeQueue:
     def delete(self, m: Message) -> bool:
         self.deleted.append(m.message_id)
         return True
+
+    def delete_all(self, messages: list[Message]) -> list[str]:
+        self.deleted.extend(m.message_id for m in messages)
+        return []
 
     def release(self, m: Message, delay: int) -> bool:
         self.released.append((m.message_id, delay))
@@ -263,10 +267,10 @@ class RefusingQueue(FakeQueue):
             raise TransientError("SendMessage: message must be shorter than 262144 bytes")
         super().dead_letter(m, reason)
 
-    def delete(self, m: Message) -> bool:
+    def delete_all(self, messages: list[Message]) -> list[str]:
         if "delete" in self.refuse:
-            raise TransientError("DeleteMessage: endpoint unreachable")
-        return super().delete(m)
+            raise TransientError("DeleteMessageBatch: endpoint unreachable")
+        return super().delete_all(messages)
 
 
 def test_no_sqs_failure_ends_the_inserter_and_the_other_messages_load() -> None:
@@ -279,3 +283,39 @@ def test_no_sqs_failure_ends_the_inserter_and_the_other_messages_load() -> None:
     assert q.receive_failures == 2
     assert q.released == [("forged", 0)]  # back to the queue: the redrive policy moves it
     assert len(loader.calls) == 1 and q.deleted == []  # loaded; its redelivery is a ledger no-op
+
+
+@dataclass
+class BatchDeleteSqs:
+    """An SQS client's DeleteMessageBatch answers, one per call (the adapter's own logic only)."""
+
+    answers: list[dict[str, Any]]
+    calls: list[list[str]] = field(default_factory=list)
+
+    def get_queue_url(self, QueueName: str) -> dict[str, str]:
+        return {"QueueUrl": f"url/{QueueName}"}
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+        self.calls.append([e["ReceiptHandle"] for e in Entries])
+        return self.answers.pop(0)
+
+
+def test_delete_all_retries_only_the_entries_sqs_failed_and_names_stale_receipts() -> None:
+    sqs = BatchDeleteSqs(
+        [
+            {"Failed": [{"Id": "1", "Code": "InternalError"}, {"Id": "2", "Code": "ReceiptHandleIsInvalid"}]},
+            {"Successful": [{"Id": "0"}]},
+        ]
+    )
+    queue = BatchQueue(sqs, "q", "dlq", backoff=Backoff(base=0.0, cap=0.0, max_attempts=3))  # type: ignore[arg-type]
+    gone = queue.delete_all([message(mid="a"), message(mid="b"), message(mid="c")])
+    assert gone == ["c"]
+    assert sqs.calls == [["r-a-1", "r-b-1", "r-c-1"], ["r-b-1"]]
+
+
+def test_delete_all_gives_up_after_its_attempts_with_the_codes() -> None:
+    failing = {"Failed": [{"Id": "0", "Code": "InternalError"}]}
+    sqs = BatchDeleteSqs([failing, failing])
+    queue = BatchQueue(sqs, "q", "dlq", backoff=Backoff(base=0.0, cap=0.0, max_attempts=2))  # type: ignore[arg-type]
+    with pytest.raises(TransientError, match=r"1 entries failed \(InternalError\)"):
+        queue.delete_all([message(mid="a")])
