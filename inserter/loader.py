@@ -26,7 +26,7 @@ from inserter.destinations.postgres.dialect import PostgresDialect
 from inserter.destinations.sql import Statement, WarehouseColumn
 from inserter.destinations.staging import Stager
 from inserter.errors import LoadError, classify_pg
-from inserter.naming import ADMIN_ROLE, TableRef, pool_table, reader_role, target_table
+from inserter.naming import ADMIN_ROLE, TableRef, pool_table, reader_role
 from inserter.plan import LoadPlan, ObjectLoad, TableLoad, merge_window
 from inserter.tables import PartAction, Relation, catalog, missing_columns, part_action
 
@@ -236,7 +236,8 @@ class Loader:
         with conn.transaction(), conn.cursor() as cur:
             if d.lock_before_staging:
                 self._lock(cur, plan.pools)
-            done = self._loaded_keys(cur, plan.keys)
+            every, keys = plan.objects, plan.keys  # each sorts every unit: once per load
+            done = self._loaded_keys(cur, keys)
             todo = plan.without(done)
             # One staging table per event type, whatever the number of customers: a shared
             # object is staged once, and one statement per step moves every customer's rows.
@@ -263,20 +264,24 @@ class Loader:
                 for stmt in d.merge_setup():
                     cur.execute(stmt)
             staged = {o.ordinal for _, objs in typed for o in objs}
+            targets = {(t.customer_id, t.event_type): t.target for t in plan.tables}
             for i, (event_type, stage, columns) in enumerate(stages):
-                units = [o for o in plan.objects if o.event_type == event_type and o.ordinal in staged]
+                units = [o for o in every if o.event_type == event_type and o.ordinal in staged]
                 stats = self._stats(cur, stage, units)
                 fresh_tables.append(fresh := f"_fresh_{i}")
-                outcomes.extend(self._merge(cur, fresh, event_type, stage, columns, units, stats, done))
+                outcomes.extend(
+                    self._merge(cur, fresh, event_type, stage, columns, units, stats, done, targets)
+                )
             duration_ms = _ms_since(started)
-            self._record_ledger(cur, self._ledger_rows(plan, load_id, outcomes, duration_ms))
+            rows = self._ledger_rows(plan.batch_id, every, load_id, outcomes, duration_ms)
+            self._record_ledger(cur, rows)
             for stmt in d.cleanup([stage for _, stage, _ in stages] + fresh_tables):
                 cur.execute(stmt)
         return LoadResult(
             batch_id=plan.batch_id,
             load_id=load_id,
             loaded=tuple(outcomes),
-            already_loaded=tuple(k for k in plan.keys if k in done),
+            already_loaded=tuple(k for k in keys if k in done),
             duration_ms=_ms_since(started),
             stage_ms=int((merge_started - staging_started) * 1000),
             merge_ms=_ms_since(merge_started),
@@ -289,7 +294,7 @@ class Loader:
     def _loaded_keys(self, cur: psycopg.Cursor[Any], keys: Sequence[str]) -> set[str]:
         loaded: set[str] = set()
         for chunk in _chunks(keys, 5000):  # a statement carries at most 65,535 parameters
-            cur.execute(self.dialect.loaded_keys(len(chunk)), tuple(chunk))
+            cur.execute(*self.dialect.loaded_keys(chunk))
             loaded.update(row[0] for row in cur.fetchall())
         return loaded
 
@@ -303,6 +308,7 @@ class Loader:
         units: Sequence[ObjectLoad],
         stats: dict[tuple[int, str], _Stats],
         done: set[str],
+        targets: dict[tuple[str, str], TableRef],
     ) -> list[ObjectOutcome]:
         """Every customer's new rows of the type's staging into the type's pool (each row
         lands in its customer's part), in the same few statements whatever the number of
@@ -341,7 +347,7 @@ class Loader:
                     extra={"key": u.unit, "manifest_rows": u.rows, "object_rows": rows},
                 )
             n = loaded.get((u.ordinal, u.customer_id), 0)
-            target = target_table(u.customer_id, u.event_type)
+            target = targets[(u.customer_id, u.event_type)]
             lo_, hi_ = (s.lo, s.hi) if s else (None, None)
             outcomes.append(ObjectOutcome(u.unit, target, n, rows - n, lo_, hi_))
         return outcomes
@@ -383,10 +389,15 @@ class Loader:
             cur.execute(self.dialect.record_ledger(len(chunk)), tuple(x for row in chunk for x in row))
 
     def _ledger_rows(
-        self, plan: LoadPlan, load_id: str, outcomes: Sequence[ObjectOutcome], duration_ms: int
+        self,
+        batch_id: str,
+        objects: Sequence[ObjectLoad],
+        load_id: str,
+        outcomes: Sequence[ObjectOutcome],
+        duration_ms: int,
     ) -> list[tuple[Any, ...]]:
         """One row per unit, in LEDGER_COLUMNS order."""
-        by_key = {o.unit: o for o in plan.objects}
+        by_key = {o.unit: o for o in objects}
         now = self.clock()
         rows = []
         for out in outcomes:
@@ -394,7 +405,7 @@ class Loader:
             rows.append(
                 (
                     out.key,
-                    obj.batch_id or plan.batch_id,
+                    obj.batch_id or batch_id,
                     load_id,
                     obj.customer_id,
                     obj.event_type,

@@ -60,8 +60,7 @@ def target_table(customer_id: str, event_type: str) -> TableRef:
 
 def pool_table(event_type: str) -> TableRef:
     """``shardhouse.events_<type>``: every customer's rows of a type, the one target of a load's
-    insert. PostgreSQL: partitioned by customer_id, each partition a customer's table; Redshift:
-    a table each customer reads through its view."""
+    insert; each customer reads its own rows through its view (``c_<customer>.<type>``)."""
     return TableRef(LEDGER_SCHEMA, f"events_{_checked_type(event_type)}")
 
 

@@ -153,6 +153,7 @@ def plan_load(manifest: BatchManifest, registry: Registry, *, bucket: str) -> Lo
         if obj.key in seen:
             continue
         seen.add(obj.key)
+        lo, hi = parse_time(obj.min_occurred_at), parse_time(obj.max_occurred_at)
         for customer_id, rows in _owners(obj):
             try:
                 ref = target_table(customer_id, obj.type)
@@ -168,8 +169,8 @@ def plan_load(manifest: BatchManifest, registry: Registry, *, bucket: str) -> Lo
                     version=obj.version,
                     rows=rows,
                     bytes=obj.bytes,
-                    min_occurred_at=parse_time(obj.min_occurred_at),
-                    max_occurred_at=parse_time(obj.max_occurred_at),
+                    min_occurred_at=lo,
+                    max_occurred_at=hi,
                     batch_id=manifest.batch_id,
                     shared=not obj.customer_id,
                 )

@@ -311,10 +311,13 @@ class PostgresDialect:
             for ref in sorted(set(refs))
         ]
 
-    def loaded_keys(self, n: int) -> Statement:
-        return sql.SQL("SELECT object_key FROM {} WHERE object_key IN ({})").format(
-            _table(ledger_table()), _placeholders(n)
-        )
+    def loaded_keys(self, keys: Sequence[str]) -> tuple[Statement, Params]:
+        """Which of ``keys`` the ledger holds. One array parameter: a load of 2,000 customers
+        asks about ~6,000 units, and 6,000 placeholders cost psycopg and the planner more than
+        the probe (46-48 ms against 52-96 ms, measured)."""
+        return sql.SQL("SELECT object_key FROM {} WHERE object_key = ANY(%s)").format(
+            _table(ledger_table())
+        ), (list(keys),)
 
     def create_staging(self, stage: str, columns: Sequence[WarehouseColumn]) -> list[Statement]:
         cols = sql.SQL(", ").join(

@@ -63,6 +63,11 @@ class RedshiftDialect(PostgresDialect):
         q = sql.SQL("SELECT role_name FROM svv_roles WHERE role_name IN ({})")
         return q.format(_placeholders(len(roles))), tuple(roles)
 
+    def loaded_keys(self, keys: Sequence[str]) -> tuple[Statement, Params]:
+        """No array parameters on Redshift: one placeholder per key."""
+        q = sql.SQL("SELECT object_key FROM {} WHERE object_key IN ({})")
+        return q.format(_table(ledger_table()), _placeholders(len(keys))), tuple(keys)
+
     def ddl_lock(self, name: str) -> list[tuple[Statement, Params]]:
         """No advisory locks: DDL serializes on the ledger's table lock (once it exists)."""
         if name == "ledger":

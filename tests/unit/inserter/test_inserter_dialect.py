@@ -50,7 +50,7 @@ def statements(d: PostgresDialect, event_type: str) -> list[str]:
         d.add_column(pool_table(event_type), "referrer", cols[-1].target_type),
         *d.ledger_ddl(),
         *d.create_staging("_stage_0", cols),
-        d.loaded_keys(3),
+        d.loaded_keys(["a", "b", "c"])[0],
         d.discard_units("_stage_0", [(2, "acme"), (3, "globex")]),
         d.stage_stats("_stage_0"),
         *d.dedupe("_stage_0", "_fresh_0", d.identity_target(event_type), cols, LO, HI)[0],
