@@ -110,6 +110,11 @@ class PostgresDialect:
     def _grantee(self, role: str) -> sql.Composable:
         return _id(role)
 
+    def _grantees(self, *roles: str) -> sql.Composable:
+        """Several grantees in one GRANT: first sight of a customer costs statements, each a
+        catalog write."""
+        return sql.SQL(", ").join(self._grantee(r) for r in roles)
+
     def create_customer_schema(self, schema: str, reader: str) -> list[Statement]:
         """The schema, closed to PUBLIC, readable by the customer's role and the admin role —
         including tables created later (default privileges of the role that creates them)."""
@@ -118,13 +123,12 @@ class PostgresDialect:
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s),
             sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(s),
         ]
-        for role in (reader, ADMIN_ROLE):
-            g = self._grantee(role)
-            stmts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, g))
-            stmts.append(
-                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(s, g)
-            )
-        return stmts
+        both = self._grantees(reader, ADMIN_ROLE)
+        return [
+            *stmts,
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, both),
+            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(s, both),
+        ]
 
     # -- pooled tables: one per event type, each customer's table a part of it ------------------
 
@@ -184,35 +188,37 @@ class PostgresDialect:
     def _readable_by(self, ref: TableRef, reader: str) -> list[Statement]:
         return [
             sql.SQL("REVOKE ALL ON TABLE {} FROM PUBLIC").format(_table(ref)),
-            *(
-                sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(_table(ref), self._grantee(role))
-                for role in (reader, ADMIN_ROLE)
-            ),
+            sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(_table(ref), self._grantees(reader, ADMIN_ROLE)),
         ]
 
-    def _view_barrier(self, ref: TableRef) -> list[Statement]:
+    def _view_options(self) -> sql.Composable:
         """security_barrier: a reader's own functions in a WHERE run only on the rows the view
         lets through, so they cannot be used to peek at other customers' rows of the pool."""
-        return [sql.SQL("ALTER VIEW {} SET (security_barrier = true)").format(_table(ref))]
+        return sql.SQL(" WITH (security_barrier = true)")
 
-    def _view(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
+    def _view(self, ref: TableRef, customer_id: str, reader: str, *, remake: bool) -> list[Statement]:
         """The customer's rows of the pool, as a view (run with its owner's rights: the reader
-        needs no grant on the pool, and gets none). Dropped and made again, not replaced: a
-        new version's columns may come between the old ones, which CREATE OR REPLACE refuses."""
+        needs no grant on the pool, and gets none). ``remake``: dropped and made again, not
+        replaced: a new version's columns may come between the old ones, which CREATE OR
+        REPLACE refuses."""
         names = [c.name for c in self.columns(ref.table)]
+        drop = [sql.SQL("DROP VIEW IF EXISTS {}").format(_table(ref))] if remake else []
         return [
-            sql.SQL("DROP VIEW IF EXISTS {}").format(_table(ref)),
-            sql.SQL("CREATE VIEW {} AS SELECT {} FROM {} WHERE customer_id = {}").format(
-                _table(ref), _ids(names), _table(pool_table(ref.table)), sql.Literal(customer_id)
+            *drop,
+            sql.SQL("CREATE VIEW {}{} AS SELECT {} FROM {} WHERE customer_id = {}").format(
+                _table(ref),
+                self._view_options(),
+                _ids(names),
+                _table(pool_table(ref.table)),
+                sql.Literal(customer_id),
             ),
-            *self._view_barrier(ref),
             *self._readable_by(ref, reader),
         ]
 
     def create_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
         """``c_<customer>.<type>``: the customer's view of the type's pool, readable by the
         customer's role (which cannot read the pool, nor another customer's view)."""
-        return self._view(ref, customer_id, reader)
+        return self._view(ref, customer_id, reader, remake=False)
 
     def adopt_customer_table(
         self, ref: TableRef, customer_id: str, reader: str, missing: Sequence[WarehouseColumn]
@@ -228,12 +234,12 @@ class PostgresDialect:
             ),
             *self._identities_from(ref.table, _table(ref)),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(_table(ref), _id(f"{ref.table}__pre_pool")),
-            *self._view(ref, customer_id, reader),
+            *self._view(ref, customer_id, reader, remake=False),
         ]
 
     def refresh_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
         """A view lists its columns when made: a new version's columns need it made again."""
-        return self._view(ref, customer_id, reader)
+        return self._view(ref, customer_id, reader, remake=True)
 
     def identity_target(self, event_type: str) -> TableRef:
         """Where the dedupe probe looks."""

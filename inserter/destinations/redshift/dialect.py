@@ -99,8 +99,8 @@ class RedshiftDialect(PostgresDialect):
             *self._admin_only(pool),
         ]
 
-    def _view_barrier(self, ref: TableRef) -> list[Statement]:
-        return []  # Redshift has no security_barrier option
+    def _view_options(self) -> sql.Composable:
+        return sql.SQL("")  # Redshift has no security_barrier option
 
     def _identities_from(self, event_type: str, source: sql.Composable) -> list[Statement]:
         return []  # no identity table: the probe reads the pool
