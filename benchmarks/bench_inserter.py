@@ -46,6 +46,7 @@ import types
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -222,12 +223,11 @@ def bench_staging(
                 for name in results:
                     contender, kind = name.split("/")
                     stage = "_stage_0" if kind == "temp" else "_stage_unlogged"
+                    case = StagingCase(dialect, source, bucket, table.objects, columns, stage, kind)
                     if contender == "adbc":
-                        elapsed, content = _run_adbc(conn, adbc_conn, dialect, source, bucket, table.objects,
-                                                   columns, stage, kind)  # fmt: skip
+                        elapsed, content = _run_adbc(conn, adbc_conn, case)
                     else:
-                        elapsed, content = _run_psycopg(conn, contender, dialect, source, bucket, table.objects,
-                                                      columns, stage, kind)  # fmt: skip
+                        elapsed, content = _run_psycopg(conn, contender, case)
                     expected = expected or content
                     assert content == expected and content.startswith(f"{rows}:"), (name, content, expected)
                     results[name].append(rows / elapsed)
@@ -239,17 +239,22 @@ def bench_staging(
     return results
 
 
-def _run_psycopg(
-    conn: psycopg.Connection[Any],
-    contender: str,
-    dialect: PostgresDialect,
-    source: ObjectSource,
-    bucket: str,
-    objects: Any,
-    columns: Sequence[WarehouseColumn],
-    stage: str,
-    kind: str,
-) -> tuple[float, str]:
+@dataclass(frozen=True)
+class StagingCase:
+    """What every staging contender stages, and into which kind of table (temp or unlogged)."""
+
+    dialect: PostgresDialect
+    source: ObjectSource
+    bucket: str
+    objects: Any
+    columns: Sequence[WarehouseColumn]
+    stage: str
+    kind: str
+
+
+def _run_psycopg(conn: psycopg.Connection[Any], contender: str, case: StagingCase) -> tuple[float, str]:
+    dialect, source, bucket, objects = case.dialect, case.source, case.bucket, case.objects
+    columns, stage, kind = case.columns, case.stage, case.kind
     if kind == "unlogged":
         for stmt in unlogged_staging(stage, columns):
             conn.execute(stmt)
@@ -272,18 +277,10 @@ def _run_psycopg(
     return elapsed, str(content)
 
 
-def _run_adbc(
-    conn: psycopg.Connection[Any],
-    adbc_conn: Any,
-    dialect: PostgresDialect,
-    source: ObjectSource,
-    bucket: str,
-    objects: Any,
-    columns: Sequence[WarehouseColumn],
-    stage: str,
-    kind: str,
-) -> tuple[float, str]:
+def _run_adbc(conn: psycopg.Connection[Any], adbc_conn: Any, case: StagingCase) -> tuple[float, str]:
     """ADBC's connection is not autocommit: its statements form one transaction until commit."""
+    dialect, source, bucket, objects = case.dialect, case.source, case.bucket, case.objects
+    columns, stage, kind = case.columns, case.stage, case.kind
     cur = adbc_conn.cursor()
     try:
         if kind == "temp":  # in ADBC's session: TEMP ... ON COMMIT DROP, as the loader's
