@@ -236,7 +236,8 @@ class Loader:
         with conn.transaction(), conn.cursor() as cur:
             if d.lock_before_staging:
                 self._lock(cur, plan.pools)
-            every, keys = plan.objects, plan.keys  # each sorts every unit: once per load
+            every = plan.objects  # sorts every unit: once per load
+            keys = tuple(o.unit for o in every)
             done = self._loaded_keys(cur, keys)
             todo = plan.without(done)
             # One staging table per event type, whatever the number of customers: a shared

@@ -31,6 +31,8 @@ T = TypeVar("T")
 _GONE = frozenset(
     {"ReceiptHandleIsInvalid", "InvalidParameterValue", "AWS.SimpleQueueService.NonExistentQueue"}
 )
+#: Entries per SQS batch call (DeleteMessageBatch, ChangeMessageVisibilityBatch): SQS's limit.
+SQS_BATCH = 10
 #: SQS refuses message attribute values above 256 KiB in total; reasons are short anyway.
 MAX_REASON_CHARS = 1000
 
@@ -93,8 +95,8 @@ class BatchQueue:
         SQS refused (their receipt is no longer ours)."""
         url = self.url(self.queue)
         failed: list[str] = []
-        for start in range(0, len(messages), 10):
-            chunk = messages[start : start + 10]
+        for start in range(0, len(messages), SQS_BATCH):
+            chunk = messages[start : start + SQS_BATCH]
             entries: list[Any] = [
                 {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": visibility_timeout}
                 for i, m in enumerate(chunk)
@@ -117,23 +119,13 @@ class BatchQueue:
             f"release {message.message_id}",
         )
 
-    def delete(self, message: Message) -> bool:
-        """False when the receipt was no longer ours (the message may be delivered again; the
-        ledger makes that harmless)."""
-        return self._on_receipt(
-            lambda: self.sqs.delete_message(
-                QueueUrl=self.url(self.queue), ReceiptHandle=message.receipt_handle
-            ),
-            f"delete {message.message_id}",
-        )
-
     def delete_all(self, messages: Sequence[Message]) -> list[str]:
         """Delete after commit, ten per call (one round trip for a whole receive, where one per
         message took a fifth of the inserter's time in the 2,000-customer demo); returns the ids
         whose receipt was no longer ours. Entries SQS fails for another reason are retried."""
         gone: list[str] = []
-        for start in range(0, len(messages), 10):
-            pending = list(messages[start : start + 10])
+        for start in range(0, len(messages), SQS_BATCH):
+            pending = list(messages[start : start + SQS_BATCH])
             what = f"delete {len(pending)} messages from {self.queue}"
             call_with_retry(
                 functools.partial(self._delete_batch, pending, gone, what), what=what, backoff=self.backoff
@@ -190,7 +182,7 @@ class BatchQueue:
             ),
             f"dead-letter {message.message_id}",
         )
-        self.delete(message)
+        self.delete_all([message])
 
     def send(self, body: str, attributes: dict[str, str] | None = None) -> str:
         """Announce a manifest (replay uses this; the batcher has its own announcer)."""

@@ -45,10 +45,6 @@ class FakeQueue:
     def receive(self, **_: Any) -> list[Message]:
         return self.batches.pop(0) if self.batches else []
 
-    def delete(self, m: Message) -> bool:
-        self.deleted.append(m.message_id)
-        return True
-
     def delete_all(self, messages: list[Message]) -> list[str]:
         self.deleted.extend(m.message_id for m in messages)
         return []
