@@ -354,12 +354,13 @@ class PostgresDialect:
         return [sql.SQL("SET LOCAL work_mem = '256MB'").format()]
 
     def has_duplicates(self, stage: str) -> Statement | None:
-        """Whether ``stage`` holds a (customer_id, event_id) twice — rare (the batcher keeps the
-        first copy per batch; two batches of one load may both hold a producer's retry): a hash
-        aggregate over the keys, so the common load skips sorting its rows."""
-        return sql.SQL(
-            "SELECT EXISTS (SELECT 1 FROM {} GROUP BY customer_id, event_id HAVING count(*) > 1)"
-        ).format(_id(stage))
+        """Whether ``stage`` may hold a (customer_id, event_id) twice — rare (the batcher keeps
+        the first copy per batch; two batches of one load may both hold a producer's retry), so
+        the common load skips the windowed dedupe. Counted on event_id alone: an id two
+        customers share also says yes, and the dedupe then keeps both (it partitions by the
+        pair). Sorting 16-byte uuids beat hashing the (text, uuid) pairs: 1M rows 0.40 s
+        against 0.68-1.4 s."""
+        return sql.SQL("SELECT count(*) <> count(DISTINCT event_id) FROM {}").format(_id(stage))
 
     def dedupe(
         self,
