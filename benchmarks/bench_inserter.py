@@ -19,8 +19,9 @@
    column), and a decimal into ``text`` (numeric's staging type) fails (cast to string here).
    ``--staging-only`` stops after this part. Measured 2026-12-07 (2 cores, 1M rows, 6 runs each, median
    rows/s): vectorized 375k temp / 408k unlogged, write_row 130k / 129k, ADBC 530k / 593k.
-2. **load**: a whole load (S3 → staging → dedupe → insert into the indexed target → ledger →
-   commit) of ``--rows`` rows in ``--objects`` objects, into an empty table.
+2. **load**: a whole load (S3 → staging → dedupe → insert into the type's pool and identity
+   table → ledger → commit) of ``--rows`` rows in ``--objects`` objects: into the empty pool,
+   again into the filled pool, and as one load per object (each shape a new customer's new ids).
 4. **small objects** (``--small``): the shape a low-latency pipeline produces — many batches of
    many small objects (one per customer/type/shard per flush). ``--small-batches`` batches of
    ``--small-objects`` objects of ``--small-rows`` rows over as many customers, loaded one batch
