@@ -27,7 +27,7 @@ from pipeline.consumer.kcl3_state import (
     stats_item,
 )
 from pipeline.consumer.lease_store import LeaseStore
-from pipeline.consumer.leases import Lease
+from pipeline.consumer.leases import FAILING, Lease
 from pipeline.core.aws_errors import classify_aws, error_code, is_transient_aws
 from pipeline.core.retry import Backoff, call_with_retry
 
@@ -275,8 +275,10 @@ class Kcl3Leases:
         return owner_now == me and current.lease_counter == lease.lease_counter + 1
 
     def assign(self, lease: Lease, new_owner: str, *, cp_owner: str | None = None) -> bool:
-        """KCL ``assignLease``: owner fields as read, lease still there; counter +1, handoff cleared."""
-        names = {"#o": "leaseOwner", "#cp": "checkpointOwner"}
+        """KCL ``assignLease``: owner fields as read, lease still there; counter +1, handoff
+        cleared, and the previous owner's published failure with it (the new processor starts
+        clean from the checkpoint, as after a 2.x take)."""
+        names = {"#o": "leaseOwner", "#cp": "checkpointOwner", "#f": FAILING}
         values: dict[str, Any] = {":new": {"S": new_owner}, ":one": {"N": "1"}}
         conds = ["attribute_exists(leaseKey)"]
         if lease.lease_owner is None:
@@ -289,7 +291,7 @@ class Kcl3Leases:
         else:
             conds.append("#cp = :cp")
             values[":cp"] = {"S": cp_owner}
-        update = "SET #o = :new REMOVE #cp ADD leaseCounter :one"
+        update = "SET #o = :new REMOVE #cp, #f ADD leaseCounter :one"
         if (lease.lease_owner is not None and lease.lease_owner != new_owner) or cp_owner == new_owner:
             update += ", ownerSwitchesSinceCheckpoint :one"
         return _conditional(
@@ -315,14 +317,15 @@ class Kcl3Leases:
 
     def evict(self, lease: Lease, me: str) -> bool:
         """Give a lease back to the leader (no owner, counter +1): our shutdown when no other
-        worker is there to take it."""
+        worker is there to take it. Our published failure goes with it."""
         return _conditional(
             "evict lease", self.db.update_item,
             TableName=self.table, Key={"leaseKey": {"S": lease.lease_key}},
             ConditionExpression=(
                 "attribute_exists(leaseKey) AND leaseOwner = :me AND attribute_not_exists(checkpointOwner)"
             ),
-            UpdateExpression="REMOVE leaseOwner ADD leaseCounter :one",
+            UpdateExpression="REMOVE leaseOwner, #f ADD leaseCounter :one",
+            ExpressionAttributeNames={"#f": FAILING},
             ExpressionAttributeValues={":me": {"S": me}, ":one": {"N": "1"}},
         )  # fmt: skip
 

@@ -24,7 +24,7 @@ from pipeline.consumer.kcl3 import Kcl3Config, Kcl3Participant
 from pipeline.consumer.kcl3_state import Protocol
 from pipeline.consumer.kpl import AggregateLimits
 from pipeline.consumer.lease_store import LeaseStore
-from pipeline.consumer.leases import ExpiryTracker, Lease, deletable_parent, plan_take
+from pipeline.consumer.leases import FAILING, ExpiryTracker, Lease, deletable_parent, plan_take
 from pipeline.consumer.processor import Record, RecordProcessor
 from pipeline.consumer.resilient import DeadLetterSink, ResilientProcessor, refuse_dead_letter
 from pipeline.consumer.shard_consumer import ConsumerConfig, ShardConsumer
@@ -281,11 +281,12 @@ class Worker:
             if deletable_parent(lease, by_key):
                 self.store.delete(lease.lease_key)
 
-    def _on_failure(self, shard_id: str, reason: str | None) -> None:
+    def _on_failure(self, shard_id: str, reason: str | None, *, published: bool = False) -> None:
+        """``published``: the lease carries a failure this worker did not record (clear it)."""
         previous = self.failing.pop(shard_id, None)
         if reason is not None:
             self.failing[shard_id] = reason
-        if (reason is None) != (previous is None) or (reason and reason != previous):
+        if published or (reason is None) != (previous is None) or (reason and reason != previous):
             try:  # on the lease, so `shardhouse status` shows it for every worker of the fleet
                 self.store.set_failing(shard_id, self.config.worker_id, reason)
             except Exception:
@@ -305,6 +306,8 @@ class Worker:
 
     def _start(self, lease: Lease, taken_at: float) -> None:
         log.info("lease acquired", extra={"shard_id": lease.lease_key, "worker_id": self.config.worker_id})
+        if FAILING in lease.extra:  # a writer that does not know it (a Java leader) left it there
+            self._on_failure(lease.lease_key, None, published=True)
         handle = LeaseHandle(lease, renewed_at=taken_at, failover_s=self.config.failover_s, clock=self.clock)
         self.handles[lease.lease_key] = handle
         shutdown = threading.Event()

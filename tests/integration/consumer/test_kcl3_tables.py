@@ -19,7 +19,7 @@ from pipeline.consumer.kcl3_assignment import WorkerStats
 from pipeline.consumer.kcl3_state import ClientVersion, LockAction, LockWatcher
 from pipeline.consumer.kcl3_tables import CoordinatorState, Kcl3Leases, WorkerMetricsTable, checkpoint_owner
 from pipeline.consumer.lease_store import LeaseStore
-from pipeline.consumer.leases import Lease
+from pipeline.consumer.leases import FAILING, Lease
 from pipeline.consumer.processor import InitializeInput, ProcessRecordsInput, ShutdownRequestedInput
 from pipeline.consumer.sequence import ExtendedSequenceNumber as E
 from pipeline.consumer.worker import Worker, WorkerConfig
@@ -118,6 +118,32 @@ def test_checkpoint_owner_handoff_on_the_table(store: LeaseStore) -> None:
     assert ops.evict(done, "new")
     gone = store.get("s0")
     assert gone is not None and gone.lease_owner is None
+
+
+def test_a_published_failure_goes_when_the_leader_reassigns_or_the_owner_evicts(store: LeaseStore) -> None:
+    """The 3.x writes that change a lease's owner clear ``shardhouseFailing`` as a 2.x take
+    does: ``shardhouse status`` must not show the old owner's failure under the new owner."""
+    ops = Kcl3Leases(store)
+
+    def failing() -> str | None:
+        lease = store.get("s0")
+        assert lease is not None
+        return lease.extra.get(FAILING, {}).get("S")
+
+    store.create_if_absent(Lease("s0"))
+    fresh = store.get("s0")
+    assert fresh is not None and ops.assign(fresh, "w1")
+    store.set_failing("s0", "w1", "ConnectionError: redis down")
+    assert failing() == "ConnectionError: redis down"
+    held = store.get("s0")
+    assert held is not None and ops.assign(held, "w2")  # the leader moves it (w1 expired)
+    assert failing() is None
+    store.set_failing("s0", "w2", "ShardFailed: boom")
+    assert failing() == "ShardFailed: boom"
+    held = store.get("s0")
+    assert held is not None and ops.evict(held, "w2")
+    after = store.get("s0")
+    assert after is not None and after.lease_owner is None and failing() is None
 
 
 def test_worker_metrics_table(store: LeaseStore) -> None:
@@ -251,3 +277,51 @@ def test_native_3x_fleet_elects_a_leader_assigns_and_hands_off_on_sigterm(
     assert set(gap) == moved  # every handed-over shard was read again (the gap: docs/benchmarks.md)
     seqs = [(s, q) for _, s, q, _ in rows]
     assert len(seqs) == len(set(seqs)), "a record was delivered twice across the handoffs"
+
+
+def test_a_worker_clears_a_failure_left_on_a_lease_assigned_to_it_by_another_leader(
+    clients: ClientFactory,
+    unique_name: str,
+    fleet: dict[str, tuple[Worker, threading.Thread]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Java 3.x leader's assignment does not know ``shardhouseFailing``: the worker that starts
+    the lease removes the previous owner's failure itself."""
+    kinesis, db = clients.kinesis(), clients.dynamodb()
+    kinesis.create_stream(StreamName=unique_name, ShardCount=1)
+    store = LeaseStore(db, unique_name)
+    store.ensure_table()
+    make_3x_tables(db, unique_name)
+    shard = kinesis.list_shards(StreamName=unique_name)["Shards"][0]["ShardId"]
+    store.create_if_absent(Lease(shard))
+    db.update_item(  # what a Java leader's assignLease leaves: new owner, the old failure kept
+        TableName=unique_name, Key={"leaseKey": {"S": shard}},
+        UpdateExpression="SET leaseOwner = :w, #f = :r ADD leaseCounter :one",
+        ExpressionAttributeNames={"#f": FAILING},
+        ExpressionAttributeValues={":w": {"S": "w1"}, ":r": {"S": "ConnectionError: old owner"}, ":one": {"N": "1"}},
+    )  # fmt: skip
+    assigned: list[str] = []
+    original = Kcl3Leases.assign
+    monkeypatch.setattr(
+        Kcl3Leases,
+        "assign",
+        lambda self, lease, *a, **k: assigned.append(lease.lease_key) or original(self, lease, *a, **k),
+    )
+    Recorder.rows = []
+    config = WorkerConfig(
+        application=unique_name, stream=unique_name, worker_id="w1", failover_s=2.0,
+        idle_between_reads_s=0.2, kcl3=Kcl3Config(mode_check_s=1.0, reporter_s=1.0),
+    )  # fmt: skip
+    worker = Worker(config, store=store, kinesis=kinesis, processor_factory=lambda: Recorder("w1"))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    fleet["w1"] = (worker, thread)
+    kinesis.put_record(StreamName=unique_name, Data=b"x", PartitionKey="k")
+    deadline = time.monotonic() + 30
+    while not Recorder.rows:
+        assert time.monotonic() < deadline, "w1 never processed its assigned lease"
+        time.sleep(0.2)
+    lease = store.get(shard)
+    assert lease is not None and lease.lease_owner == "w1"
+    assert FAILING not in lease.extra
+    assert shard not in assigned  # cleared by the worker that started it, not by a reassignment
