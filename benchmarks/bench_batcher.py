@@ -227,7 +227,9 @@ def make_records(count: int, *, seed: int = 1, customers: int = 20, event_bytes:
 def optional_fields() -> dict[tuple[str, int], list[str]]:
     """Per (type, version), the payload fields the schema does not require, last first."""
     return {
-        (et.definition.type, et.definition.version): [f.name for f in reversed(et.definition.fields) if not f.required]
+        (et.definition.type, et.definition.version): [
+            f.name for f in reversed(et.definition.fields) if not f.required
+        ]
         for et in load_registry().types()
     }
 
@@ -492,8 +494,13 @@ def main() -> None:
     )
     parser.add_argument("--mode", choices=("all", "hotpath", "memory", "redis"), default="all")
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--event-bytes", type=int, default=0, metavar="N",
-                        help="hotpath: every valid event exactly N bytes (0: the generator's sizes, 372 B mean)")
+    parser.add_argument(
+        "--event-bytes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hotpath: every valid event exactly N bytes (0: the generator's sizes, 372 B mean)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="processor runs in hotpath mode")
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--customers", type=int, default=200)

@@ -49,7 +49,10 @@ def raw_ceiling(clients: ClientFactory, stream: str, last: dict[str, str]) -> fl
 
 def all_checkpointed(clients: ClientFactory, app: str, last: dict[str, str]) -> bool:
     """Every shard's checkpoint has reached its last record (works for any engine's sequences)."""
-    got = {lease.lease_key: lease.checkpoint.sequence_number for lease in LeaseStore(clients.dynamodb(), app).list_leases()}
+    got = {
+        lease.lease_key: lease.checkpoint.sequence_number
+        for lease in LeaseStore(clients.dynamodb(), app).list_leases()
+    }
     return all(got.get(shard) == seq for shard, seq in last.items())
 
 
@@ -57,8 +60,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--kinesis", type=stack.KinesisEngine, choices=list(stack.KinesisEngine), default=stack.KinesisEngine.MOTO,
-                        help="kinesis-mock: the engine the Java MultiLangDaemon benchmark uses")
+    parser.add_argument(
+        "--kinesis",
+        type=stack.KinesisEngine,
+        choices=list(stack.KinesisEngine),
+        default=stack.KinesisEngine.MOTO,
+        help="kinesis-mock: the engine the Java MultiLangDaemon benchmark uses",
+    )
     args = parser.parse_args()
     state_dir = Path(tempfile.mkdtemp(prefix="bench-consumer-"))
     cfg = stack.StackConfig.on_free_ports(state_dir, kinesis_engine=args.kinesis)

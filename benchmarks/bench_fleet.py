@@ -164,7 +164,10 @@ class SimStream:
         parent["SequenceNumberRange"]["EndingSequenceNumber"] = "9"
         start, end = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
         middle = (start + end) // 2
-        return [self.shards[self._add(shard_id, start, middle)], self.shards[self._add(shard_id, middle + 1, end)]]
+        return [
+            self.shards[self._add(shard_id, start, middle)],
+            self.shards[self._add(shard_id, middle + 1, end)],
+        ]
 
 
 class _Flag:
@@ -234,7 +237,7 @@ class Outcome:
         def s(x: float | None) -> str:
             return "not reached" if x is None else f"{x:.1f}"
 
-        gaps = (f"{max(self.gaps):.2f} / {statistics.median(self.gaps):.2f}" if self.gaps else "-")
+        gaps = f"{max(self.gaps):.2f} / {statistics.median(self.gaps):.2f}" if self.gaps else "-"
         passes = "-" if self.taker_passes is None else f"{self.taker_passes:.1f}"
         return (
             f"| {self.scenario} | {self.workers_after} x {self.leases_after} | {s(self.all_held_s)} | "
@@ -269,7 +272,9 @@ class Fleet:
     def at(self, when: float, action: Callable[[], None]) -> None:
         heapq.heappush(self._queue, (when, next(self._seq), action))
 
-    def run_until(self, end: float, done: Callable[[], bool] | None = None, every: float = 1.0) -> float | None:
+    def run_until(
+        self, end: float, done: Callable[[], bool] | None = None, every: float = 1.0
+    ) -> float | None:
         """Advance to ``end``; with ``done``, stop at the first whole step where it holds."""
         next_check = self.clock.now
         while self._queue and self._queue[0][0] <= end:
@@ -329,7 +334,12 @@ class Fleet:
         now = self.clock()
         for key, handle in list(worker.handles.items()):
             lease = self.table.get(key)
-            if lease is None or handle.lost.is_set() or lease.at_shard_end or not lease.checkpoint.is_sentinel:
+            if (
+                lease is None
+                or handle.lost.is_set()
+                or lease.at_shard_end
+                or not lease.checkpoint.is_sentinel
+            ):
                 continue
             started = cast(SimConsumer, worker.consumers[key]).started_at if key in worker.consumers else now
             if parents_done(lease, self.table.leases) and now - started >= self.config.child_checkpoint_s:
@@ -368,7 +378,9 @@ class Fleet:
         for parent in self.rng.sample(self.stream.open_shards(), count):
             children = self.stream.split(parent)
             self.pending += 1
-            self.at(self.clock.now + self.config.shard_end_s, functools.partial(self._shard_end, parent, children))
+            self.at(
+                self.clock.now + self.config.shard_end_s, functools.partial(self._shard_end, parent, children)
+            )
 
     def _shard_end(self, parent: str, children: list[dict[str, Any]]) -> None:
         """ShardConsumer._shard_end for the parent's current holder (retried until one holds it)."""
@@ -424,7 +436,9 @@ class Fleet:
         return self.all_held() and self.spread() <= 1
 
     # -- scenarios -----------------------------------------------------------------------------
-    def scenario(self, kind: str, name: str, change: Callable[[], None], *, timeout: float = 1200.0) -> Outcome:
+    def scenario(
+        self, kind: str, name: str, change: Callable[[], None], *, timeout: float = 1200.0
+    ) -> Outcome:
         start, moves_before, gaps_before = self.clock.now, len(self.table.moves), len(self.table.gaps)
         change()
         worst = 0
@@ -435,9 +449,9 @@ class Fleet:
             return self.all_held()
 
         held_at = self.run_until(start + timeout, watch)
-        balanced_at = self.run_until(start + timeout, lambda: (watch() and self.spread() <= 1))
+        balanced_at = self.run_until(start + timeout, lambda: watch() and self.spread() <= 1)
         # quiet time: nothing should move once balanced
-        self.run_until(self.clock.now + self.config.settle_s, lambda: (watch() and False))
+        self.run_until(self.clock.now + self.config.settle_s, lambda: watch() and False)
         moves = self.table.moves[moves_before:]
         gaps = [gap for _, _, gap in self.table.gaps[gaps_before:]]
         take_s = 2 * (self.config.failover_s + 0.025)

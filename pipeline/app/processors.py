@@ -19,7 +19,6 @@ from pipeline.core.settings import Settings
 ProcessorFactory = Callable[[ClientFactory, Settings], RecordProcessor]
 
 
-
 def _batcher(clients: ClientFactory, settings: Settings) -> RecordProcessor:
     from workers.batcher import create_processor
 

@@ -16,6 +16,7 @@ from pipeline.core.retry import Backoff, call_with_retry
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+
 class S3DeadLetters:
     """A :data:`pipeline.consumer.resilient.DeadLetterSink` writing to S3 (retried, then raises:
     the record is then kept, never dropped)."""

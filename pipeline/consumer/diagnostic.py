@@ -43,9 +43,7 @@ class NoopProcessor:
     def process_records(self, process_records_input: ProcessRecordsInput) -> None:
         if process_records_input.records:
             last = process_records_input.records[-1]
-            checkpoint(
-                process_records_input.checkpointer, last.sequence_number, last.sub_sequence_number
-            )
+            checkpoint(process_records_input.checkpointer, last.sequence_number, last.sub_sequence_number)
 
     def lease_lost(self, lease_lost_input: LeaseLostInput) -> None:
         pass
@@ -117,9 +115,7 @@ class RecordingProcessor:
         )
         last = records[-1]
         try:
-            checkpoint(
-                process_records_input.checkpointer, last.sequence_number, last.sub_sequence_number
-            )
+            checkpoint(process_records_input.checkpointer, last.sequence_number, last.sub_sequence_number)
         except CheckpointFailed as exc:
             self._event("checkpoint_refused", value=exc.value, seq=last.sequence_number)
             return

@@ -75,9 +75,7 @@ class ShardCheckpointer:
         handle = self.handle
         with handle.lock:
             if not handle.usable() or handle.token != self.token:
-                raise CheckpointError(
-                    KclError.SHUTDOWN, f"lease {handle.lease.lease_key} is no longer held"
-                )
+                raise CheckpointError(KclError.SHUTDOWN, f"lease {handle.lease.lease_key} is no longer held")
             if not validate_checkpoint(
                 target,
                 last_checkpoint=handle.lease.checkpoint,

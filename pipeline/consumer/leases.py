@@ -57,9 +57,7 @@ def from_item(item: Mapping[str, Any]) -> Lease | None:
         child_shard_ids=frozenset(item.get("childShardIds", {}).get("SS", [])),
         starting_hash_key=item.get("startingHashKey", {}).get("S"),
         ending_hash_key=item.get("endingHashKey", {}).get("S"),
-        extra={
-            k: v for k, v in item.items() if k in _KEPT_EXTRA
-        },
+        extra={k: v for k, v in item.items() if k in _KEPT_EXTRA},
     )
 
 

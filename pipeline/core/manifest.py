@@ -72,4 +72,3 @@ def decode_manifest(body: str | bytes) -> BatchManifest:
 def batch_id(stream: str, shard_id: str, first_sequence: str, last_sequence: str) -> str:
     """Deterministic: a replayed flush of the same records gets the same id."""
     return f"{stream}/{shard_id}/{first_sequence}-{last_sequence}"
-

@@ -41,7 +41,6 @@ def listpack_cap(client: redis.Redis, default: int = 127) -> int:
     return max(1, min(default, entries))
 
 
-
 def _script(name: str) -> str:
     return resources.files("workers.projector").joinpath(name).read_text()
 
