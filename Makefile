@@ -17,11 +17,7 @@ deps: $(BIN)/shardhouse
 demo: deps
 	$(BIN)/shardhouse demo
 
-test: deps
-	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
-	$(BIN)/mypy
-	$(BIN)/lint-imports
-	$(BIN)/cfn-lint deploy/*.yaml
+test: deps lint
 	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 test-unit: deps
@@ -35,6 +31,7 @@ chaos: deps
 
 lint: $(BIN)/shardhouse
 	$(BIN)/ruff check pipeline workers inserter schemas tests benchmarks
+	$(BIN)/ruff format --check -q pipeline workers inserter schemas tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/cfn-lint deploy/*.yaml
