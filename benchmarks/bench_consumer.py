@@ -115,7 +115,7 @@ def main() -> None:
         second.wait(30)
         proc.wait(30)
     finally:
-        stack.down(state_dir)
+        stack.down(state_dir, discard=True)
 
 
 def _table_ready(clients: ClientFactory) -> bool:

@@ -93,7 +93,7 @@ def servers(env_file: str | None) -> Iterator[dict[str, str]]:
         try:
             yield state.env
         finally:
-            local_stack.down(Path(tmp))
+            local_stack.down(Path(tmp), discard=True)
 
 
 def page_views(

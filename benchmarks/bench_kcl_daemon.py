@@ -168,7 +168,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        local_stack.down(state_dir)
+        local_stack.down(state_dir, discard=True)
 
 
 if __name__ == "__main__":

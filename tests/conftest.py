@@ -65,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_stack.Stac
     try:
         yield state
     finally:
-        local_stack.down(state_dir)
+        local_stack.down(state_dir, discard=True)
         os.environ.clear()
         os.environ.update(saved)
 

@@ -204,6 +204,7 @@ def _start_redis(cfg: StackConfig, logs: Path) -> Service:
 def _start_postgres(cfg: StackConfig, logs: Path) -> Service:
     log = logs / "postgres.log"
     account = postgres.service_account()
+    postgres.remove_orphans()
     datadir = postgres.data_dir(cfg.state_dir, account)
     postgres.init_cluster(datadir, account, PG_SUPERUSER)
     pid = spawn(postgres.server_command(datadir, cfg.pg_port, cfg.host, account), log_path=log)
@@ -305,15 +306,19 @@ def _stop(service: Service) -> None:
     stop_pid(service.pid, grace=15.0)
 
 
-def down(state_dir: Path, *, on_event: Callable[[str], None] = lambda _m: None) -> list[str]:
-    """Stop exactly the processes this state dir's ``up`` started."""
+def down(
+    state_dir: Path, *, on_event: Callable[[str], None] = lambda _m: None, discard: bool = False
+) -> list[str]:
+    """Stop exactly the processes this state dir's ``up`` started. ``discard``: the state dir is
+    a throwaway one (a test session's, a benchmark's), so PostgreSQL's data goes too, wherever
+    it lives (a /tmp twin outlives the state dir otherwise)."""
     state = read_state(state_dir)
-    if state is None:
-        return []
     stopped = []
-    for name, service in reversed(list(state.services.items())):
+    for name, service in reversed(list(state.services.items()) if state else []):
         on_event(f"stopping {name} (pid {service.pid})")
         _stop(service)
         stopped.append(name)
     state_file(state_dir).unlink(missing_ok=True)
+    if discard:
+        postgres.discard(state_dir)
     return stopped
