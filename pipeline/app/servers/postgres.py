@@ -25,11 +25,7 @@ SERVER_OPTIONS = (
     "full_page_writes=off",
     "synchronous_commit=off",
     "max_connections=200",
-    # A 1M-row load writes ≈ 540 MB of WAL and dirties ≈ 380 MB of pages: with 1 GB of WAL
-    # (the default) and 256 MB of buffers it forced a checkpoint every ≈ 7 s, mid-merge, and
-    # the backend wrote out its own evicted pages (docs/benchmarks.md, "Whole load").
-    "max_wal_size=4GB",
-    "shared_buffers=1GB",
+    "shared_buffers=256MB",
     "unix_socket_directories=",
 )
 
