@@ -270,10 +270,11 @@ class Worker:
                 continue
             started = self.clock()
             if self.store.take(lease, self.config.worker_id):
-                taken = replace(
+                taken = replace(  # what the take wrote, its removal of FAILING included
                     lease,
                     lease_counter=lease.lease_counter + 1,
                     lease_owner=self.config.worker_id,
+                    extra={k: v for k, v in lease.extra.items() if k != FAILING},
                 )
                 self._start(taken, started)
         by_key = {lease.lease_key: lease for lease in leases}
