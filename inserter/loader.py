@@ -322,22 +322,32 @@ class Loader:
         skip = [k for u in units if u.unit in done and (k := (u.ordinal, u.customer_id)) in stats]
         if skip:  # rare: slices loaded by another inserter meanwhile, or before the rest of their object
             cur.execute(d.discard_units(stage, skip))
-        present = [s for u in todo if (s := stats.get((u.ordinal, u.customer_id))) is not None]
+        present = {k: s for u in todo if (s := stats.get(k := (u.ordinal, u.customer_id))) is not None}
         loaded: dict[tuple[int, str], int] = {}
         if present:
-            lo, hi = merge_window(min(s.lo for s in present), max(s.hi for s in present), self.dedupe_window)
+            lo, hi = merge_window(
+                min(s.lo for s in present.values()), max(s.hi for s in present.values()), self.dedupe_window
+            )
             duplicates, check = True, d.has_duplicates(stage)
             if check is not None:
                 row = cur.execute(check).fetchone()
                 duplicates = bool(row and row[0])
+            identity = d.identity_target(event_type)
+            size = d.probe_index_size(identity)
+            probe_bytes = int(row[0]) if size is not None and (row := cur.execute(size).fetchone()) else 0
             steps, new_rows = d.dedupe(
-                stage, fresh, d.identity_target(event_type), columns, lo, hi, duplicates=duplicates
+                stage, fresh, identity, columns, lo, hi, duplicates=duplicates, probe_bytes=probe_bytes
             )
-            for stmt in [*steps, *d.record_identities(event_type, new_rows)]:
+            for stmt in steps:
                 cur.execute(stmt)
-            cur.execute(d.insert_fresh(pool_table(event_type), new_rows, columns))
-            cur.execute(d.fresh_counts(new_rows))
-            loaded = {(int(o), str(c)): int(n) for o, c, n in cur.fetchall()}
+            inserted = cur.execute(d.insert_fresh(pool_table(event_type), new_rows, columns)).rowcount
+            if inserted == sum(s.rows for s in present.values()):
+                # Every staged row is new (the common load): each unit's count is its staged
+                # rows, and the per-unit count over the fresh rows (0.2 s per 1M) is not needed.
+                loaded = {k: s.rows for k, s in present.items()}
+            else:
+                cur.execute(d.fresh_counts(new_rows))
+                loaded = {(int(o), str(c)): int(n) for o, c, n in cur.fetchall()}
         outcomes = []
         for u in todo:
             s = stats.get((u.ordinal, u.customer_id))

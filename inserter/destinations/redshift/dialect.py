@@ -102,8 +102,13 @@ class RedshiftDialect(PostgresDialect):
     def _view_options(self) -> sql.Composable:
         return sql.SQL("")  # Redshift has no security_barrier option
 
-    def _identities_from(self, event_type: str, source: sql.Composable) -> list[Statement]:
+    def _identities_from(
+        self, identity: TableRef, source: sql.Composable, *, ordered: bool = False
+    ) -> list[Statement]:
         return []  # no identity table: the probe reads the pool
+
+    def probe_index_size(self, identity: TableRef) -> Statement | None:
+        return None  # no index: the anti-join is pruned by zone maps
 
     def identity_target(self, event_type: str) -> TableRef:
         return pool_table(event_type)
@@ -192,11 +197,13 @@ class RedshiftDialect(PostgresDialect):
         hi: datetime,
         *,
         duplicates: bool = True,
+        probe_bytes: int = 0,
     ) -> tuple[list[Statement], str]:
         """As PostgreSQL's, into the temp table ``fresh`` (Redshift deletes are costly: they mark
         whole blocks), with ROW_NUMBER for the first copy of each (customer_id, event_id), and
         no index to probe: Redshift decorrelates the NOT EXISTS into an anti-join whose scan of
-        the pool is pruned to the window by the occurred_at sort key's zone maps."""
+        the pool is pruned to the window by the occurred_at sort key's zone maps. The pool is
+        the identity: nothing else to record."""
         names = [OBJ, *(c.name for c in columns)]
         select = sql.SQL(
             "SELECT {dcols} FROM (SELECT {scols}, ROW_NUMBER() OVER (PARTITION BY s.customer_id, s.event_id "

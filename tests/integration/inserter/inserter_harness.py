@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry
 
-from inserter.destinations.postgres.dialect import PostgresDialect
+from inserter.destinations.postgres.dialect import SORTED_PROBE_BYTES, PostgresDialect
 from inserter.destinations.postgres.stager import PostgresCopyStager
 from inserter.loader import Loader
 from inserter.queue import BatchQueue
@@ -272,6 +272,7 @@ class Env:
         pause: float = 0.0,
         batch_rows: int = 65_536,
         lock_timeout_s: int = 60,
+        sorted_probe_bytes: int = SORTED_PROBE_BYTES,
         **config: Any,
     ) -> Inserter:
         defaults: dict[str, Any] = {
@@ -283,7 +284,9 @@ class Env:
             "retry_base_seconds": 1,
             "max_receive_count": self.settings.resources.max_receive_count,
         }
-        dialect = PostgresDialect(registry, lock_timeout_s=lock_timeout_s)
+        dialect = PostgresDialect(
+            registry, lock_timeout_s=lock_timeout_s, sorted_probe_bytes=sorted_probe_bytes
+        )
         source = ObjectSource(self.clients.s3(), backoff=Backoff(base=0.05, cap=0.5, max_attempts=3))
         loader = Loader(
             dialect,

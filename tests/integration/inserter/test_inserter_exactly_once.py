@@ -11,20 +11,29 @@ from datetime import timedelta
 import pytest
 from inserter_harness import ORIGIN, Env, make_events, outcomes, parquet_bytes, wait_for
 
+from inserter.destinations.postgres.dialect import SORTED_PROBE_BYTES
+
 pytestmark = pytest.mark.integration
+
+#: Both shapes of the dedupe probe (PostgresDialect.dedupe): in staging order, as into a small
+#: identity table, and over the batch's sorted keys, as into a large one.
+PROBES = pytest.mark.parametrize(
+    "probe_bytes", [SORTED_PROBE_BYTES, 0], ids=["unsorted_probe", "sorted_probe"]
+)
 
 
 def counts(env: Env, customer: str, event_type: str = "page_view") -> Counter[str]:
     return Counter(env.event_ids(customer, event_type))
 
 
-def test_duplicate_deliveries_load_once(env: Env, unique_name: str) -> None:
+@PROBES
+def test_duplicate_deliveries_load_once(env: Env, unique_name: str, probe_bytes: int) -> None:
     events = make_events(unique_name, n=300)
     manifest = env.manifest([env.put_object(events)])
     for _ in range(3):  # SQS at-least-once: the same message body delivered three times
         env.send(manifest)
 
-    ins = env.drain()
+    ins = env.drain(sorted_probe_bytes=probe_bytes)
 
     assert counts(env, unique_name) == Counter({e.event_id: 1 for e in events})
     ledger = env.ledger()
@@ -62,7 +71,8 @@ def test_same_object_in_two_messages_loads_once(env: Env, unique_name: str) -> N
     assert sorted(r["object_key"] for r in env.ledger()) == sorted([obj.key, other.key])
 
 
-def test_overlapping_batches_keep_each_event_once(env: Env, unique_name: str) -> None:
+@PROBES
+def test_overlapping_batches_keep_each_event_once(env: Env, unique_name: str, probe_bytes: int) -> None:
     events = make_events(unique_name, n=200)
     # Redis forgot: a replayed flush wrote the same events again under another stream position,
     # and the second object also repeats some events inside itself.
@@ -72,7 +82,7 @@ def test_overlapping_batches_keep_each_event_once(env: Env, unique_name: str) ->
     env.send(env.manifest([a], first=1000, last=1119))
     env.send(env.manifest([b], first=3000, last=3129))
 
-    env.drain()
+    env.drain(sorted_probe_bytes=probe_bytes)
 
     assert counts(env, unique_name) == Counter({e.event_id: 1 for e in events})
     by_key = {r["object_key"]: r for r in env.ledger()}
@@ -81,7 +91,27 @@ def test_overlapping_batches_keep_each_event_once(env: Env, unique_name: str) ->
     assert (by_key[b.key]["rows_loaded"], by_key[b.key]["rows_skipped"]) == (80, 50)
 
 
-def test_overlap_inside_one_load_counts_the_first_object(env: Env, unique_name: str) -> None:
+@PROBES
+def test_a_later_load_skips_what_earlier_loads_landed(env: Env, unique_name: str, probe_bytes: int) -> None:
+    """Overlaps across loads are the probe's alone (one load's overlaps are also the windowed
+    dedupe's): the rows it finds are skipped, counted per object, and the rest land."""
+    events = make_events(unique_name, n=230)
+    a = env.put_object(events[:120], first=1000)
+    b = env.put_object(events[80:200] + events[150:160], first=3000)  # 40 seen, 10 twice in b
+    c = env.put_object(events[190:230], first=5000)  # 10 seen, none twice: the probe alone
+    for obj, first, last in ((a, 1000, 1119), (b, 3000, 3129), (c, 5000, 5039)):
+        env.send(env.manifest([obj], first=first, last=last))
+        env.drain(sorted_probe_bytes=probe_bytes)
+
+    assert counts(env, unique_name) == Counter({e.event_id: 1 for e in events})
+    by_key = {r["object_key"]: (r["rows_loaded"], r["rows_skipped"]) for r in env.ledger()}
+    assert by_key == {a.key: (120, 0), b.key: (80, 50), c.key: (30, 10)}
+
+
+@PROBES
+def test_overlap_inside_one_load_counts_the_first_object(
+    env: Env, unique_name: str, probe_bytes: int
+) -> None:
     events = make_events(unique_name, n=30)
     v1 = env.put_object(events[:20])
     # The same customer/type, another version, in the same message, sharing 10 events.
@@ -89,7 +119,7 @@ def test_overlap_inside_one_load_counts_the_first_object(env: Env, unique_name: 
     v2 = env.put_object(v2_events)
     env.send(env.manifest([v1, v2]))
 
-    env.drain()
+    env.drain(sorted_probe_bytes=probe_bytes)
 
     rows = env.query(f'SELECT event_version, count(*) FROM "c_{unique_name}".page_view GROUP BY 1 ORDER BY 1')
     assert rows == [(1, 20), (2, 10)]  # the overlap's winner is the manifest's first object
@@ -173,20 +203,21 @@ def test_values_round_trip_through_binary_copy(env: Env, unique_name: str) -> No
     assert title_nulls == [(2,)]
 
 
-def test_dedupe_window_bounds_the_search(env: Env, unique_name: str) -> None:
+@PROBES
+def test_dedupe_window_bounds_the_search(env: Env, unique_name: str, probe_bytes: int) -> None:
     """An event_id is matched against rows whose occurred_at is within the dedupe window of the
     batch's range; the same id far outside it is a different event to the warehouse."""
     first = make_events(unique_name, n=5)
     env.send(env.manifest([env.put_object(first)]))
-    env.drain(window_days=1)
+    env.drain(window_days=1, sorted_probe_bytes=probe_bytes)
     ids = [e.event_id for e in first]
     near = make_events(unique_name, n=5, ids=ids, at=ORIGIN + timedelta(hours=20))
     far = make_events(unique_name, n=5, ids=ids, at=ORIGIN + timedelta(days=3))
     env.send(env.manifest([env.put_object(near, first=2000)], first=2000, last=2004))
-    env.drain(window_days=1)
+    env.drain(window_days=1, sorted_probe_bytes=probe_bytes)
     assert len(env.event_ids(unique_name)) == 5
     env.send(env.manifest([env.put_object(far, first=3000)], first=3000, last=3004))
-    env.drain(window_days=1)
+    env.drain(window_days=1, sorted_probe_bytes=probe_bytes)
     assert len(env.event_ids(unique_name)) == 10
 
 

@@ -17,6 +17,7 @@ from integration.projector.projector_harness import make_env as projector_env
 from support.checkpoints import Checkpoints
 from support.records import deliver, records_of
 
+from inserter.destinations.postgres.dialect import SORTED_PROBE_BYTES
 from pipeline.consumer.processor import Record, ShutdownRequestedInput
 from pipeline.core.clients import ClientFactory
 from pipeline.core.settings import Settings
@@ -54,8 +55,9 @@ def batch(
     return recs
 
 
+@pytest.mark.parametrize("probe_bytes", [SORTED_PROBE_BYTES, 0], ids=["unsorted_probe", "sorted_probe"])
 def test_two_customers_sharing_event_ids_both_land(
-    env: Env, clients: ClientFactory, settings: Settings
+    env: Env, clients: ClientFactory, settings: Settings, probe_bytes: int
 ) -> None:
     a, b = f"{env.bucket}_a", f"{env.bucket}_b"
     e = [str(uuid.uuid4()) for _ in range(4)]
@@ -75,7 +77,7 @@ def test_two_customers_sharing_event_ids_both_land(
     for key in list(redis.scan_iter(match=f"seen:{env.bucket}:*", count=1000)):
         redis.delete(key)
     recs += batch(env, clients, settings, third, 3000)
-    env.drain()
+    env.drain(sorted_probe_bytes=probe_bytes)
 
     for customer in (a, b):
         assert Counter(env.event_ids(customer)) == Counter({x: 1 for x in e}), customer

@@ -54,8 +54,9 @@ def statements(d: PostgresDialect, event_type: str) -> list[str]:
         d.discard_units("_stage_0", [(2, "acme"), (3, "globex")]),
         d.stage_stats("_stage_0"),
         *d.dedupe("_stage_0", "_fresh_0", d.identity_target(event_type), cols, LO, HI)[0],
+        *d.dedupe("_stage_0", "_fresh_0", d.identity_target(event_type), cols, LO, HI, probe_bytes=2**40)[0],
         *[c for c in [d.has_duplicates("_stage_0")] if c is not None],
-        *d.record_identities(event_type, "_fresh_0"),
+        *[c for c in [d.probe_index_size(d.identity_target(event_type))] if c is not None],
         d.fresh_counts("_fresh_0"),
         d.insert_fresh(pool_table(event_type), "_fresh_0", cols),
         d.record_ledger(2),
@@ -144,7 +145,7 @@ def test_postgres_merge_shape() -> None:
     cols = PG.columns("appointment_booked")
     steps, source = PG.dedupe("_stage_0", "_fresh_0", PG.identity_target("appointment_booked"), cols, LO, HI)
     assert source == "_stage_0"  # PostgreSQL dedupes staging in place
-    within, against = (render(s) for s in steps)
+    within, against, ids = (render(s) for s in steps)
     # within the load: every copy but the first of a pair (first object, then stream position)
     assert within == (
         'DELETE FROM "_stage_0" WHERE ctid IN (SELECT ctid FROM (SELECT ctid, row_number() OVER '
@@ -158,16 +159,47 @@ def test_postgres_merge_shape() -> None:
         "BETWEEN '2024-04-24 00:00:00+00:00'::timestamptz AND '2024-05-08 00:00:00+00:00'::timestamptz OFFSET 0)"
         in against
     )
+    assert ids.startswith(
+        'INSERT INTO "shardhouse"."ids_appointment_booked" (customer_id, event_id, occurred_at)'
+    )
+    assert ids.endswith('FROM "_stage_0" ORDER BY event_id')  # the new pairs, in index order
     identity = PG.identity_target("appointment_booked")
-    (only_against,), _ = PG.dedupe("_stage_0", "_f", identity, cols, LO, HI, duplicates=False)
+    (only_against, _ids), _ = PG.dedupe("_stage_0", "_f", identity, cols, LO, HI, duplicates=False)
     assert render(only_against) == against  # no duplicate pair in staging: no sort of its rows
-    ids = render(PG.record_identities("appointment_booked", "_stage_0")[0])
-    assert ids.endswith('FROM "_stage_0" ORDER BY event_id')
     insert = render(PG.insert_fresh(ref, "_fresh_0", cols))
     assert 'CAST(f."fee" AS numeric(10,2))' in insert  # numeric is staged as text
     assert {c.name: c.staging_type for c in cols}["fee"] == "text"
     locks = PG.lock_tables([TableRef("c_b", "x"), TableRef("c_a", "y"), TableRef("c_b", "x")])
     assert len(locks) == 2 and locks[0][1] != locks[1][1]  # deduplicated, sorted by table
+
+
+def test_postgres_probe_runs_over_sorted_keys_once_the_identity_index_is_large() -> None:
+    cols = PG.columns("page_view")
+    identity = PG.identity_target("page_view")
+    small, source = PG.dedupe(
+        "_s", "_k", identity, cols, LO, HI, duplicates=False, probe_bytes=PG.sorted_probe_bytes - 1
+    )
+    assert source == "_s" and render(small[0]).startswith('DELETE FROM "_s" AS s WHERE EXISTS')
+    large, source = PG.dedupe(
+        "_s", "_k", identity, cols, LO, HI, duplicates=False, probe_bytes=PG.sorted_probe_bytes
+    )
+    assert source == "_s"  # the new rows still stay in staging; "_k" holds their keys
+    keys, hits, ids = (render(s) for s in large)
+    assert keys == (
+        'CREATE TEMP TABLE "_k" ON COMMIT DROP AS SELECT ctid AS rid, customer_id, event_id, occurred_at '
+        'FROM "_s" ORDER BY event_id'
+    )
+    assert hits.startswith(
+        'WITH hit AS (DELETE FROM "_k" AS k WHERE EXISTS (SELECT 1 FROM "shardhouse"."ids_page_view"'
+    )
+    assert "t.event_id = k.event_id AND t.customer_id = k.customer_id" in hits
+    assert hits.endswith('DELETE FROM "_s" WHERE ctid = ANY (ARRAY(SELECT rid FROM hit))')
+    assert ids.endswith('SELECT customer_id, event_id, occurred_at FROM "_k"')  # sorted once, not twice
+    size_stmt = PG.probe_index_size(identity)
+    assert size_stmt is not None
+    size = render(size_stmt)
+    assert "nspname = 'shardhouse' AND c.relname = 'ids_page_view__dedupe'" in size
+    assert RS.probe_index_size(pool_table("page_view")) is None
 
 
 # -- the Redshift load through the shared Loader ----------------------------------------------------
