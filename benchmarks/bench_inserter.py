@@ -580,10 +580,17 @@ def explain_dedupe(
         )
         cur.execute("ANALYZE _probe")  # give the unfenced planner every chance
         lo, hi = NOW - timedelta(days=8), NOW + timedelta(days=7)
+        size = dialect.probe_index_size(ref)
+        probe_bytes = int(cur.execute(size).fetchone()[0]) if size is not None else 0  # type: ignore[index]
         steps, _ = dialect.dedupe(
-            "_probe", "_probe_fresh", ref, dialect.columns("page_view"), lo, hi, duplicates=False
-        )
-        text = steps[-1].as_string(conn)  # the probe of the identity table, a DELETE in staging
+            "_probe", "_probe_fresh", ref, dialect.columns("page_view"), lo, hi, duplicates=False,
+            probe_bytes=probe_bytes,
+        )  # fmt: skip
+        texts = [s.as_string(conn) for s in steps]
+        probe = next(i for i, t in enumerate(texts) if "EXISTS" in t)  # a DELETE in staging (or its keys)
+        for text in texts[:probe]:  # the sorted keys the probe runs over, past 16 MiB of index
+            cur.execute(text)
+        text = texts[probe]
         if not fenced:
             text = text.replace(" OFFSET 0)", ")")
         rows = cur.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {text}").fetchall()
