@@ -313,8 +313,8 @@ class Loader:
     ) -> list[ObjectOutcome]:
         """Every customer's new rows of the type's staging into the type's pool (each row
         lands in its customer's part), in the same few statements whatever the number of
-        customers: dedupe (PostgreSQL: in staging; Redshift: into ``fresh``), record their
-        identities, insert into the pool, count the new rows per unit."""
+        customers: dedupe (PostgreSQL: in staging; Redshift: into ``fresh``) and record their
+        identities, insert into the pool, count the new rows per unit (unless all were new)."""
         d = self.dialect
         todo = [u for u in units if u.unit not in done]
         if not todo:
@@ -333,11 +333,10 @@ class Loader:
                 row = cur.execute(check).fetchone()
                 duplicates = bool(row and row[0])
             identity = d.identity_target(event_type)
-            size = d.probe_index_size(identity)
-            probe_bytes = int(row[0]) if size is not None and (row := cur.execute(size).fetchone()) else 0
             steps, new_rows = d.dedupe(
-                stage, fresh, identity, columns, lo, hi, duplicates=duplicates, probe_bytes=probe_bytes
-            )
+                stage, fresh, identity, columns, lo, hi, duplicates=duplicates,
+                probe_bytes=self._probe_bytes(cur, identity),
+            )  # fmt: skip
             for stmt in steps:
                 cur.execute(stmt)
             inserted = cur.execute(d.insert_fresh(pool_table(event_type), new_rows, columns)).rowcount
@@ -362,6 +361,12 @@ class Loader:
             lo_, hi_ = (s.lo, s.hi) if s else (None, None)
             outcomes.append(ObjectOutcome(u.unit, target, n, rows - n, lo_, hi_))
         return outcomes
+
+    def _probe_bytes(self, cur: psycopg.Cursor[Any], identity: TableRef) -> int:
+        """Size of the index the dedupe probe reads (0 where the dialect has none)."""
+        stmt = self.dialect.probe_index_size(identity)
+        row = cur.execute(stmt).fetchone() if stmt is not None else None
+        return int(row[0]) if row else 0
 
     def _stats(
         self, cur: psycopg.Cursor[Any], stage: str, units: Sequence[ObjectLoad]
