@@ -190,8 +190,8 @@ class Loader:
             log.info("customer table adopted into its pool", extra={"table": str(ref)})
             missing = [c for c in d.columns(table.event_type) if c.name in gone]
             return d.adopt_customer_table(ref, customer, reader, missing)
-        if action is PartAction.REFRESH:
-            return d.refresh_customer_table(ref, customer, reader)
+        if action is PartAction.REFRESH and existing is not None:
+            return d.refresh_customer_table(ref, customer, reader, existing.columns)
         return []
 
     def _ddl_lock(self, conn: Conn, name: str) -> None:

@@ -19,9 +19,10 @@ from inserter.naming import TableRef
 
 @dataclass(frozen=True, slots=True)
 class Relation:
-    """An existing table or view: its columns, and whether it is a part of its type's pool."""
+    """An existing table or view: its columns in their order, and whether it is a part of its
+    type's pool."""
 
-    columns: frozenset[str]
+    columns: tuple[str, ...]
     part: bool
 
 
@@ -29,23 +30,24 @@ class PartAction(StrEnum):
     READY = "ready"  # a part with every column: nothing to do
     CREATE = "create"  # no relation of that name: make the part
     ADOPT = "adopt"  # a customer table made before pools: make it a part
-    REFRESH = "refresh"  # a part missing columns the pool has (a Redshift view: make it again)
+    REFRESH = "refresh"  # a part missing columns the pool has: replace the view (Redshift: make it again)
 
 
 def catalog(rows: Iterable[Sequence[Any]]) -> dict[TableRef, Relation]:
-    """The ``relations`` statement's rows (schema, table, column, is a part) per relation."""
-    columns: dict[TableRef, set[str]] = defaultdict(set)
+    """The ``relations`` statement's rows (schema, table, column, is a part; in column order)
+    per relation."""
+    columns: dict[TableRef, list[str]] = defaultdict(list)
     part: dict[TableRef, bool] = {}
     for schema, table, column, is_part in rows:
         ref = TableRef(str(schema), str(table))
-        columns[ref].add(str(column))
+        columns[ref].append(str(column))
         part[ref] = bool(is_part)
-    return {ref: Relation(frozenset(cols), part[ref]) for ref, cols in columns.items()}
+    return {ref: Relation(tuple(cols), part[ref]) for ref, cols in columns.items()}
 
 
 def missing_columns(existing: Relation | None, wanted: Sequence[str]) -> list[str]:
     """The wanted columns a relation lacks, in the wanted order (all of them if it is absent)."""
-    have = existing.columns if existing is not None else frozenset()
+    have = set(existing.columns) if existing is not None else set()
     return [c for c in wanted if c not in have]
 
 

@@ -162,7 +162,7 @@ class PostgresDialect:
             "SELECT n.nspname, c.relname, a.attname, c.relkind = 'v' "
             "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-            "WHERE {}",
+            "WHERE {} ORDER BY a.attnum",
         )
 
     def create_pool(self, event_type: str) -> list[Statement]:
@@ -208,16 +208,23 @@ class PostgresDialect:
         lets through, so they cannot be used to peek at other customers' rows of the pool."""
         return sql.SQL(" WITH (security_barrier = true)")
 
-    def _view(self, ref: TableRef, customer_id: str, reader: str, *, remake: bool) -> list[Statement]:
+    def _view(
+        self,
+        ref: TableRef,
+        customer_id: str,
+        reader: str,
+        names: Sequence[str] | None = None,
+        *,
+        replace: bool = False,
+    ) -> list[Statement]:
         """The customer's rows of the pool, as a view (run with its owner's rights: the reader
-        needs no grant on the pool, and gets none). ``remake``: dropped and made again, not
-        replaced: a new version's columns may come between the old ones, which CREATE OR
-        REPLACE refuses."""
-        names = [c.name for c in self.columns(ref.table)]
-        drop = [sql.SQL("DROP VIEW IF EXISTS {}").format(_table(ref))] if remake else []
+        needs no grant on the pool, and gets none): ``names`` (default: every column of the
+        type, in the schema's order); ``replace``: CREATE OR REPLACE."""
+        names = names if names is not None else [c.name for c in self.columns(ref.table)]
+        verb = sql.SQL("CREATE OR REPLACE VIEW" if replace else "CREATE VIEW")
         return [
-            *drop,
-            sql.SQL("CREATE VIEW {}{} AS SELECT {} FROM {} WHERE customer_id = {}").format(
+            sql.SQL("{} {}{} AS SELECT {} FROM {} WHERE customer_id = {}").format(
+                verb,
                 _table(ref),
                 self._view_options(),
                 _ids(names),
@@ -230,7 +237,7 @@ class PostgresDialect:
     def create_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
         """``c_<customer>.<type>``: the customer's view of the type's pool, readable by the
         customer's role (which cannot read the pool, nor another customer's view)."""
-        return self._view(ref, customer_id, reader, remake=False)
+        return self._view(ref, customer_id, reader)
 
     def adopt_customer_table(
         self, ref: TableRef, customer_id: str, reader: str, missing: Sequence[WarehouseColumn]
@@ -246,12 +253,18 @@ class PostgresDialect:
             ),
             *self._identities_from(identity_table(ref.table), _table(ref)),
             sql.SQL("ALTER TABLE {} RENAME TO {}").format(_table(ref), _id(f"{ref.table}__pre_pool")),
-            *self._view(ref, customer_id, reader, remake=False),
+            *self._view(ref, customer_id, reader),
         ]
 
-    def refresh_customer_table(self, ref: TableRef, customer_id: str, reader: str) -> list[Statement]:
-        """A view lists its columns when made: a new version's columns need it made again."""
-        return self._view(ref, customer_id, reader, remake=True)
+    def refresh_customer_table(
+        self, ref: TableRef, customer_id: str, reader: str, existing: Sequence[str]
+    ) -> list[Statement]:
+        """A view lists its columns when made: a new version's columns need it made again.
+        Replaced, never dropped — an analyst's view over it would make the DROP fail, and every
+        load of the customer's type with it — so its ``existing`` columns keep their places and
+        the new ones follow them (CREATE OR REPLACE may only add columns at the end)."""
+        added = [c.name for c in self.columns(ref.table) if c.name not in existing]
+        return self._view(ref, customer_id, reader, [*existing, *added], replace=True)
 
     def identity_target(self, event_type: str) -> TableRef:
         """Where the dedupe probe looks."""

@@ -87,7 +87,8 @@ class RedshiftDialect(PostgresDialect):
             "c.table_name",
             "SELECT c.table_schema, c.table_name, c.column_name, t.table_type = 'VIEW' "
             "FROM information_schema.columns c JOIN information_schema.tables t "
-            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name WHERE {}",
+            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name WHERE {} "
+            "ORDER BY c.ordinal_position",
         )
 
     def create_pool(self, event_type: str) -> list[Statement]:
@@ -101,6 +102,14 @@ class RedshiftDialect(PostgresDialect):
 
     def _view_options(self) -> sql.Composable:
         return sql.SQL("")  # Redshift has no security_barrier option
+
+    def refresh_customer_table(
+        self, ref: TableRef, customer_id: str, reader: str, existing: Sequence[str]
+    ) -> list[Statement]:
+        """Dropped and made again: Redshift's CREATE OR REPLACE VIEW cannot add columns. An
+        analyst's view over a customer's view must be late-binding (``WITH NO SCHEMA BINDING``)
+        not to stop the DROP."""
+        return [sql.SQL("DROP VIEW IF EXISTS {}").format(_table(ref)), *self._view(ref, customer_id, reader)]
 
     def _identities_from(
         self, identity: TableRef, source: sql.Composable, *, ordered: bool = False

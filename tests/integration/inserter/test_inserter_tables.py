@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pyarrow.parquet as pq
 import pytest
-from inserter_harness import Env, fresh_database, make_env, make_events, parquet_bytes
+from inserter_harness import Env, fresh_database, make_env, make_events, outcomes, parquet_bytes
 from psycopg import errors as pg_errors
 from psycopg import sql
 
@@ -68,7 +68,7 @@ def test_a_customer_role_reads_only_its_own_schema(env: Env, unique_name: str) -
 
 def test_v2_rows_load_next_to_v1_rows(clients: ClientFactory, settings: Settings, unique_name: str) -> None:
     """A pool created when only v1 existed gains v2's columns (ALTER TABLE ADD COLUMN; the
-    customer's view is made again) before v2 rows load; v1 rows read NULL there. Its own database: the pool
+    customer's view is replaced) before v2 rows load; v1 rows read NULL there. Its own database: the pool
     is per type, and another test's may already have v2's columns."""
     env = make_env(clients, settings, unique_name, fresh_database(settings.warehouse.url, "v1v2"))
     v1_only = load_registry(definitions=[d for d in builtin_definitions() if d.version == 1])
@@ -91,9 +91,9 @@ def test_v2_rows_load_next_to_v1_rows(clients: ClientFactory, settings: Settings
     env.send(env.manifest([env.put_object(v2, first=5000)], first=5000, last=5005))
     env.drain()
 
-    # The customer's view is made again with every version's columns, in the schema's order.
-    assert columns() == [name for name, _ in load_registry().postgres_columns("page_view")]
-    assert {"referrer", "session_id"} <= set(columns())
+    # The customer's view is replaced: v1's columns where they were, v2's new ones after them.
+    v1_names = [name for name, _ in v1_only.postgres_columns("page_view")]
+    assert columns() == [*v1_names, "referrer", "session_id"]
     rows = env.query(
         f"SELECT event_version, count(*), count(referrer), count(session_id) FROM {table} GROUP BY 1 ORDER BY 1"
     )
@@ -243,3 +243,39 @@ def test_two_databases_meeting_the_same_new_customers_at_once_both_make_their_vi
                 (f"c_{unique_name}\\_%",),
             ).fetchone()
         assert views == (60,)
+
+
+def test_new_columns_reach_a_view_an_analyst_built_on(
+    clients: ClientFactory, settings: Settings, unique_name: str
+) -> None:
+    """A customer's view gains a new version's columns without being dropped: an analyst's own
+    view over it (which a DROP would refuse to outlive) keeps working, and the v2 rows land."""
+    env = make_env(clients, settings, unique_name, fresh_database(settings.warehouse.url, "dependent"))
+    v1_only = load_registry(definitions=[d for d in builtin_definitions() if d.version == 1])
+    env.send(env.manifest([env.put_object(make_events(unique_name, "page_view", 1, 10))]))
+    env.drain(registry=v1_only)
+    schema = f'"c_{unique_name}"'
+    with env.connect() as conn:
+        conn.execute(
+            f"CREATE VIEW {schema}.daily AS SELECT occurred_at::date AS day, count(*) AS n FROM {schema}.page_view GROUP BY 1"
+        )
+
+    env.send(
+        env.manifest(
+            [env.put_object(make_events(unique_name, "page_view", 2, 6, start=100), first=5000)],
+            first=5000,
+            last=5005,
+        )
+    )
+    ins = env.drain()
+
+    assert sum(outcomes(ins).values()) == outcomes(ins)["loaded"] == 1
+    assert env.query(f"SELECT sum(n) FROM {schema}.daily") == [(16,)]
+    assert env.query(f"SELECT count(referrer), count(session_id) FROM {schema}.page_view") == [(6, 6)]
+    names = [r[0] for r in env.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'page_view' "
+        "ORDER BY ordinal_position", (f"c_{unique_name}",),
+    )]  # fmt: skip
+    v1_names = [name for name, _ in v1_only.postgres_columns("page_view")]
+    assert names[: len(v1_names)] == v1_names  # the old columns keep their places; new ones follow
+    assert set(names) == {name for name, _ in load_registry().postgres_columns("page_view")}

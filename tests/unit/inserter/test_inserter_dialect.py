@@ -46,7 +46,7 @@ def statements(d: PostgresDialect, event_type: str) -> list[str]:
         *d.create_pool(event_type),
         *d.create_customer_table(ref, "acme", reader_role("acme")),
         *d.adopt_customer_table(ref, "acme", reader_role("acme"), cols[-2:]),
-        *d.refresh_customer_table(ref, "acme", reader_role("acme")),
+        *d.refresh_customer_table(ref, "acme", reader_role("acme"), [c.name for c in cols[:-2]]),
         d.add_column(pool_table(event_type), "referrer", cols[-1].target_type),
         *d.ledger_ddl(),
         *d.create_staging("_stage_0", cols),
@@ -111,7 +111,9 @@ def test_redshift_pools_distribute_on_event_id_and_customers_read_through_views(
     view, *grants = RS.create_customer_table(
         target_table("acme", "order_placed"), "acme", reader_role("acme")
     )
-    drop = RS.refresh_customer_table(target_table("acme", "order_placed"), "acme", reader_role("acme"))[0]
+    drop = RS.refresh_customer_table(
+        target_table("acme", "order_placed"), "acme", reader_role("acme"), ["event_id"]
+    )[0]
     assert render(drop) == 'DROP VIEW IF EXISTS "c_acme"."order_placed"'
     text = render(view)
     assert text.startswith('CREATE VIEW "c_acme"."order_placed" AS SELECT "event_id"')
@@ -171,6 +173,19 @@ def test_postgres_merge_shape() -> None:
     assert {c.name: c.staging_type for c in cols}["fee"] == "text"
     locks = PG.lock_tables([TableRef("c_b", "x"), TableRef("c_a", "y"), TableRef("c_b", "x")])
     assert len(locks) == 2 and locks[0][1] != locks[1][1]  # deduplicated, sorted by table
+
+
+def test_postgres_refresh_replaces_the_view_keeping_its_columns_in_place() -> None:
+    ref = target_table("acme", "page_view")
+    names = [c.name for c in PG.columns("page_view")]
+    existing = ["event_id", "url", "customer_id"]  # an older view, in its own order
+    view, *grants = (render(s) for s in PG.refresh_customer_table(ref, "acme", reader_role("acme"), existing))
+    assert view.startswith(
+        'CREATE OR REPLACE VIEW "c_acme"."page_view" WITH (security_barrier = true) AS SELECT '
+    )
+    listed = view.split(" AS SELECT ", 1)[1].split(" FROM ", 1)[0].replace('"', "").split(", ")
+    assert listed == [*existing, *(n for n in names if n not in existing)]  # old first, new after
+    assert not any(g.startswith("DROP") for g in grants)
 
 
 def test_postgres_probe_runs_over_sorted_keys_once_the_identity_index_is_large() -> None:
