@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 
 from inserter.destinations.postgres.dialect import PostgresDialect
 from inserter.destinations.sql import Statement, WarehouseColumn
-from inserter.destinations.staging import Stager
+from inserter.destinations.staging import Staged, Stager
 from inserter.errors import LoadError, classify_pg
 from inserter.naming import ADMIN_ROLE, TableRef, pool_table, reader_role
 from inserter.plan import LoadPlan, ObjectLoad, TableLoad, merge_window
@@ -242,7 +242,7 @@ class Loader:
             todo = plan.without(done)
             # One staging table per event type, whatever the number of customers: a shared
             # object is staged once, and one statement per step moves every customer's rows.
-            stages: list[tuple[str, str, list[WarehouseColumn]]] = []
+            stages: list[tuple[str, str, list[WarehouseColumn], Staged]] = []
             staging_started = time.monotonic()
             typed = todo.stages()
             self.stager.begin(plan.bucket, [o for _, objs in typed for o in objs])
@@ -251,8 +251,8 @@ class Loader:
                     stage, columns = f"_stage_{i}", d.columns(event_type)
                     for stmt in d.create_staging(stage, columns):
                         cur.execute(stmt)
-                    self.stager.stage(cur, stage, event_type, objects, columns, plan.bucket)
-                    stages.append((event_type, stage, columns))
+                    seen = self.stager.stage(cur, stage, event_type, objects, columns, plan.bucket)
+                    stages.append((event_type, stage, columns, seen))
             finally:
                 self.stager.end()
             merge_started = time.monotonic()
@@ -266,17 +266,17 @@ class Loader:
                     cur.execute(stmt)
             staged = {o.ordinal for _, objs in typed for o in objs}
             targets = {(t.customer_id, t.event_type): t.target for t in plan.tables}
-            for i, (event_type, stage, columns) in enumerate(stages):
+            for i, (event_type, stage, columns, seen) in enumerate(stages):
                 units = [o for o in every if o.event_type == event_type and o.ordinal in staged]
                 stats = self._stats(cur, stage, units)
                 fresh_tables.append(fresh := f"_fresh_{i}")
                 outcomes.extend(
-                    self._merge(cur, fresh, event_type, stage, columns, units, stats, done, targets)
+                    self._merge(cur, fresh, event_type, stage, columns, units, stats, seen, done, targets)
                 )
             duration_ms = _ms_since(started)
             rows = self._ledger_rows(plan.batch_id, every, load_id, outcomes, duration_ms)
             self._record_ledger(cur, rows)
-            for stmt in d.cleanup([stage for _, stage, _ in stages] + fresh_tables):
+            for stmt in d.cleanup([stage for _, stage, _, _ in stages] + fresh_tables):
                 cur.execute(stmt)
         return LoadResult(
             batch_id=plan.batch_id,
@@ -308,6 +308,7 @@ class Loader:
         columns: Sequence[WarehouseColumn],
         units: Sequence[ObjectLoad],
         stats: dict[tuple[int, str], _Stats],
+        seen: Staged,
         done: set[str],
         targets: dict[tuple[str, str], TableRef],
     ) -> list[ObjectOutcome]:
@@ -328,10 +329,8 @@ class Loader:
             lo, hi = merge_window(
                 min(s.lo for s in present.values()), max(s.hi for s in present.values()), self.dedupe_window
             )
-            duplicates, check = True, d.has_duplicates(stage)
-            if check is not None:
-                row = cur.execute(check).fetchone()
-                duplicates = bool(row and row[0])
+            repeated = seen.repeated_ids()
+            duplicates = True if repeated is None else repeated  # not known: dedupe within the load
             identity = d.identity_target(event_type)
             steps, new_rows = d.dedupe(
                 stage, fresh, identity, columns, lo, hi, duplicates=duplicates,

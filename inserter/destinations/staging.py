@@ -6,6 +6,8 @@ code path (:mod:`inserter.loader`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
@@ -16,6 +18,19 @@ from inserter.plan import ObjectLoad
 from schemas.definition import ENVELOPE_COLUMNS, METADATA_COLUMNS
 
 REQUIRED_COLUMNS = (*ENVELOPE_COLUMNS, *METADATA_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """What a stager learnt of the rows while staging them (nothing, if the warehouse read them
+    itself)."""
+
+    #: Whether an event_id may occur twice among the rows, being worked out meanwhile.
+    repeats: Future[bool] | None = None
+
+    def repeated_ids(self) -> bool | None:
+        """Whether an event_id may occur twice among the staged rows; None: not known."""
+        return None if self.repeats is None else self.repeats.result()
 
 
 class Stager(Protocol):
@@ -35,7 +50,7 @@ class Stager(Protocol):
         objects: Sequence[ObjectLoad],
         columns: Sequence[WarehouseColumn],
         bucket: str,
-    ) -> None:
+    ) -> Staged:
         """Fill ``stage`` with every row of ``objects`` (distinct S3 objects of ``event_type``,
         shared ones included), each row tagged with its object's ordinal."""
         ...

@@ -61,9 +61,16 @@ def constant_piece(value: int) -> bytes:
     return struct.pack(">ii", 4, value)
 
 
-def encode_batch(batch: Any, columns: Sequence[Column], constants: Sequence[bytes] = ()) -> bytes:
+def encode_batch(
+    batch: Any,
+    columns: Sequence[Column],
+    constants: Sequence[bytes] = (),
+    *,
+    keep: dict[str, Any] | None = None,
+) -> bytes:
     """The COPY tuples of ``batch`` (no header/trailer): ``columns`` in order, then ``constants``
-    (pieces appended to every row, e.g. from :func:`constant_piece`)."""
+    (pieces appended to every row, e.g. from :func:`constant_piece`). ``keep``: filled with
+    each column's pieces by name — the values exactly as PostgreSQL will read them."""
     n = batch.num_rows
     if n == 0:
         return b""
@@ -71,6 +78,8 @@ def encode_batch(batch: Any, columns: Sequence[Column], constants: Sequence[byte
     pieces: list[Any] = [count]
     for col in columns:
         pieces.append(encode_column(_combined(batch.column(col.name)), col.wire_type, col.name))
+        if keep is not None:
+            keep[col.name] = pieces[-1]
     pieces.extend(pa.scalar(c, pa.large_binary()) for c in constants)
     rows = pc.binary_join_element_wise(*pieces, _EMPTY)
     return _body(rows)

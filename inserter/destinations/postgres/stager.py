@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inserter.destinations.postgres.dialect import PostgresDialect
@@ -21,11 +22,19 @@ from inserter.destinations.postgres.pgbinary import (
     encode_batch,
 )
 from inserter.destinations.sql import WarehouseColumn
-from inserter.destinations.staging import file_columns
+from inserter.destinations.staging import Staged, file_columns
 from inserter.errors import LoadError
 from inserter.plan import ObjectLoad
 from inserter.prefetch import Prefetcher
 from inserter.source import ObjectSource
+
+
+def repeats(ids: Sequence[Any]) -> bool:
+    """Whether any value occurs twice among arrays of encoded UUIDs — the 16 bytes PostgreSQL
+    stores, so two spellings of one UUID (case, hyphens) count as one. Conservative for the
+    dedupe: an id two customers share also says yes."""
+    total = sum(len(a) for a in ids)
+    return total > 0 and pc.count_distinct(pa.chunked_array(ids, pa.large_binary())).as_py() != total
 
 
 class PostgresCopyStager:
@@ -68,10 +77,11 @@ class PostgresCopyStager:
         objects: Sequence[ObjectLoad],
         columns: Sequence[WarehouseColumn],
         bucket: str,
-    ) -> None:
+    ) -> Staged:
         types = {c.name: c.staging_type for c in columns}
         opened = (self._open(obj, columns, bucket) for obj in objects)
         pending = next(opened, None)
+        ids: list[Any] = []
         # One COPY for consecutive objects with the same columns (one version, as a rule): one
         # COPY per event type and version per load, however many customers its objects hold.
         while pending is not None:
@@ -80,9 +90,12 @@ class PostgresCopyStager:
             with cur.copy(self.dialect.copy_from_stdin(stage, names)) as copy:
                 copy.write(HEADER)
                 while pending is not None and pending[2] == names:
-                    self._write(copy, pending[0], pending[1], wire)
+                    self._write(copy, pending[0], pending[1], wire, ids)
                     pending = next(opened, None)
                 copy.write(TRAILER)
+        # Worked out while the loader's first statements run: the server would sort every id
+        # for the same answer (1M rows: 0.33 s of its one core, against 0.13-0.15 s here).
+        return Staged(self._pool.submit(repeats, ids))
 
     def _open(
         self, obj: ObjectLoad, columns: Sequence[WarehouseColumn], bucket: str
@@ -94,13 +107,17 @@ class PostgresCopyStager:
             raise LoadError(f"{obj.key}: not a Parquet file: {exc}") from exc
         return obj, parquet, file_columns(parquet.schema_arrow, columns, obj.key)
 
-    def _write(self, copy: Any, obj: ObjectLoad, parquet: Any, wire: list[Column]) -> None:
+    def _write(self, copy: Any, obj: ObjectLoad, parquet: Any, wire: list[Column], ids: list[Any]) -> None:
+        """The object's rows into ``copy``; their event ids, as sent, onto ``ids``."""
         tag = [constant_piece(obj.ordinal)]
         try:
             for batch in parquet.iter_batches(
                 batch_size=self.batch_rows, columns=[c.name for c in wire], use_threads=False
             ):
-                copy.write(encode_batch(batch, wire, tag))
+                sent: dict[str, Any] = {}
+                copy.write(encode_batch(batch, wire, tag, keep=sent))
+                if "event_id" in sent:
+                    ids.append(sent["event_id"])
                 if self.pause:
                     self.sleep(self.pause)
         except EncodeError as exc:

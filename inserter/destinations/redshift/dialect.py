@@ -193,9 +193,6 @@ class RedshiftDialect(PostgresDialect):
     def merge_setup(self) -> list[Statement]:
         return []  # Redshift sizes its own query memory (WLM)
 
-    def has_duplicates(self, stage: str) -> Statement | None:
-        return None  # the ROW_NUMBER below runs anyway
-
     def dedupe(
         self,
         stage: str,

@@ -11,6 +11,7 @@ import psycopg
 
 from inserter.destinations.redshift.dialect import RedshiftDialect
 from inserter.destinations.sql import WarehouseColumn
+from inserter.destinations.staging import Staged
 from inserter.plan import ObjectLoad
 from inserter.source import ObjectSource
 from schemas import Registry
@@ -61,7 +62,7 @@ class RedshiftCopyStager:
         objects: Sequence[ObjectLoad],
         columns: Sequence[WarehouseColumn],
         bucket: str,
-    ) -> None:
+    ) -> Staged:
         for obj in objects:
             raw = f"_raw_{obj.ordinal}"
             version_cols = self.dialect.version_columns(event_type, obj.version)
@@ -75,3 +76,4 @@ class RedshiftCopyStager:
             cur.execute(self.dialect.copy_from_s3(raw, f"s3://{bucket}/{manifest_key}"))
             for stmt in self.dialect.move_raw(stage, raw, obj.ordinal, version_cols):
                 cur.execute(stmt)
+        return Staged()  # the cluster read the rows: nothing known here
