@@ -268,7 +268,7 @@ class Loader:
             targets = {(t.customer_id, t.event_type): t.target for t in plan.tables}
             for i, (event_type, stage, columns, seen) in enumerate(stages):
                 units = [o for o in every if o.event_type == event_type and o.ordinal in staged]
-                stats = self._stats(cur, stage, units)
+                stats = self._stats(cur, stage, units, seen)
                 fresh_tables.append(fresh := f"_fresh_{i}")
                 outcomes.extend(
                     self._merge(cur, fresh, event_type, stage, columns, units, stats, seen, done, targets)
@@ -368,16 +368,17 @@ class Loader:
         return int(row[0]) if row else 0
 
     def _stats(
-        self, cur: psycopg.Cursor[Any], stage: str, units: Sequence[ObjectLoad]
+        self, cur: psycopg.Cursor[Any], stage: str, units: Sequence[ObjectLoad], seen: Staged
     ) -> dict[tuple[int, str], _Stats]:
         """Rows and occurred_at range per (object, customer), refusing rows of a customer the
         object's manifest entry does not list, or of another type or version than its key names
         (they would land in the wrong customer's table)."""
         by_unit = {(o.ordinal, o.customer_id): o for o in units}
         by_ordinal = {o.ordinal: o for o in units}
-        cur.execute(self.dialect.stage_stats(stage))
+        known = seen.slice_stats()  # the stager's own count of what it sent, when it sent the rows
+        found = known if known is not None else cur.execute(self.dialect.stage_stats(stage)).fetchall()
         out: dict[tuple[int, str], _Stats] = {}
-        for ordinal, customer, rows, lo, hi, t_lo, t_hi, v_lo, v_hi in cur.fetchall():
+        for ordinal, customer, rows, lo, hi, t_lo, t_hi, v_lo, v_hi in found:
             obj = by_ordinal[int(ordinal)]
             if (int(ordinal), customer) not in by_unit:
                 listed = sorted(o.customer_id for o in units if o.ordinal == obj.ordinal)

@@ -5,7 +5,7 @@ code path (:mod:`inserter.loader`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,10 +27,37 @@ class Staged:
 
     #: Whether an event_id may occur twice among the rows, being worked out meanwhile.
     repeats: Future[bool] | None = None
+    #: Each batch's (object, customer) slices, in the dialects' ``stage_stats`` row shape.
+    slices: Sequence[Future[list[tuple[Any, ...]]]] | None = None
 
     def repeated_ids(self) -> bool | None:
         """Whether an event_id may occur twice among the staged rows; None: not known."""
         return None if self.repeats is None else self.repeats.result()
+
+    def slice_stats(self) -> list[tuple[Any, ...]] | None:
+        """Rows and ranges per (object, customer), as ``stage_stats`` would return them; None:
+        not known (ask the warehouse)."""
+        return None if self.slices is None else merge_slices(f.result() for f in self.slices)
+
+
+def merge_slices(parts: Iterable[Iterable[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+    """The slices of several batches as one answer per (ordinal, customer)."""
+    out: dict[tuple[int, str | None], list[Any]] = {}
+    for part in parts:
+        for ordinal, customer, rows, *ranges in part:
+            acc = out.get((ordinal, customer))
+            if acc is None:
+                out[(ordinal, customer)] = [rows, *ranges]
+                continue
+            acc[0] += rows
+            for i in range(1, 7, 2):
+                acc[i] = _pick(min, acc[i], ranges[i - 1])
+                acc[i + 1] = _pick(max, acc[i + 1], ranges[i])
+    return [(o, c, *acc) for (o, c), acc in out.items()]
+
+
+def _pick(f: Any, a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else f(a, b)
 
 
 class Stager(Protocol):

@@ -1,15 +1,18 @@
-"""The PostgreSQL stager's duplicate check, on the ids exactly as COPY sends them."""
+"""What the PostgreSQL stager works out from the rows it sends: repeated ids, and slices."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
+from inserter.destinations.postgres.observed import batch_slices, repeats
 from inserter.destinations.postgres.pgbinary import Column, encode_batch
-from inserter.destinations.postgres.stager import repeats
+from inserter.destinations.staging import merge_slices
 
 POOL = [uuid.UUID(int=i * 0x9E3779B97F4A7C15F39CC0605CEDC835 % 2**128) for i in range(1, 9)]
 
@@ -51,3 +54,46 @@ def test_two_spellings_of_one_uuid_are_one_id() -> None:
     assert repeats(sent_ids([[str(u)], [str(u).upper()]])) is True
     assert repeats(sent_ids([[str(u), str(uuid.uuid4())]])) is False
     assert repeats([]) is False
+
+
+ROW = st.tuples(
+    st.sampled_from(["acme", "globex", None]),
+    st.one_of(
+        st.none(),
+        st.integers(0, 10**6).map(lambda s: datetime(2024, 5, 1, tzinfo=UTC) + timedelta(seconds=s)),
+    ),
+    st.sampled_from(["page_view", "order_placed", None]),
+    st.one_of(st.none(), st.integers(1, 3)),
+)
+
+
+def _naive(rows: list[tuple[Any, ...]], ordinal: int) -> dict[tuple[Any, Any], tuple[Any, ...]]:
+    out: dict[tuple[Any, Any], tuple[Any, ...]] = {}
+    for customer in {r[0] for r in rows}:
+        mine = [r for r in rows if r[0] == customer]
+        ranges = []
+        for i in (1, 2, 3):
+            vals = [r[i] for r in mine if r[i] is not None]
+            ranges += [min(vals) if vals else None, max(vals) if vals else None]
+        out[(ordinal, customer)] = (ordinal, customer, len(mine), *ranges)
+    return out
+
+
+@given(st.lists(st.lists(ROW, max_size=8), max_size=4), st.integers(0, 5))
+def test_slices_merged_over_batches_equal_one_group_by_over_all_rows(
+    batches: list[list[tuple[Any, ...]]], ordinal: int
+) -> None:
+    """What the stager reports per (object, customer) is what ``stage_stats`` would answer."""
+    parts = []
+    for rows in batches:
+        batch = pa.record_batch(
+            {
+                "customer_id": pa.array([r[0] for r in rows], pa.string()),
+                "occurred_at": pa.array([r[1] for r in rows], pa.timestamp("us", tz="UTC")),
+                "event_type": pa.array([r[2] for r in rows], pa.string()).dictionary_encode(),
+                "event_version": pa.array([r[3] for r in rows], pa.int16()),
+            }
+        )
+        parts.append(batch_slices(batch, ordinal))
+    got = {(s[0], s[1]): s for s in merge_slices(parts)}
+    assert got == _naive([r for rows in batches for r in rows], ordinal)
