@@ -14,7 +14,7 @@ The load transaction, in order (:class:`inserter.loader.Loader` drives it)::
     pre-check ledger → create staging → stage objects (COPY)
     [PostgreSQL: pg_advisory_xact_lock per target, sorted]
     re-check ledger under the locks → drop rows of objects loaded meanwhile
-    stats per object (rows, occurred_at range, identity check)
+    stats per object (rows, occurred_at range, identity check; PostgreSQL: from the stager)
     dedupe: staging rows, one per (customer_id, event_id), whose pair the target does not hold
             within the dedupe window (PostgreSQL: in staging, identities recorded; Redshift:
             → "fresh" temp table)
