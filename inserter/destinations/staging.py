@@ -20,6 +20,12 @@ from schemas.definition import ENVELOPE_COLUMNS, METADATA_COLUMNS
 REQUIRED_COLUMNS = (*ENVELOPE_COLUMNS, *METADATA_COLUMNS)
 
 
+#: One (object, customer) slice's statistics in the order of the dialects' ``stage_stats``
+#: rows: (ordinal, customer_id, rows, min/max occurred_at, min/max event_type, min/max
+#: event_version).
+SliceRow = tuple[Any, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Staged:
     """What a stager learnt of the rows while staging them (nothing, if the warehouse read them
@@ -28,19 +34,19 @@ class Staged:
     #: Whether an event_id may occur twice among the rows, being worked out meanwhile.
     repeats: Future[bool] | None = None
     #: Each batch's (object, customer) slices, in the dialects' ``stage_stats`` row shape.
-    slices: Sequence[Future[list[tuple[Any, ...]]]] | None = None
+    slices: Sequence[Future[list[SliceRow]]] | None = None
 
     def repeated_ids(self) -> bool | None:
         """Whether an event_id may occur twice among the staged rows; None: not known."""
         return None if self.repeats is None else self.repeats.result()
 
-    def slice_stats(self) -> list[tuple[Any, ...]] | None:
+    def slice_stats(self) -> list[SliceRow] | None:
         """Rows and ranges per (object, customer), as ``stage_stats`` would return them; None:
         not known (ask the warehouse)."""
         return None if self.slices is None else merge_slices(f.result() for f in self.slices)
 
 
-def merge_slices(parts: Iterable[Iterable[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+def merge_slices(parts: Iterable[Iterable[SliceRow]]) -> list[SliceRow]:
     """The slices of several batches as one answer per (ordinal, customer)."""
     out: dict[tuple[int, str | None], list[Any]] = {}
     for part in parts:

@@ -10,9 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-#: One slice's statistics in the order of the dialects' ``stage_stats`` rows: (ordinal,
-#: customer_id, rows, min/max occurred_at, min/max event_type, min/max event_version).
-SliceRow = tuple[Any, ...]
+from inserter.destinations.staging import SliceRow
 
 #: The columns a slice's statistics read, cast as COPY writes them.
 _CASTS = {

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from psycopg.copy import QueuedLibpqWriter
 
 from inserter.destinations.postgres.dialect import PostgresDialect
-from inserter.destinations.postgres.observed import SliceRow, batch_slices, repeats
+from inserter.destinations.postgres.observed import batch_slices, repeats
 from inserter.destinations.postgres.pgbinary import (
     HEADER,
     TRAILER,
@@ -23,7 +23,7 @@ from inserter.destinations.postgres.pgbinary import (
     encode_batch,
 )
 from inserter.destinations.sql import WarehouseColumn
-from inserter.destinations.staging import Staged, file_columns
+from inserter.destinations.staging import SliceRow, Staged, file_columns
 from inserter.errors import LoadError
 from inserter.plan import ObjectLoad
 from inserter.prefetch import Prefetcher
