@@ -266,9 +266,36 @@ class Stages:
         self.seconds[name] += time.perf_counter() - start
 
 
+class GcPauses:
+    """Time the cyclic collector spends per generation (gc.callbacks), so a run shows its share."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.counts = [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self._observe)
+
+    def _observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.seconds[generation] += time.perf_counter() - self._started
+        self.counts[generation] += 1
+
+    def take(self) -> str:
+        text = ", ".join(
+            f"gen{g} {n} x {1000 * s:.0f} ms"
+            for g, (n, s) in enumerate(zip(self.counts, self.seconds, strict=True))
+        )
+        self.seconds, self.counts = [0.0, 0.0, 0.0], [0, 0, 0]
+        return text
+
+
 def hotpath(args: argparse.Namespace) -> None:
     print(f"generating {args.events:,} synthetic events ...", flush=True)
     records = make_records(args.events, event_bytes=args.event_bytes)
+    pauses = GcPauses()
     input_mib = sum(len(r.binary_data) for r in records) / MiB
     mean = sum(len(r.binary_data) for r in records) / len(records)
     base_rss = rss_mib()
@@ -335,6 +362,7 @@ def hotpath(args: argparse.Namespace) -> None:
             proc.initialize(InitializeInput("shardId-000000000000", "TRIM_HORIZON", 0))
             ckpt = CountingCheckpointer()
             gc.collect()
+            pauses.take()
             began = time.perf_counter()
             for i in range(0, n, worker.max_records):
                 proc.process_records(ProcessRecordsInput(records[i : i + worker.max_records], 1000, ckpt))
@@ -346,6 +374,7 @@ def hotpath(args: argparse.Namespace) -> None:
                 f"\nprocessor run {run + 1}: {n:,} events in {elapsed:.2f} s -> {n / elapsed:,.0f} events/s "
                 f"({m.batches} flushes, {m.rows_written:,} rows, {m.duplicates_dropped:,} duplicates, "
                 f"{m.invalid:,} invalid, flush p-max {m.flush_seconds_max:.2f} s, {store.objects} objects)"
+                f"\n  collector pauses: {pauses.take()}"
             )
         print(f"\nprocessor median: {statistics.median(rates):,.0f} events/s/process")
         print(f"peak RSS {peak_rss_mib():.0f} MiB (includes {base_rss:.0f} MiB of interpreter + inputs held)")

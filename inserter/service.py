@@ -10,6 +10,13 @@ Per message, exactly one of:
   give the message back with a delay growing with its receive count; after the queue's
   ``maxReceiveCount`` receives, SQS's redrive policy moves it to the dead-letter queue.
 
+An outage is not the message's fault, and must not walk valid batches to the dead-letter queue:
+after a load fails with a transient error the inserter asks its dependencies (the warehouse, and
+the ``probes`` it was given: S3) whether they answer. If one does not, the messages in hand go
+back at once and nothing more is received — no receive is spent — until every dependency
+answers again (probed with capped, jittered backoff, each wait logged). An outage of any length
+costs each message in flight one receive.
+
 Every received message is kept invisible by one heartbeat thread until it is deleted or given
 back. On SIGTERM (:meth:`Inserter.request_stop`) the current load finishes, messages received
 but not started are given back at once, and no more are received. Several inserter processes
@@ -19,9 +26,10 @@ may run at once: the ledger and the per-table locks make that safe.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -95,6 +103,11 @@ class InserterMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=registry,
         )
+        self.dependency_out = Gauge(
+            "shardhouse_inserter_dependency_out",
+            "1 while a dependency of the loads does not answer (nothing is received meanwhile)",
+            registry=registry,
+        )
         self.lag_seconds = Gauge(
             "shardhouse_inserter_lag_seconds",
             "Last load: commit time minus its newest occurred_at",
@@ -114,7 +127,11 @@ class Inserter:
         metrics: InserterMetrics | None = None,
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        probes: Mapping[str, Callable[[], object]] | None = None,
+        outage_backoff: Backoff | None = None,
     ) -> None:
+        """``probes``: dependencies besides the warehouse a load needs, by name; each raises
+        when its dependency does not answer (wiring.dependency_probes)."""
         self.config = config
         self.queue = queue
         self.loader = loader
@@ -124,6 +141,11 @@ class Inserter:
         self.backoff = backoff or Backoff(base=0.5, cap=10.0, max_attempts=config.attempts)
         self.clock = clock
         self.stop = threading.Event()
+        self.probes = dict(probes or {})
+        # Waits between probes while a dependency is out; max_attempts only sizes the sequence
+        # (it repeats: the wait has no end but the dependency's return or a stop).
+        self.outage_backoff = outage_backoff or Backoff(base=1.0, cap=30.0, max_attempts=16)
+        self._outage: str | None = None  # "<dependency>: <why>" while one does not answer
         self._conn: Conn | None = None
         self.heartbeat = Heartbeat(
             queue, every=config.heartbeat_seconds, extend_to=config.visibility_timeout,
@@ -144,6 +166,8 @@ class Inserter:
             try:
                 failures = 0
                 while not self.stop.is_set():
+                    if self._outage is not None and not self._wait_for_dependencies():
+                        break  # stopped while waiting
                     try:
                         received = self.poll_once()
                     except Exception as exc:
@@ -220,6 +244,15 @@ class Inserter:
         return None
 
     def _load_one(self, message: Message, plan: LoadPlan) -> str:
+        if self._outage is not None:  # found out by an earlier message of this receive
+            log.warning(
+                "dependency out; message given back untried",
+                extra={"message_id": message.message_id, "batch_id": plan.batch_id, "outage": self._outage},
+            )
+            self.heartbeat.drop(message)
+            self._release(message, 0)
+            self.metrics.messages.labels("failed").inc()
+            return "failed"
         try:
             result = self._load(plan)
         except Exception as exc:
@@ -304,9 +337,13 @@ class Inserter:
         return "dead_lettered"
 
     def _failed(self, message: Message, batch_id: str | None, exc: BaseException) -> str:
+        if isinstance(exc, TransientError) and self._outage is None:
+            self._outage = self._unanswered()
         delay = retry_delay(
             message.receive_count, self.config.retry_base_seconds, self.config.retry_cap_seconds
         )
+        if self._outage is not None:
+            delay = 0  # not the message's fault; nothing is received again until the outage ends
         final = message.receive_count >= self.config.max_receive_count
         log.error(
             "load failed; the redrive policy dead-letters the message"
@@ -320,6 +357,7 @@ class Inserter:
                 "receives": message.receive_count,
                 "max_receives": self.config.max_receive_count,
                 "retry_in_s": delay,
+                "outage": self._outage,
             },
             exc_info=not isinstance(exc, ShardhouseError),  # a traceback only for the unexpected
         )
@@ -366,6 +404,54 @@ class Inserter:
                 "lag_s": None if lag is None else round(lag, 3),
             },
         )
+
+    # -- outages --------------------------------------------------------------------------------
+
+    def _unanswered(self) -> str | None:
+        """The first dependency that does not answer, as "<name>: <why>"; None if all do."""
+        try:
+            self._connection().execute("SELECT 1")
+        except Exception as exc:
+            self._drop_broken()
+            return f"warehouse: {type(exc).__name__}: {exc}"
+        for name, probe in self.probes.items():
+            try:
+                probe()
+            except Exception as exc:
+                return f"{name}: {type(exc).__name__}: {exc}"
+        return None
+
+    def _wait_for_dependencies(self) -> bool:
+        """Probe until every dependency answers (True) or a stop is requested (False)."""
+        waited = 0.0
+        self.metrics.dependency_out.set(1)
+        try:
+            for pause in self._outage_pauses():
+                log.warning(
+                    "dependency out; not receiving until it answers",
+                    extra={
+                        "outage": self._outage,
+                        "waited_s": round(waited, 1),
+                        "next_probe_in_s": round(pause, 2),
+                    },
+                )
+                if self.stop.wait(pause):
+                    return False
+                waited += pause
+                self._outage = self._unanswered()
+                if self._outage is None:
+                    log.info("dependencies answer again; receiving", extra={"waited_s": round(waited, 1)})
+                    return True
+        finally:
+            self.metrics.dependency_out.set(0)
+        return False  # pragma: no cover - the pauses never end
+
+    def _outage_pauses(self) -> Iterator[float]:
+        """The outage backoff's delays, then full-jitter waits at its cap, without end."""
+        yield from self.outage_backoff.delays()
+        steady = dataclasses.replace(self.outage_backoff, base=self.outage_backoff.cap)
+        while True:
+            yield from steady.delays()
 
     # -- the connection -------------------------------------------------------------------------
 

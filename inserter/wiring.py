@@ -3,6 +3,7 @@ benchmarks use this; tests build the parts directly when they need other knobs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from inserter.destinations import CopyTuning, PostgresDialect, open_destination
@@ -10,12 +11,13 @@ from inserter.destinations import reporting_dialect as _reporting_dialect
 from inserter.loader import Loader
 from inserter.queue import BatchQueue
 from inserter.source import ObjectSource
+from pipeline.core.aws_errors import is_transient_aws
 from pipeline.core.clients import ClientFactory
 from pipeline.core.errors import ConfigError
 from pipeline.core.settings import Settings
 from schemas import Registry
 
-__all__ = ["CopyTuning", "build_loader", "build_queue", "reporting_dialect"]
+__all__ = ["CopyTuning", "build_loader", "build_queue", "dependency_probes", "reporting_dialect"]
 
 
 def build_loader(
@@ -36,3 +38,19 @@ def reporting_dialect(settings: Settings, registry: Registry) -> PostgresDialect
 def build_queue(settings: Settings, clients: ClientFactory) -> BatchQueue:
     r = settings.resources
     return BatchQueue(clients.sqs(), r.queue, r.dead_letter_queue)
+
+
+def dependency_probes(settings: Settings, clients: ClientFactory) -> dict[str, Callable[[], object]]:
+    """What a load needs besides the warehouse: S3, asked about the batch bucket. Any answer
+    counts (a 403 from a role without s3:ListBucket is S3 answering); only a transient failure
+    (no connection, a timeout, throttling, a 5xx) is an outage."""
+    s3, bucket = clients.s3(), settings.resources.bucket
+
+    def s3_answers() -> None:
+        try:
+            s3.head_bucket(Bucket=bucket)
+        except Exception as exc:
+            if is_transient_aws(exc):
+                raise
+
+    return {"s3": s3_answers}

@@ -17,6 +17,26 @@ from botocore.config import Config
 
 from pipeline.core.settings import Settings
 
+#: libpq settings for warehouse connections (docs/inserter.md, "Timeouts"): keepalive probes
+#: after 30 s idle, every 10 s, given up after 3 unanswered; data unacknowledged for 60 s ends
+#: the connection too (a COPY into a vanished server).
+WAREHOUSE_KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
+
+def warehouse_conninfo(url: str) -> str:
+    """``url`` with :data:`WAREHOUSE_KEEPALIVES` added where it does not set them itself."""
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    return psycopg.conninfo.make_conninfo(
+        url, **{k: v for k, v in WAREHOUSE_KEEPALIVES.items() if k not in given}
+    )
+
+
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -75,6 +95,11 @@ class ClientFactory:
         )
 
     def warehouse(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-        """A new warehouse connection (connections are not shared across threads)."""
+        """A new warehouse connection (connections are not shared across threads). TCP
+        keepalives (unless the URL sets its own): a server that vanishes without a reset (a
+        failover, a partition) fails the connection within ~1 minute instead of the kernel's
+        retransmission timeout of ~15, so the caller's retries and outage wait take over."""
         cfg = self.settings.warehouse
-        return psycopg.connect(cfg.url, connect_timeout=int(cfg.connect_timeout), autocommit=autocommit)
+        return psycopg.connect(
+            warehouse_conninfo(cfg.url), connect_timeout=int(cfg.connect_timeout), autocommit=autocommit
+        )

@@ -13,7 +13,7 @@ import typer
 from inserter.replay import Replayer, parse_location
 from inserter.service import Inserter, InserterConfig, InserterMetrics
 from inserter.source import ObjectSource
-from inserter.wiring import CopyTuning, build_loader, build_queue, reporting_dialect
+from inserter.wiring import CopyTuning, build_loader, build_queue, dependency_probes, reporting_dialect
 from pipeline.app.cli import context
 from pipeline.app.cli.app import app
 from pipeline.core.errors import ConfigError
@@ -59,6 +59,7 @@ def inserter(
         registry=registry,
         connect=lambda: clients.warehouse(autocommit=True),
         metrics=InserterMetrics(),
+        probes=dependency_probes(settings, clients),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: service.request_stop(signal.Signals(signum).name))

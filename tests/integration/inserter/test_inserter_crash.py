@@ -142,3 +142,46 @@ def test_sigterm_finishes_the_current_load_and_leaves_the_rest_on_the_queue(
     messages = [line.get("msg") for line in log_lines(tmp_path / "inserter.log")]
     assert "stopping: the current load finishes, no new messages" in messages
     assert messages[-1] == "inserter stopped"
+
+
+def inserter_backends(env: Env) -> list[int]:
+    rows = env.query(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'shardhouse-inserter'"
+    )
+    return [int(r[0]) for r in rows]
+
+
+def test_the_warehouse_dropping_the_connection_mid_copy_heals_in_process_and_loads_once(
+    env: Env, unique_name: str, tmp_path: Path
+) -> None:
+    """The server ends the inserter's session in the middle of a COPY (a failover, an admin's
+    pg_terminate_backend, a restart), twice: each time the load rolls back, the inserter
+    reconnects and tries again in the same process, and the batch lands once."""
+    events = make_events(unique_name, n=3000)
+    env.send(env.manifest([env.put_object(events)]))
+    proc = env.spawn(tmp_path, "inserter.log", *ARGS, *SLOW)
+    try:
+        for drop in range(2):
+            wait_for(lambda: copying(env), f"COPY {drop + 1} in progress", timeout=60)
+            (pid,) = inserter_backends(env)
+            assert env.query("SELECT pg_terminate_backend(%s)", (pid,)) == [(True,)]
+            wait_for(lambda p=pid: p not in inserter_backends(env), "the session to end", timeout=30)
+            assert table_rows(env, unique_name) == 0 and env.ledger() == []
+        wait_for(lambda: len(env.ledger()) == 1, "the third attempt to load the batch", timeout=90)
+        wait_for(lambda: env.queue_depth() == 0, "the message to be deleted", timeout=30)
+        assert proc.poll() is None  # healed in process: never exited
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    assert Counter(env.event_ids(unique_name)) == Counter({e.event_id: 1 for e in events})
+    (row,) = env.ledger()
+    assert (row["rows_loaded"], row["rows_skipped"]) == (3000, 0)
+    lines = log_lines(tmp_path / "inserter.log")
+    retries = [line for line in lines if line.get("msg") == "load failed, retrying"]
+    assert [r["attempt"] for r in retries] == [1, 2]
+    loaded = [line for line in lines if line.get("msg") == "batch loaded"]
+    assert len(loaded) == 1 and loaded[0]["receives"] == 1 and loaded[0]["rows_loaded"] == 3000

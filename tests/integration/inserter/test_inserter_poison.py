@@ -5,13 +5,18 @@ that keeps failing reaches the dead-letter queue through the redrive policy afte
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
 
+import psycopg
 import pytest
-from inserter_harness import Env, make_env, make_events
+from inserter_harness import Env, make_env, make_events, wait_for
+from support.tcp_proxy import TcpProxy
 
 from pipeline.core.clients import ClientFactory
 from pipeline.core.manifest import BatchObject, encode_manifest
+from pipeline.core.retry import Backoff
 from pipeline.core.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -141,3 +146,47 @@ def test_an_oversize_forged_message_and_a_dlq_refusing_sends_do_not_stop_the_ins
     # The forged one was given back each time its dead letter was refused (what the queue's own
     # redrive does with it then is SQS's: with its DLQ deleted, moto drops it).
     assert ins.metrics.messages.labels("failed")._value.get() >= 1
+
+
+def test_a_warehouse_outage_longer_than_the_redrive_schedule_dead_letters_nothing(
+    clients: ClientFactory,
+    settings: Settings,
+    unique_name: str,
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The warehouse goes away (every connection reset, new ones refused) while a batch waits.
+    With 2 receives allowed, two failed loads would send it to the dead-letter queue; instead
+    the inserter gives it back once and receives nothing until the warehouse answers, then
+    loads it exactly once."""
+    env = make_env(clients, settings, unique_name, db_url, max_receive_count=2)
+    events = make_events(unique_name, n=200)
+    info = psycopg.conninfo.conninfo_to_dict(env.db_url)
+    caplog.set_level(logging.INFO, logger="inserter")
+    with TcpProxy(str(info.get("host", "127.0.0.1")), int(info.get("port", 5432))) as proxy:
+        url = psycopg.conninfo.make_conninfo(env.db_url, host="127.0.0.1", port=proxy.port)
+        ins = env.inserter(wait_seconds=1, retry_base_seconds=1, exit_when_idle=False)
+        ins.connect = lambda: psycopg.connect(url, autocommit=True, connect_timeout=2)  # type: ignore[method-assign]
+        ins.outage_backoff = Backoff(base=0.2, cap=0.5, max_attempts=3)
+        runner = threading.Thread(target=ins.run, name="inserter")
+        runner.start()
+        try:
+            wait_for(lambda: ins._conn is not None, "the inserter to connect")
+            proxy.cut()
+            env.send(env.manifest([env.put_object(events)]))
+            wait_for(lambda: ins.metrics.dependency_out._value.get() == 1, "the inserter to see the outage")
+            time.sleep(6)  # receives 2 and 3 would have come and gone, the second to the DLQ
+            assert env.queue_depth(env.settings.resources.dead_letter_queue) == 0
+            assert env.queue_depth() == 1 and env.ledger() == [] and proxy.refused > 0
+            proxy.restore()
+            wait_for(lambda: len(env.ledger()) == 1, "the load once the warehouse is back", timeout=60)
+            wait_for(lambda: env.queue_depth() == 0, "the message to be deleted")
+        finally:
+            ins.request_stop()
+            runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert Counter(env.event_ids(unique_name)) == Counter({e.event_id: 1 for e in events})
+    assert env.dead_letters() == []
+    (loaded,) = [r for r in caplog.records if r.getMessage() == "batch loaded"]
+    assert getattr(loaded, "receives", None) == 2  # one receive spent on the outage, whatever its length
+    assert any(r.getMessage() == "dependencies answer again; receiving" for r in caplog.records)

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from inserter.errors import LoadError
 from inserter.loader import LoadResult, ObjectOutcome
@@ -14,10 +15,12 @@ from inserter.naming import TableRef
 from inserter.plan import LoadPlan
 from inserter.queue import BatchQueue, Heartbeat, Message
 from inserter.service import Inserter, InserterConfig, retry_delay
+from inserter.wiring import dependency_probes
 from pipeline.core.errors import TransientError
 from pipeline.core.layout import EventObjectKey
 from pipeline.core.manifest import BatchManifest, BatchObject, encode_manifest
 from pipeline.core.retry import Backoff
+from pipeline.core.settings import Settings
 from schemas import load_registry
 
 REGISTRY = load_registry()
@@ -65,9 +68,16 @@ class FakeQueue:
 class FakeConn:
     closed: bool = False
     broken: bool = False
+    answers: bool = True  # False: the warehouse is out (SELECT 1 fails)
 
     def close(self) -> None:
         self.closed = True
+
+    def execute(self, query: str) -> FakeConn:
+        if not self.answers:
+            self.broken = True
+            raise TransientError("connection refused")
+        return self
 
 
 @dataclass
@@ -315,3 +325,148 @@ def test_delete_all_gives_up_after_its_attempts_with_the_codes() -> None:
     queue = BatchQueue(sqs, "q", "dlq", backoff=Backoff(base=0.0, cap=0.0, max_attempts=2))  # type: ignore[arg-type]
     with pytest.raises(TransientError, match=r"1 entries failed \(InternalError\)"):
         queue.delete_all([message(mid="a")])
+
+
+# -- outages: no receive is spent while a dependency does not answer ------------------------------
+
+
+@dataclass
+class Outage:
+    """A warehouse that stops answering once a load fails and answers again after ``probes``
+    probes; ``events`` records connects and receives in order."""
+
+    probes: int
+    events: list[str] = field(default_factory=list)
+    out: bool = False
+
+    def connect(self) -> FakeConn:
+        if self.out:
+            self.probes -= 1
+            self.out = self.probes >= 0
+        self.events.append("connect (out)" if self.out else "connect")
+        return FakeConn(answers=not self.out)
+
+
+def gated(queue: FakeQueue, loader: FakeLoader, outage: Outage, **config: Any) -> Inserter:
+    ins, _ = inserter(queue, loader, **config)
+    ins.connect = outage.connect  # type: ignore[method-assign]
+    ins.outage_backoff = Backoff(base=0.0, cap=0.0, max_attempts=3)
+    receive = queue.receive
+
+    def logged_receive(**kw: Any) -> list[Message]:
+        outage.events.append("receive")
+        return receive(**kw)
+
+    queue.receive = logged_receive  # type: ignore[method-assign]
+    original = loader.load
+
+    def load(conn: Any, plan: LoadPlan) -> LoadResult:
+        try:
+            return original(conn, plan)
+        except TransientError:
+            outage.out = True  # the load failed because the warehouse went away
+            raise
+
+    loader.load = load  # type: ignore[method-assign]
+    return ins
+
+
+def test_an_outage_gives_the_messages_back_at_once_and_receives_nothing_until_it_ends() -> None:
+    q = FakeQueue([[message(mid="a"), message(second_batch(), mid="b")], [message(mid="a", receives=2)]])
+    # the combined load and a's own load fail (3 attempts each); b is given back untried
+    loader = FakeLoader([TransientError("connection reset")] * 6 + [loaded()])
+    outage = Outage(probes=8)  # connects that fail: the loads' 5 retries, then 3 probes
+    ins = gated(q, loader, outage, retry_base_seconds=30)
+    ins.run()
+    assert q.released == [("a", 0), ("b", 0)]  # not the messages' fault: no delay
+    assert len(loader.calls) == 7  # b never tried during the outage
+    out = outage.events.index("connect (out)")
+    back = outage.events.index("connect", out)
+    assert "receive" not in outage.events[out:back]  # nothing received while out
+    assert outage.events[out:back] == ["connect (out)"] * 8
+    assert q.deleted == ["a"] and ins.metrics.dependency_out._value.get() == 0
+
+
+def test_a_transient_failure_while_the_warehouse_answers_is_an_ordinary_failure() -> None:
+    q = FakeQueue([[message(receives=2)]])
+    loader = FakeLoader([TransientError("lock timeout")] * 3)
+    ins, _ = inserter(q, loader, retry_base_seconds=5)
+    ins.run()
+    assert q.released == [("m1", 10)]  # the growing delay: the redrive policy counts this one
+    assert ins._outage is None
+
+
+def test_a_probe_that_does_not_answer_is_an_outage_too() -> None:
+    q = FakeQueue([[message()], [message(receives=2)]])
+    loader = FakeLoader([TransientError("s3 read timed out")] * 3 + [loaded()])
+    ins, _ = inserter(q, loader, retry_base_seconds=5)
+    ins.outage_backoff = Backoff(base=0.0, cap=0.0, max_attempts=2)
+    answers = iter([False, False, True])
+    reasons: list[str | None] = []
+
+    def s3() -> None:
+        if not next(answers):
+            raise TransientError("s3: EndpointConnectionError")
+
+    ins.probes = {"s3": s3}
+    original = ins._unanswered
+
+    def unanswered() -> str | None:
+        reasons.append(original())
+        return reasons[-1]
+
+    ins._unanswered = unanswered  # type: ignore[method-assign]
+    ins.run()
+    assert q.released == [("m1", 0)] and q.deleted == ["m1"]
+    assert reasons == ["s3: TransientError: s3: EndpointConnectionError"] * 2 + [None]
+
+
+@dataclass
+class FakeS3:
+    error: BaseException | None
+
+    def head_bucket(self, Bucket: str) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("error", "out"),
+    [
+        (None, False),
+        (
+            ClientError(
+                {"Error": {"Code": "403"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadBucket"
+            ),
+            False,
+        ),
+        (
+            ClientError(
+                {"Error": {"Code": "404"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "HeadBucket"
+            ),
+            False,
+        ),
+        (
+            ClientError(
+                {"Error": {"Code": "503"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "HeadBucket"
+            ),
+            True,
+        ),
+        (EndpointConnectionError(endpoint_url="http://s3"), True),
+        (ReadTimeoutError(endpoint_url="http://s3"), True),
+    ],
+)
+def test_s3_answers_unless_its_failure_is_transient(error: BaseException | None, out: bool) -> None:
+    settings = Settings()
+
+    class Clients:
+        def s3(self) -> FakeS3:
+            return FakeS3(error)
+
+    probe = dependency_probes(settings, Clients())["s3"]  # type: ignore[arg-type]
+    if out:
+        with pytest.raises(type(error)):  # type: ignore[arg-type]
+            probe()
+    else:
+        probe()
