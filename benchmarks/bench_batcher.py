@@ -71,7 +71,7 @@ from workers.batcher.budget import MemoryBudget
 from workers.batcher.buffer import ShardBuffer
 from workers.batcher.commit import FlushDeps, build_tables, encode_objects
 from workers.batcher.context import tune_interpreter
-from workers.batcher.dedupe import RedisDedupeStore, pack_rows
+from workers.batcher.dedupe import RedisDedupeStore, pack_batch
 from workers.batcher.policy import FlushPolicy, FlushReason
 from workers.batcher.sinks import StoredObject
 from workers.idset.layout import DedupeLayout
@@ -325,7 +325,7 @@ def hotpath(args: argparse.Namespace) -> None:
                         buf.add_valid(record, event)
             batch = buf.seal(FlushReason.RECORDS)
             with stages.time("2 dedupe pack (uuid, hour, crc)"):
-                ids = pack_rows(layout, batch.rows())
+                ids = pack_batch(layout, batch.types)
             with stages.time("3 redis check (1 round trip)"):
                 checked = dedupe.check("b" + batch.last.sequence_number, ids)
             with stages.time("4 arrow build"):

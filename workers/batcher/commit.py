@@ -48,7 +48,7 @@ from pipeline.core.manifest import BatchObject
 from pipeline.core.retry import Backoff, call_with_retry
 from workers.batcher import parquet, plan
 from workers.batcher.buffer import Batch
-from workers.batcher.dedupe import DedupeCheck, pack_rows
+from workers.batcher.dedupe import DedupeCheck, pack_batch
 from workers.batcher.sinks import Announcer, DedupeStore, ObjectStore, StoredObject
 from workers.idset.layout import DedupeLayout
 
@@ -149,7 +149,7 @@ def check(batch: Batch, deps: FlushDeps) -> Checked:
     answer filters (the GIL-bound part of a flush); then step 2 starts on the pool."""
     started = time.perf_counter()
     bid = plan.batch_id_of(deps.stream, batch)
-    ids = pack_rows(deps.layout, batch.rows())
+    ids = pack_batch(deps.layout, batch.types)
     answer, stores = _check_and_store(batch, deps, bid, ids)
     return Checked(batch, bid, ids, answer, stores, time.perf_counter() - started)
 
@@ -339,7 +339,7 @@ def iter_tables(
             ((customer, group.type, group.version), pc.add(where, offset) if offset else where, table)
             for customer, where, table in parquet.split_objects(whole, own_rows)
         ]
-        offset += len(group.rows)
+        offset += len(group)
 
 
 def build_tables(registry: Registry, batch: Batch, own_rows: int = plan.OWN_OBJECT_ROWS) -> Tables:
@@ -349,7 +349,7 @@ def build_tables(registry: Registry, batch: Batch, own_rows: int = plan.OWN_OBJE
 
 def encode_objects(batch: Batch, tables: Tables, seen: Sequence[bool]) -> list[Encoded]:
     """Sequential form of the encode step."""
-    answers = seen_array(seen, sum(len(t.rows) for t in batch.types))
+    answers = seen_array(seen, batch.valid)
     encoded = (encode_group(batch, group, where, table, answers) for group, (where, table) in tables.items())
     return [enc for enc in encoded if enc is not None]
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -47,34 +47,48 @@ from workers.idset.identity import IDENTITIES
 from workers.idset.layout import BUCKET, U32, DedupeLayout, with_walk
 
 if TYPE_CHECKING:
-    from workers.batcher.buffer import Row
+    from workers.batcher.buffer import TypeRows
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
-def pack_rows(layout: DedupeLayout, rows: Sequence[Row]) -> list[bytes]:
-    """:meth:`DedupeLayout.pack` for every buffered row (buffer.Row: event_id, customer_id,
-    occurred_at first).
+def pack_batch(layout: DedupeLayout, types: Sequence[TypeRows]) -> list[bytes]:
+    """The dedupe ids of a batch's valid rows, type by type in arrival order (``Batch.rows()``
+    order)."""
+    out: list[bytes] = []
+    for group in types:
+        out += pack_columns(
+            layout, group.column(EVENT_ID), group.column(CUSTOMER_ID), group.column(OCCURRED_AT)
+        )
+    return out
+
+
+def pack_columns(
+    layout: DedupeLayout, event_ids: Sequence[str], customers: Sequence[str], occurred: Sequence[datetime]
+) -> list[bytes]:
+    """:meth:`DedupeLayout.pack` for every (event_id, customer_id, occurred_at) of the columns.
 
     The UUIDs are decoded in one ``bytes.fromhex`` call (schemas guarantees the canonical
     36-character form), and with hour buckets the hour comes from integer date arithmetic on
     the aware UTC datetime instead of a float ``timestamp()`` (same value: both floor whole
     hours since the epoch, and the float only differs near an hour's end after year 2200)."""
     bucket_pack, cache, prefix = BUCKET.pack, IDENTITIES.cache, IDENTITIES.prefix
-    raws = bytes.fromhex("".join([row[EVENT_ID] for row in rows]).replace("-", ""))
-    if len(raws) != 16 * len(rows):
-        raise ValueError("not canonical UUIDs")
+    raws = bytes.fromhex("".join(event_ids).replace("-", ""))
+    if (
+        len(raws) != 16 * len(event_ids)
+        or len(customers) != len(event_ids)
+        or len(occurred) != len(event_ids)
+    ):
+        raise ValueError("not canonical UUIDs, or columns of different lengths")
     out = []
     start = 0
     hourly = layout.bucket_seconds == 3600
     bucket = layout.bucket_seconds
-    for row in rows:
-        customer = row[CUSTOMER_ID]
+    for customer, at in zip(customers, occurred, strict=True):
         h = (cache.get(customer) or prefix(customer)).copy()  # IDENTITIES(customer, raw), inlined
         h.update(raws[start : start + 16])
         d = h.digest()
         start += 16
-        at = row[OCCURRED_AT]
         hour = (at.toordinal() - _EPOCH_ORDINAL) * 24 + at.hour if hourly else int(at.timestamp()) // bucket
         out.append(bucket_pack(hour if 0 <= hour <= U32 else min(max(hour, 0), U32)) + d[:4] + d)
     return out

@@ -7,9 +7,9 @@ object for all the others, sorted by customer (:func:`split_objects`) — so a f
 The table has the schema's own types (``et.arrow_schema``) and the values
 ``et.to_columns`` + ``pa.table`` would give (tests/unit/batcher/test_batcher_columns.py holds the
 two equal, down to the Parquet bytes); it is built differently because the batcher's Arrow step
-is most of its Python time: pyarrow converts a type's flat row tuples (buffer.Row) as one struct
-array in one C++ pass, constant columns are repeated scalars, and the split per customer is
-dictionary_encode + a stable sort_indices + take + zero-copy slices.
+is most of its Python time: pyarrow converts each column of a type's flat buffer (a strided
+slice of buffer.TypeRows.values) in one C++ pass, constant columns are repeated scalars, and the
+split per customer is dictionary_encode + a stable sort_indices + take + zero-copy slices.
 """
 
 from __future__ import annotations
@@ -40,18 +40,13 @@ NO_DICTIONARY = frozenset({"event_id", "_sequence_number"})
 STATISTICS = ["occurred_at", "customer_id"]
 
 
-@functools.lru_cache(maxsize=256)
-def _row_type(schema: Any, columns: tuple[str, ...]) -> Any:
-    """The struct type of a flat row: one child per row position, typed and named as in schema."""
-    return pa.struct([schema.field(name) for name in columns])
-
-
 def type_table(et: EventType, group: TypeRows, shard_id: str) -> Any:
     """All buffered rows of one type+version, in arrival order, as a table of ``et.arrow_schema``."""
     schema = et.arrow_schema
-    n = len(group.rows)
-    children = pa.array(group.rows, type=_row_type(schema, group.columns)).flatten()
-    by_name = dict(zip(group.columns, children, strict=True))
+    n = len(group)
+    by_name = {
+        name: pa.array(group.column(i), type=schema.field(name).type) for i, name in enumerate(group.columns)
+    }
     by_name["event_type"] = pa.repeat(pa.scalar(et.name, pa.string()), n)
     by_name["event_version"] = pa.repeat(pa.scalar(et.version, pa.int16()), n)
     by_name["_shard_id"] = pa.repeat(pa.scalar(shard_id, pa.string()), n)

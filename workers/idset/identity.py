@@ -69,7 +69,7 @@ class Identities:
         return h.digest()
 
 
-#: The process's one cache (layout.pack, the batcher's pack_rows, the projector's planner).
+#: The process's one cache (layout.pack, the batcher's pack_columns, the projector's planner).
 IDENTITIES: Final = Identities()
 
 

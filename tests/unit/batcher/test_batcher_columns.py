@@ -22,7 +22,7 @@ from schemas.event import encode_event
 from workers.batcher import parquet
 from workers.batcher.buffer import Batch, ShardBuffer
 from workers.batcher.commit import build_tables, encode_objects
-from workers.batcher.dedupe import pack_rows
+from workers.batcher.dedupe import pack_batch
 from workers.batcher.policy import FlushReason
 from workers.idset.identity import identity
 from workers.idset.layout import DedupeLayout
@@ -134,18 +134,18 @@ def test_seen_rows_are_filtered_out_of_their_group(datas: list[bytes], data: st.
 
 @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(_batches())
-def test_pack_rows_matches_pack_and_the_float_hour(datas: list[bytes]) -> None:
+def test_pack_batch_matches_pack_and_the_float_hour(datas: list[bytes]) -> None:
     batch, _ = _buffered(datas)
     lay = DedupeLayout.for_stream("s", 86400)
     rows = batch.rows()
-    packed = pack_rows(lay, rows)
+    packed = pack_batch(lay, batch.types)
     assert packed == [lay.pack(r[1], r[0], r[2]) for r in rows]
     for blob, row in zip(packed, rows, strict=True):
         hour = struct.unpack(">I", blob[:4])[0]
         assert blob[8:] == identity(row[1], uuid.UUID(row[0]).bytes) and blob[4:8] == blob[8:12]
         assert hour == min(max(int(row[2].timestamp()) // 3600, 0), 0xFFFFFFFF)
     other = DedupeLayout(prefix="p", bucket_seconds=600)
-    assert pack_rows(other, rows) == [other.pack(r[1], r[0], r[2]) for r in rows]
+    assert pack_batch(other, batch.types) == [other.pack(r[1], r[0], r[2]) for r in rows]
 
 
 def test_json_values_are_the_producers_text() -> None:

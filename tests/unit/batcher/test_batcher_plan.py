@@ -21,7 +21,7 @@ from schemas import load_registry
 from workers.batcher import plan
 from workers.batcher.buffer import Batch, Position, ShardBuffer
 from workers.batcher.commit import build_tables
-from workers.batcher.dedupe import pack_rows, parse_check_reply
+from workers.batcher.dedupe import pack_batch, pack_columns, parse_check_reply
 from workers.batcher.plan import object_key
 from workers.batcher.policy import FlushReason
 from workers.idset.identity import identity
@@ -175,10 +175,19 @@ def test_rfc3339_is_utc_z() -> None:
 # -- dedupe layout ----------------------------------------------------------------------------
 
 
-def test_pack_rows_matches_pack() -> None:
+def test_pack_batch_matches_pack() -> None:
     lay = DedupeLayout.for_stream("s", 86400)
     batch = _batch([_event(1), _event(2, at=datetime(1970, 1, 1, tzinfo=UTC))])
-    assert pack_rows(lay, batch.rows()) == [lay.pack(r[1], r[0], r[2]) for r in batch.rows()]
+    assert pack_batch(lay, batch.types) == [lay.pack(r[1], r[0], r[2]) for r in batch.rows()]
+
+
+def test_pack_columns_refuses_columns_of_different_lengths() -> None:
+    lay = DedupeLayout.for_stream("s", 86400)
+    eid, at = "0190f0e2-8c2b-7a6b-9c3d-1234567890ab", datetime(2024, 5, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="different lengths"):
+        pack_columns(lay, [eid, eid], ["acme"], [at, at])
+    with pytest.raises(ValueError, match="not canonical"):
+        pack_columns(lay, [eid + "00"], ["acme"], [at])
 
 
 def test_pack_is_hour_slot_hash_and_identity() -> None:
