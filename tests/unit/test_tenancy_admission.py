@@ -20,6 +20,7 @@ ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_
 
 def test_no_allow_list_and_no_limit_admits_everyone_without_redis() -> None:
     assert Admission.everyone().check("anyone", 0) is None
+    assert Admission.everyone().admits_everyone  # the batcher then skips the check per record
 
 
 @given(st.frozensets(ids, max_size=8), ids)
@@ -28,6 +29,7 @@ def test_the_allow_list_refuses_exactly_the_customers_not_on_it(
 ) -> None:
     policy = AdmissionPolicy.parse(",".join(sorted(allowed)), 0, 60)
     assert policy.allowed == allowed
+    assert Admission(policy).admits_everyone is not bool(allowed)
     out = refusal(policy, customer)
     if not allowed or customer in allowed:
         assert out is None and Admission(policy).check(customer, 0) is None

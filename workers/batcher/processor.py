@@ -102,7 +102,8 @@ class BatcherProcessor:
         if self.ctx.prom is not None and records:
             self.ctx.prom.records.labels(self.shard_id).inc(len(records))
         decode = self.ctx.registry.decode
-        admit = self.ctx.admission.check
+        admission = self.ctx.admission
+        admit = None if admission.admits_everyone else admission.check
         policy = self.policy
         max_records, max_bytes = policy.max_records, policy.max_bytes
         buf = self.buffer
@@ -119,7 +120,9 @@ class BatcherProcessor:
             except InvalidEvent as exc:
                 added = buf.add_invalid(record, exc.reason, exc.detail)
             else:
-                refused = admit(event.customer_id, record.approximate_arrival_timestamp)
+                refused = (
+                    None if admit is None else admit(event.customer_id, record.approximate_arrival_timestamp)
+                )
                 added = buf.add_valid(record, event) if refused is None else buf.add_invalid(record, *refused)
             if buf.records == 1:
                 self._age_deadline = buf.first_arrival_ms + policy.max_age_ms

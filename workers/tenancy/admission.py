@@ -67,6 +67,11 @@ class Admission:
         self._cache: dict[tuple[str, int], bool] = {}
         self._lock = threading.Lock()
 
+    @property
+    def admits_everyone(self) -> bool:
+        """No allow-list and no limit: :meth:`check` is always None (hot loops skip the call)."""
+        return not self.policy.allowed and not self.policy.new_per_hour
+
     @classmethod
     def everyone(cls) -> Admission:
         return cls(AdmissionPolicy())
