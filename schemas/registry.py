@@ -400,9 +400,62 @@ class Registry:
         ``undecodable`` naming the exception; only MemoryError passes, it is not the record's).
 
         Checks run envelope first (size, UTF-8, depth, JSON, event_id, customer_id, timestamp,
-        type and version), then the payload, so a record's reason is the first defect in that order."""
+        type and version), then the payload, so a record's reason is the first defect in that order.
+        One function, not a wrapper around a helper: a call per record is ~0.6 % of the batcher's
+        hot path."""
         try:
-            return self._decode(raw)
+            if type(raw) is not bytes:
+                raw = bytes(raw)
+            if len(raw) > self.max_event_bytes:
+                raise InvalidEvent("oversize", f"record is {len(raw)} bytes, limit {self.max_event_bytes}")
+            if not raw.isascii():
+                # msgspec checks the strings it decodes but not what it skips (unknown fields, json
+                # fields kept Raw), so the whole record is checked; ASCII records skip this.
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InvalidEvent("not_utf8", f"record is not UTF-8: {exc}") from None
+            try:
+                env = _ENVELOPE_DECODER.decode(raw)
+            except msgspec.ValidationError as exc:
+                raise _classify(exc, "", _ENVELOPE_FIELD_REASON) from None
+            except msgspec.DecodeError as exc:
+                raise InvalidEvent("bad_json", str(exc)) from None
+            event_id = env.event_id
+            if _uuid_fullmatch(event_id) is None:
+                event_id = _canonical_uuid(event_id)
+            customer_id = env.customer_id
+            if customer_id not in self._safe_customers:
+                self._check_customer(customer_id)
+            occurred_at = env.occurred_at
+            if occurred_at.tzinfo is not UTC:
+                try:
+                    occurred_at = occurred_at.astimezone(UTC)
+                except OverflowError:
+                    raise InvalidEvent(
+                        "bad_timestamp", f"occurred_at {occurred_at.isoformat()} is out of range in UTC"
+                    ) from None
+            if not OCCURRED_AT_MIN <= occurred_at < OCCURRED_AT_MAX:
+                raise InvalidEvent(
+                    "bad_timestamp",
+                    f"occurred_at {occurred_at.isoformat()} is outside [{OCCURRED_AT_MIN:%Y-%m-%d}, "
+                    f"{OCCURRED_AT_MAX:%Y-%m-%d})",
+                )
+            et = self._by_key.get((env.type, env.version))
+            if et is None:
+                raise self._unknown(env.type, env.version)
+            try:
+                payload: Payload = et._decoder.decode(env.payload)
+            except msgspec.ValidationError as exc:
+                raise _classify(exc, et._where, {}) from None
+            except msgspec.DecodeError as exc:  # pragma: no cover - the envelope stage parsed it already
+                raise InvalidEvent("bad_json", f"{et._where}{exc}") from None
+            if et._needs_check:
+                payload = et._check_values(payload)
+            # A single-byte find is memchr-fast; a two-byte ``in`` scans far slower (measured).
+            if raw.find(b"\\") >= 0 and b"\\u" in raw:
+                et._check_escapes(payload)
+            return Event(event_id, customer_id, env.type, env.version, occurred_at, payload)
         except (InvalidEvent, MemoryError):
             raise
         except RecursionError:  # msgspec's (the interpreter's) recursion limit, in skipped fields
@@ -411,60 +464,6 @@ class Registry:
             raise InvalidEvent("wrong_type", f"decimal out of range: {type(exc).__name__}") from None
         except Exception as exc:
             raise InvalidEvent("undecodable", f"{type(exc).__name__}: {_clip(str(exc), 200)}") from None
-
-    def _decode(self, raw: bytes) -> Event:
-        if type(raw) is not bytes:
-            raw = bytes(raw)
-        if len(raw) > self.max_event_bytes:
-            raise InvalidEvent("oversize", f"record is {len(raw)} bytes, limit {self.max_event_bytes}")
-        if not raw.isascii():
-            # msgspec checks the strings it decodes but not what it skips (unknown fields, json
-            # fields kept Raw), so the whole record is checked; ASCII records skip this.
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InvalidEvent("not_utf8", f"record is not UTF-8: {exc}") from None
-        try:
-            env = _ENVELOPE_DECODER.decode(raw)
-        except msgspec.ValidationError as exc:
-            raise _classify(exc, "", _ENVELOPE_FIELD_REASON) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidEvent("bad_json", str(exc)) from None
-        event_id = env.event_id
-        if _uuid_fullmatch(event_id) is None:
-            event_id = _canonical_uuid(event_id)
-        customer_id = env.customer_id
-        if customer_id not in self._safe_customers:
-            self._check_customer(customer_id)
-        occurred_at = env.occurred_at
-        if occurred_at.tzinfo is not UTC:
-            try:
-                occurred_at = occurred_at.astimezone(UTC)
-            except OverflowError:
-                raise InvalidEvent(
-                    "bad_timestamp", f"occurred_at {occurred_at.isoformat()} is out of range in UTC"
-                ) from None
-        if not OCCURRED_AT_MIN <= occurred_at < OCCURRED_AT_MAX:
-            raise InvalidEvent(
-                "bad_timestamp",
-                f"occurred_at {occurred_at.isoformat()} is outside [{OCCURRED_AT_MIN:%Y-%m-%d}, "
-                f"{OCCURRED_AT_MAX:%Y-%m-%d})",
-            )
-        et = self._by_key.get((env.type, env.version))
-        if et is None:
-            raise self._unknown(env.type, env.version)
-        try:
-            payload: Payload = et._decoder.decode(env.payload)
-        except msgspec.ValidationError as exc:
-            raise _classify(exc, et._where, {}) from None
-        except msgspec.DecodeError as exc:  # pragma: no cover - the envelope stage parsed it already
-            raise InvalidEvent("bad_json", f"{et._where}{exc}") from None
-        if et._needs_check:
-            payload = et._check_values(payload)
-        # A single-byte find is memchr-fast; a two-byte ``in`` scans far slower (measured).
-        if raw.find(b"\\") >= 0 and b"\\u" in raw:
-            et._check_escapes(payload)
-        return Event(event_id, customer_id, env.type, env.version, occurred_at, payload)
 
     def _check_customer(self, customer_id: str) -> None:
         if not is_safe_customer_id(customer_id):

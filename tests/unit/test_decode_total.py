@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.field_values import OCCURRED, field_value, text
 
+import schemas.registry
 from inserter.destinations.postgres.dialect import PostgresDialect
 from inserter.destinations.postgres.pgbinary import Column, encode_batch
 from inserter.plan import merge_window
@@ -227,10 +228,11 @@ def test_too_deep(raw: bytes, deep: bool) -> None:
 def test_unforeseen_errors_become_undecodable(monkeypatch: pytest.MonkeyPatch) -> None:
     registry = load_registry()
 
-    def boom(raw: bytes) -> Event:
-        raise LookupError("a converter failed")
+    class Boom:
+        def decode(self, raw: bytes) -> Event:
+            raise LookupError("a converter failed")
 
-    monkeypatch.setattr(registry, "_decode", boom)
+    monkeypatch.setattr(schemas.registry, "_ENVELOPE_DECODER", Boom())
     with pytest.raises(InvalidEvent) as info:
         registry.decode(b"{}")
     assert info.value.reason == "undecodable" and "LookupError" in info.value.detail
