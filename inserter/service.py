@@ -245,14 +245,7 @@ class Inserter:
 
     def _load_one(self, message: Message, plan: LoadPlan) -> str:
         if self._outage is not None:  # found out by an earlier message of this receive
-            log.warning(
-                "dependency out; message given back untried",
-                extra={"message_id": message.message_id, "batch_id": plan.batch_id, "outage": self._outage},
-            )
-            self.heartbeat.drop(message)
-            self._release(message, 0)
-            self.metrics.messages.labels("failed").inc()
-            return "failed"
+            return self._failed(message, plan.batch_id, TransientError(f"not tried: {self._outage}"))
         try:
             result = self._load(plan)
         except Exception as exc:

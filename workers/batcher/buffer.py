@@ -17,10 +17,11 @@ if TYPE_CHECKING:
     from schemas import Event
 
 # A buffered valid row is estimated at its raw record size plus this: the decoded values (envelope
-# strings, aware datetimes, payload values), the flat row tuple, list and set slots — neither the
-# raw bytes nor the msgspec structs are kept. tracemalloc on the synthetic mix (mean record 471
-# bytes): 774 bytes per buffered event, estimate 471 + 320 = 791
-# (benchmarks/bench_batcher.py --mode memory).
+# strings, aware datetimes, payload values), their slots in the type's flat list, set slots —
+# neither the raw bytes nor the msgspec structs are kept. tracemalloc on the synthetic mix (mean
+# record 471 bytes): 774 bytes per buffered event when each row was a tuple, estimate 471 + 320 =
+# 791 (benchmarks/bench_batcher.py --mode memory); the flat list saves the tuple's ~56-byte
+# header, so the estimate is now a little high (not re-measured).
 ROW_OVERHEAD_BYTES = 320
 # A rejected record keeps its raw bytes plus the Rejected object and strings.
 REJECTED_OVERHEAD_BYTES = 250
