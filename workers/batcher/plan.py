@@ -20,7 +20,7 @@ from pipeline.core.manifest import (
     batch_id,
     encode_manifest,
 )
-from workers.batcher.buffer import Batch, Row
+from workers.batcher.buffer import Batch
 
 GroupKey = tuple[str | None, str, int]  # (customer_id — None: the shared object —, type, version)
 
@@ -44,12 +44,6 @@ def batch_day(batch: Batch) -> date:
 
 def batch_id_of(stream: str, batch: Batch) -> str:
     return batch_id(stream, batch.shard_id, batch.first.sequence_number, batch.last.sequence_number)
-
-
-def keep_unseen(rows: Sequence[Row], seen: Sequence[bool]) -> list[Row]:
-    if len(rows) != len(seen):
-        raise ValueError(f"{len(seen)} dedupe answers for {len(rows)} rows")
-    return [row for row, dup in zip(rows, seen, strict=True) if not dup]
 
 
 def object_key(batch: Batch, group: GroupKey) -> str:

@@ -125,14 +125,6 @@ def test_object_keys_parse_back(customer: str, first: int, span: int, arrival: i
     assert (parsed.first_sequence, parsed.last_sequence) == (str(first), str(first + span))
 
 
-def test_keep_unseen() -> None:
-    batch = _batch([_event(1), _event(2), _event(3)])
-    kept = plan.keep_unseen(batch.rows(), [False, True, False])
-    assert [r[3] for r in kept] == ["1000", "1002"]
-    with pytest.raises(ValueError):
-        plan.keep_unseen(batch.rows(), [False])
-
-
 def test_dead_letter_document_keeps_raw_bytes() -> None:
     raw = b"\xff\xfe not utf8 \x00"
     doc = dead_letter_document("s", SHARD, [Rejected(raw, "pk", "17", 2, 1234, "not_utf8", "x" * 5000)])
