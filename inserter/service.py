@@ -160,8 +160,13 @@ class Inserter:
         self.stop.set()
 
     def run(self) -> None:
-        # Fail fast (after retries) when the warehouse is unreachable, before taking messages.
-        call_with_retry(self._connection, what="connect to warehouse", backoff=self.backoff)
+        try:
+            call_with_retry(self._connection, what="connect to warehouse", backoff=self.backoff)
+        except TransientError as exc:
+            # A warehouse that does not answer at start is an outage like any other: wait for
+            # it, holding no message. A terminal error (bad password, no such database) is a
+            # setting to fix, and ends the process with its reason.
+            self._outage = f"warehouse: {type(exc).__name__}: {exc}"
         with self.heartbeat:
             try:
                 failures = 0
@@ -454,7 +459,12 @@ class Inserter:
                 conn = self.connect()
             except psycopg.Error as exc:
                 raise classify_pg(exc, "connect to warehouse") from exc
-            self.loader.prepare(conn)
+            try:
+                self.loader.prepare(conn)
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+                raise
             self._conn = conn
         return self._conn
 

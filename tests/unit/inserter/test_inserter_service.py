@@ -16,7 +16,7 @@ from inserter.plan import LoadPlan
 from inserter.queue import BatchQueue, Heartbeat, Message
 from inserter.service import Inserter, InserterConfig, retry_delay
 from inserter.wiring import dependency_probes
-from pipeline.core.errors import TransientError
+from pipeline.core.errors import TerminalError, TransientError
 from pipeline.core.layout import EventObjectKey
 from pipeline.core.manifest import BatchManifest, BatchObject, encode_manifest
 from pipeline.core.retry import Backoff
@@ -419,6 +419,47 @@ def test_a_probe_that_does_not_answer_is_an_outage_too() -> None:
     ins.run()
     assert q.released == [("m1", 0)] and q.deleted == ["m1"]
     assert reasons == ["s3: TransientError: s3: EndpointConnectionError"] * 2 + [None]
+
+
+def test_an_inserter_started_during_an_outage_waits_for_the_warehouse() -> None:
+    q = FakeQueue([[message()]])
+    loader = FakeLoader([loaded()])
+    ins, _ = inserter(q, loader)
+    ins.outage_backoff = Backoff(base=0.0, cap=0.0, max_attempts=2)
+    events: list[str] = []
+    refusals = iter(range(5))  # the start's 3 attempts, then 2 probes
+
+    def connect() -> FakeConn:
+        if next(refusals, None) is not None:
+            events.append("refused")
+            raise TransientError("connect to warehouse: connection refused")
+        events.append("connect")
+        return FakeConn()
+
+    def receive(**kw: Any) -> list[Message]:
+        events.append("receive")
+        return FakeQueue.receive(q, **kw)
+
+    ins.connect = connect  # type: ignore[method-assign]
+    q.receive = receive  # type: ignore[method-assign]
+    ins.run()  # does not raise: the outage is waited out
+    assert events[:6] == ["refused"] * 5 + ["connect"]  # nothing received while out
+    assert events[6:] == ["receive", "receive"]  # the message, then the idle receive that ends the run
+    assert q.deleted == ["m1"] and q.released == [] and q.dead == []
+    assert loader.prepared == 1 and ins.metrics.dependency_out._value.get() == 0
+
+
+def test_a_terminal_error_at_start_ends_the_inserter_with_its_reason() -> None:
+    q = FakeQueue([[message()]])
+    ins, _ = inserter(q, FakeLoader([loaded()]))
+
+    def connect() -> FakeConn:
+        raise TerminalError('connect to warehouse: 28P01: password authentication failed for user "x"')
+
+    ins.connect = connect  # type: ignore[method-assign]
+    with pytest.raises(TerminalError, match="password authentication failed"):
+        ins.run()
+    assert q.batches == [[message()]]  # nothing was received
 
 
 @dataclass
