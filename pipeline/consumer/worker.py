@@ -29,7 +29,9 @@ from pipeline.consumer.processor import Record, RecordProcessor
 from pipeline.consumer.resilient import DeadLetterSink, ResilientProcessor, refuse_dead_letter
 from pipeline.consumer.shard_consumer import ConsumerConfig, ShardConsumer
 from pipeline.consumer.shard_sync import sync_shards
+from pipeline.core.aws_errors import is_transient_aws
 from pipeline.core.errors import ShardhouseError
+from pipeline.core.retry import Backoff
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis import KinesisClient
@@ -144,6 +146,9 @@ class Worker:
         self.rng = random.Random()
         self._delivered_by_finished = 0  # records of consumers already reaped (for progress)
         self.kcl3 = Kcl3Participant(self, config.kcl3)
+        #: Waits between tries of a lease table that does not answer at start (without end:
+        #: max_attempts only sizes the sequence).
+        self.outage_backoff = Backoff(base=1.0, cap=30.0, max_attempts=2**31, rng=self.rng)
 
     # -- public ---------------------------------------------------------------------------
     def request_shutdown(self, reason: str = "requested") -> None:
@@ -152,13 +157,35 @@ class Worker:
         self.stop_event.set()
 
     def run(self) -> None:
-        self.store.ensure_table()
+        if not self._ensure_lease_table():
+            return  # stopped before the lease table answered: nothing taken, nothing to hand back
         self._sync()
         schedule = Schedule.starting(self.clock(), self.config)
         while not self.stop_event.is_set():
             wake = self.tick(schedule)
             self.stop_event.wait(max(0.05, min(0.5, wake - self.clock())))
         self._shutdown()
+
+    def _ensure_lease_table(self) -> bool:
+        """Create or find the lease table, waiting out an outage of DynamoDB: a worker started
+        during one serves once it ends, as a running worker does. False if stopped first. A
+        terminal error (access denied, a bad table name) ends the worker with its reason."""
+        pauses = self.outage_backoff.delays()
+        while True:
+            try:
+                self.store.ensure_table()
+                return True
+            except Exception as exc:
+                if not is_transient_aws(exc):
+                    raise
+                pause = next(pauses)
+                log.warning(
+                    "lease table does not answer; waiting before taking any lease",
+                    extra={"reason": f"{type(exc).__name__}: {exc}", "retry_in_s": round(pause, 2),
+                           "app": self.config.application},
+                )  # fmt: skip
+                if self.stop_event.wait(pause):
+                    return False
 
     def tick(self, schedule: Schedule) -> float:
         """One coordinator pass: every step that is due on this worker's clock; returns when the
