@@ -29,6 +29,29 @@ _TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 _TRANSIENT_STATES = frozenset({"55P03", "55006"})  # lock_not_available, object_in_use
 
 
+class WarehouseRefused(TransientError):
+    """The server answered and refused the connection's settings (no such database or role, a
+    wrong password, no pg_hba entry). At start that is a setting to fix; while running, a
+    password being rotated looks the same, so it is waited out like an outage."""
+
+
+#: libpq's words for a server that answered and refused the connection's settings (its
+#: connection errors carry no SQLSTATE). A server in another language falls back to an outage.
+_REFUSALS = (
+    "password authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "is not permitted to log in",
+    "permission denied for database",
+)
+
+
+def refused_by_server(exc: BaseException) -> bool:
+    text = str(exc)
+    refusal = "FATAL:" in text and any(r in text for r in _REFUSALS)
+    return isinstance(exc, psycopg.OperationalError) and refusal
+
+
 def is_transient_pg(exc: BaseException) -> bool:
     if isinstance(exc, TransientError):
         return True
@@ -46,6 +69,8 @@ def classify_pg(exc: BaseException, what: str) -> TransientError | TerminalError
     state = getattr(exc, "sqlstate", None) or type(exc).__name__
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     msg = f"{what}: {state}: {first}"
+    if refused_by_server(exc):
+        return WarehouseRefused(msg)
     if is_transient_pg(exc):
         return TransientError(msg)
     return TerminalError(msg)

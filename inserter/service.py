@@ -37,11 +37,11 @@ from typing import Any
 import psycopg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from inserter.errors import classify_pg
+from inserter.errors import WarehouseRefused, classify_pg
 from inserter.loader import Loader, LoadResult
 from inserter.plan import LoadPlan, combine_plans, plan_load
 from inserter.queue import BatchQueue, Heartbeat, Message
-from pipeline.core.errors import ShardhouseError, TransientError
+from pipeline.core.errors import RetriesExhausted, ShardhouseError, TerminalError, TransientError
 from pipeline.core.manifest import ManifestError, decode_manifest
 from pipeline.core.retry import Backoff, call_with_retry
 from schemas import Registry
@@ -164,8 +164,11 @@ class Inserter:
             call_with_retry(self._connection, what="connect to warehouse", backoff=self.backoff)
         except TransientError as exc:
             # A warehouse that does not answer at start is an outage like any other: wait for
-            # it, holding no message. A terminal error (bad password, no such database) is a
-            # setting to fix, and ends the process with its reason.
+            # it, holding no message. One that answers and refuses the settings (no such
+            # database, a wrong password) is bad input, and ends the process with its reason.
+            refused = exc.last if isinstance(exc, RetriesExhausted) else exc
+            if isinstance(refused, WarehouseRefused):
+                raise TerminalError(f"{refused}; check the warehouse URL (SHARDHOUSE_DATABASE_URL)") from exc
             self._outage = f"warehouse: {type(exc).__name__}: {exc}"
         with self.heartbeat:
             try:

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+import psycopg
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from inserter.errors import LoadError
+from inserter.errors import LoadError, WarehouseRefused, classify_pg
 from inserter.loader import LoadResult, ObjectOutcome
 from inserter.naming import TableRef
 from inserter.plan import LoadPlan
@@ -460,6 +461,41 @@ def test_a_terminal_error_at_start_ends_the_inserter_with_its_reason() -> None:
     with pytest.raises(TerminalError, match="password authentication failed"):
         ins.run()
     assert q.batches == [[message()]]  # nothing was received
+
+
+def test_a_warehouse_refusing_the_settings_at_start_ends_the_inserter_with_its_reason() -> None:
+    q = FakeQueue([[message()]])
+    ins, _ = inserter(q, FakeLoader([loaded()]))
+    refusal = psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+        'FATAL:  database "nosuchdb" does not exist'
+    )
+
+    def connect() -> FakeConn:
+        raise refusal
+
+    ins.connect = connect  # type: ignore[method-assign]
+    with pytest.raises(TerminalError, match='database "nosuchdb" does not exist; check the warehouse URL'):
+        ins.run()
+    assert q.batches == [[message()]]  # nothing was received
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ('FATAL:  password authentication failed for user "shardhouse"', True),
+        ('FATAL:  database "x" does not exist', True),
+        ('FATAL:  role "x" does not exist', True),
+        ('FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "x", database "y"', True),
+        ("FATAL:  the database system is starting up", False),
+        ("FATAL:  sorry, too many clients already", False),
+        ("Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?", False),
+    ],
+)
+def test_a_refusal_is_told_from_an_outage(text: str, refused: bool) -> None:
+    error = classify_pg(psycopg.OperationalError(f"connection failed: {text}"), "connect to warehouse")
+    assert isinstance(error, WarehouseRefused) is refused
+    assert isinstance(error, TransientError)  # while running, both are waited out
 
 
 @dataclass
