@@ -26,10 +26,9 @@ may run at once: the ledger and the per-table locks make that safe.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -427,7 +426,7 @@ class Inserter:
         waited = 0.0
         self.metrics.dependency_out.set(1)
         try:
-            for pause in self._outage_pauses():
+            for pause in self.outage_backoff.endless():
                 log.warning(
                     "dependency out; not receiving until it answers",
                     extra={
@@ -446,13 +445,6 @@ class Inserter:
         finally:
             self.metrics.dependency_out.set(0)
         return False  # pragma: no cover - the pauses never end
-
-    def _outage_pauses(self) -> Iterator[float]:
-        """The outage backoff's delays, then full-jitter waits at its cap, without end."""
-        yield from self.outage_backoff.delays()
-        steady = dataclasses.replace(self.outage_backoff, base=self.outage_backoff.cap)
-        while True:
-            yield from steady.delays()
 
     # -- the connection -------------------------------------------------------------------------
 

@@ -146,9 +146,8 @@ class Worker:
         self.rng = random.Random()
         self._delivered_by_finished = 0  # records of consumers already reaped (for progress)
         self.kcl3 = Kcl3Participant(self, config.kcl3)
-        #: Waits between tries of a lease table that does not answer at start (without end:
-        #: max_attempts only sizes the sequence).
-        self.outage_backoff = Backoff(base=1.0, cap=30.0, max_attempts=2**31, rng=self.rng)
+        #: Waits between tries of a lease table that does not answer at start (without end).
+        self.outage_backoff = Backoff(base=1.0, cap=30.0, max_attempts=6, rng=self.rng)
 
     # -- public ---------------------------------------------------------------------------
     def request_shutdown(self, reason: str = "requested") -> None:
@@ -170,7 +169,7 @@ class Worker:
         """Create or find the lease table, waiting out an outage of DynamoDB: a worker started
         during one serves once it ends, as a running worker does. False if stopped first. A
         terminal error (access denied, a bad table name) ends the worker with its reason."""
-        pauses = self.outage_backoff.delays()
+        pauses = self.outage_backoff.endless()
         while True:
             try:
                 self.store.ensure_table()

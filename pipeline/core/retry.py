@@ -31,6 +31,13 @@ class Backoff:
         for n in range(self.max_attempts - 1):
             yield self.rng.uniform(0.0, min(self.cap, self.base * (2**n)))
 
+    def endless(self) -> Iterator[float]:
+        """:meth:`delays`, then full-jitter waits at the cap, without end: for waiting out an
+        outage, which no attempt count may end (max_attempts only sizes the growing part)."""
+        yield from self.delays()
+        while True:
+            yield self.rng.uniform(0.0, self.cap)
+
 
 def is_transient(exc: BaseException) -> bool:
     """The default retry question; adapters classify into TransientError at the boundary."""
