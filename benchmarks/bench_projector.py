@@ -71,6 +71,12 @@ class _Checkpoints:
 
 
 class _NullStore:
+    """Python's share alone: plans are built and thrown away (an empty namespace: no legacy
+    gate records)."""
+
+    def gate_since(self) -> int:
+        return 0
+
     def apply(self, messages: Sequence[Any]) -> list[ApplyResult]:
         return [ApplyResult(0, 0, ())]
 

@@ -75,8 +75,8 @@ class FakeStore:
             self.log.append(f"apply {len(messages)}")
         return [ApplyResult(len(m.gate) // 24, len(m.gate) // 24, ("1",)) for m in messages]
 
-    def identities_since(self) -> int:
-        return 0  # an empty namespace: no legacy gate records
+    def gate_since(self) -> int:
+        return 0  # an empty namespace: the old gate layout is never consulted
 
     def applied_ids(self) -> list[bytes]:
         return [m.gate[i + 8 : i + 24] for m in self.applied for i in range(0, len(m.gate), 24)]

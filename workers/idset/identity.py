@@ -13,8 +13,8 @@ use the same event id (DESIGN invariant 9) at the 16 bytes per id the layout alr
   about 10⁻²⁶ per day at a billion events (collisions of random 128-bit values; finding one on
   purpose costs ≈ 2⁶⁴ work even for a producer choosing both ids, and one against another
   customer's stored ids ≈ 2¹²⁸/N). That is the documented rate of the otherwise exact sets.
-* The person string versions the format: ids marked before it (the raw UUID as its own identity,
-  :func:`legacy_record`) never equal a digest except by such a collision.
+* The person string versions the format: ids marked before it (the raw UUID as its own
+  identity) never equal a digest except by such a collision.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ docs/batcher.md ("Dedupe memory layout")."""
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -58,12 +57,6 @@ class DedupeLayout:
         """The 24-byte lookup record of one event: bucket | slot hash | identity (the slot hash is
         the identity's first four bytes: a digest is already well mixed)."""
         return record(self.bucket(occurred_at), IDENTITIES(customer_id, uuid_bytes(event_id)))
-
-    def legacy_pack(self, event_id: str, occurred_at: datetime) -> bytes:
-        """The record the same event had before identities were per customer (bucket | CRC-32 |
-        raw UUID): what the projector's gate still consults for one window after an upgrade."""
-        raw = uuid_bytes(event_id)
-        return HEADER.pack(self.bucket(occurred_at), zlib.crc32(raw)) + raw
 
     def batch_key(self, batch_id: str) -> str:
         return f"{self.prefix}b:{batch_id}"

@@ -1,22 +1,23 @@
 -- shardhouse projector: apply one chunk of events to the read models, idempotently.
--- ARGV[1]: msgpack [header, events, effects, entities]; ARGV[2]: gate records, 24 bytes per event;
--- ARGV[3]: legacy gate records, 24 bytes per event or '' (format: workers/projector/plan.py).
+-- ARGV[1]: msgpack [header, events, effects, entities]; ARGV[2]: gate records, 24 bytes per event
+-- (second of occurred_at | slot hash | identity; format: workers/projector/plan.py).
 --
 -- For each target generation (live: <ns>current, created if missing, plus <ns>building while a
 -- rebuild runs; or exactly the generation a rebuild names):
---   1. gate: which events are new to this generation. Check-and-insert into the applied set in
---      one walk (group(): workers/idset/walk.lua, registered in front of this file) over
---      the batcher's self-sizing layout (workers/batcher/dedupe.py): hash
---      <gen>ap:<bucket>:<level>:<id hash mod slots(level)>, field = the event's 16-byte identity
---      (customer and event id, workers/idset/identity.py), plus the field
---      "#" = how many ids it holds. Ids go into the first hash on their path that has room; a
---      hash at capacity is full for good, and only then do ids spill one level down, so a lookup
---      that meets a hash with room and without the id knows the id is new. Every hash written
---      to, and every full hash passed on the way down to it, gets its TTL refreshed: a parent
---      never expires before its children.
---      While an upgrade's window lasts, ARGV[3] holds each event's record as versions before
---      per-customer identities stored it (binary UUID at its CRC-32 path, same hashes); an event
---      found there was applied before the upgrade: it is not new, and is not marked again.
+--   1. gate: which events are new to this generation. The applied set is keyed by the 16-byte
+--      identity of (customer_id, event_id) alone (workers/idset/identity.py), filed under the
+--      processing window it was applied in (w = server time // window): hash
+--      <gen>ap:w<w>:<level>:<slot hash mod slots(level)>, plus the field "#" = how many ids it
+--      holds, and the marker <gen>ap:w<w> (the window has ids). An event found in the previous
+--      window's set (read-only walk, skipped when its marker is gone) or in the current one is
+--      not new; the others are inserted into the current window's set in the same walk as its
+--      check (group(): workers/idset/walk.lua, registered in front of this file). Ids go into the
+--      first hash on their path that has room; a hash at capacity is full for good, and only then
+--      do ids spill one level down, so a lookup that meets a hash with room and without the id
+--      knows the id is new. A window's keys expire when the next window ends.
+--      While an upgrade's window lasts (header[11] = 1), the old layout — by second of
+--      occurred_at, <gen>ap:<second>:<level>:<slot>, the record's own bucket — is walked
+--      read-only too: an event found there was applied before the upgrade.
 --   2. increments of the new events, summed per target, one HINCRBY/ZINCRBY each;
 --   3. entities (one MGET for all): the chunk's highest version replaces the stored state only
 --      if higher (versions are fixed-width digit/hex strings: string order is (occurred_at,
@@ -35,9 +36,9 @@
 local m = cmsgpack.unpack(ARGV[1])
 local hdr, ev, eff, ents = m[1], m[2], m[3], m[4]
 local gate = ARGV[2]
-local legacy = ARGV[3] or ''
 local ns, target, shard, seq = hdr[1], hdr[2], hdr[3], hdr[4]
-local gate_ttl, cap, base, fan, max_level, ent_ttl = hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10]
+local window, cap, base, fan, max_level, ent_ttl = hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10]
+local old_on, old_base, old_fan, old_max = hdr[11] == 1, hdr[12], hdr[13], hdr[14]
 local call = redis.call
 local tonumber = tonumber  -- string.sub, format and math.floor come with walk.lua
 local n = #gate / 24
@@ -45,7 +46,8 @@ local n = #gate / 24
 -- absolute expiry times (ms, SET … PXAT / PEXPIREAT) taken from the server clock
 local now = call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + floor(tonumber(now[2]) / 1000)
-local gate_at, ent_at = fmt('%d', now_ms + gate_ttl * 1000), fmt('%d', now_ms + ent_ttl * 1000)
+local win = floor(tonumber(now[1]) / window)
+local gate_at, ent_at = fmt('%d', (win + 2) * window * 1000), fmt('%d', now_ms + ent_ttl * 1000)
 
 local gens = {}
 if target == '' then
@@ -63,63 +65,65 @@ else
   gens[1] = target
 end
 
-local buckets, hashes = decode(gate)
-local ids = {}
-for i = 1, n do ids[i] = sub(gate, i * 24 - 15, i * 24) end
+local seconds, hashes = decode(gate)
+local ids, this_win, last_win = {}, {}, {}
+for i = 1, n do
+  ids[i] = sub(gate, i * 24 - 15, i * 24)
+  this_win[i] = win
+  last_win[i] = win - 1
+end
 
 -- HMGET of the count field '#' and the members' ids, 4,000 at a time (unpack's stack limit):
 -- each(vals, s, e) per chunk, vals[j - s + 2] the value of members[j].
-local function hmget_members(key, members, id_of, each)
+local function hmget_members(key, members, each)
   for s = 1, #members, 4000 do
     local e = #members
     if e > s + 3999 then e = s + 3999 end
     local fields = {'#'}
-    for j = s, e do fields[#fields + 1] = id_of[members[j]] end
+    for j = s, e do fields[#fields + 1] = ids[members[j]] end
     each(call('HMGET', key, unpack(fields)), s, e)
   end
 end
 
--- 0. legacy records (read-only walk): old[i] = true for events marked in the old format.
-local lbuckets, lhashes
-local lids = {}
-if #legacy > 0 then
-  lbuckets, lhashes = decode(legacy)
-  for i = 1, n do lids[i] = sub(legacy, i * 24 - 15, i * 24) end
-end
-local function applied_before(gp)
-  local old = {}
-  if #legacy == 0 then return old end
-  local pending = {}
-  for i = 1, n do pending[i] = i end
-  walk(gp, base, fan, max_level, lbuckets, lhashes, pending, function(level, keys, lists)
+-- A read-only walk of one layout: found[i] = true for the pending events it holds.
+local function lookup(prefix, slots, fanout, maxl, buckets, pending, found)
+  walk(prefix, slots, fanout, maxl, buckets, hashes, pending, function(level, keys, lists)
     local nxt = {}
     for k, key in ipairs(keys) do
       local members = lists[k]
-      hmget_members(key, members, lids, function(vals, s, e)
-        local full = level < max_level and (tonumber(vals[1]) or 0) >= cap
+      hmget_members(key, members, function(vals, s, e)
+        local full = level < maxl and (tonumber(vals[1]) or 0) >= cap
         for j = s, e do
-          if vals[j - s + 2] then old[members[j]] = true elseif full then nxt[#nxt + 1] = members[j] end
+          if vals[j - s + 2] then found[members[j]] = true elseif full then nxt[#nxt + 1] = members[j] end
         end
       end)
     end
     return nxt
   end)
-  return old
+end
+
+local function unfound(found)
+  local pending = {}
+  for i = 1, n do if not found[i] then pending[#pending + 1] = i end end
+  return pending
 end
 
 -- 1. the gate: fresh[i] = true for the events not applied to this generation before.
 local function admit(gp)
-  local fresh = {}
-  local pending = {}
-  local old = applied_before(gp)
-  for i = 1, n do if not old[i] then pending[#pending + 1] = i end end
-  walk(gp, base, fan, max_level, buckets, hashes, pending, function(level, keys, lists)
+  local fresh, found = {}, {}
+  local wp = gp .. 'w'
+  if call('EXISTS', wp .. (win - 1)) == 1 then lookup(wp, base, fan, max_level, last_win, unfound(found), found) end
+  if old_on then lookup(gp, old_base, old_fan, old_max, seconds, unfound(found), found) end
+  local pending = unfound(found)
+  if #pending == 0 then return fresh end
+  call('SET', wp .. win, '1', 'PXAT', gate_at)
+  walk(wp, base, fan, max_level, this_win, hashes, pending, function(level, keys, lists)
     local nxt = {}
     for k, key in ipairs(keys) do
       local members = lists[k]
       local held = nil
       local missing = {}
-      hmget_members(key, members, ids, function(vals, s, e)
+      hmget_members(key, members, function(vals, s, e)
         if held == nil then held = tonumber(vals[1]) or 0 end
         for j = s, e do
           if not vals[j - s + 2] then missing[#missing + 1] = members[j] end
@@ -197,42 +201,46 @@ local function apply(g)
       local cur = stored[j - s + 1]
       local ver, first, tail, ix = ents[o + 2], ents[o + 3], ents[o + 4], ents[o + 5]
       local added = entn[j] or 0
-      local win, changed, events = true, true, added
-      if cur then
-        -- cur starts with its 50-char version, so comparing with the whole value compares versions
-        win = ver > cur
-        local cur_first = sub(cur, 51, 68)
-        events = tonumber(sub(cur, 69, 78)) + added
-        if win then
-          local xlen = tonumber(sub(cur, 82, 86))
-          if xlen > 0 then
-            local ylen = tonumber(sub(cur, 79, 81))
-            local cur_ix = sub(cur, 87 + ylen, 86 + ylen + xlen)
-            if cur_ix ~= ix then
-              cur_ix = g .. cur_ix
-              local out = zrem[cur_ix]
-              if out == nil then zrem[cur_ix] = {ents[o + 7]} else out[#out + 1] = ents[o + 7] end
+      -- an entity none of whose events in this chunk is new stays as it is: a gated copy may
+      -- differ from the one applied (a re-stamped occurred_at), so it lends no version, no
+      -- first-seen and no state (an exact copy would not change them anyway)
+      if added > 0 then
+        local win, events = true, added
+        if cur then
+          -- cur starts with its 50-char version, so comparing with the whole value compares versions
+          win = ver > cur
+          local cur_first = sub(cur, 51, 68)
+          events = tonumber(sub(cur, 69, 78)) + added
+          if win then
+            local xlen = tonumber(sub(cur, 82, 86))
+            if xlen > 0 then
+              local ylen = tonumber(sub(cur, 79, 81))
+              local cur_ix = sub(cur, 87 + ylen, 86 + ylen + xlen)
+              if cur_ix ~= ix then
+                cur_ix = g .. cur_ix
+                local out = zrem[cur_ix]
+                if out == nil then zrem[cur_ix] = {ents[o + 7]} else out[#out + 1] = ents[o + 7] end
+              end
             end
+          else
+            ver, tail = sub(cur, 1, 50), sub(cur, 79)
           end
-        else
-          ver, tail = sub(cur, 1, 50), sub(cur, 79)
+          if cur_first < first then first = cur_first end
         end
-        changed = win or added > 0 or first < cur_first
-        if cur_first < first then first = cur_first end
-      end
-      if changed then
-        local value = ver .. first .. fmt('%010d', events) .. tail
-        if ent_ttl > 0 then
-          call('SET', names[j - s + 1], value, 'PXAT', ent_at)
-        else
-          call('SET', names[j - s + 1], value)
-        end
-        if win and ix ~= '' then
-          local key = g .. ix
-          local into = zadd[key]
-          if into == nil then into = {}; zadd[key] = into end
-          into[#into + 1] = ents[o + 6]
-          into[#into + 1] = ents[o + 7]
+        do
+          local value = ver .. first .. fmt('%010d', events) .. tail
+          if ent_ttl > 0 then
+            call('SET', names[j - s + 1], value, 'PXAT', ent_at)
+          else
+            call('SET', names[j - s + 1], value)
+          end
+          if win and ix ~= '' then
+            local key = g .. ix
+            local into = zadd[key]
+            if into == nil then into = {}; zadd[key] = into end
+            into[#into + 1] = ents[o + 6]
+            into[#into + 1] = ents[o + 7]
+          end
         end
       end
     end

@@ -133,16 +133,16 @@ class ProjectorContext:
         )
 
     def legacy_until(self) -> int:
-        """Until when (epoch s) events also carry their pre-upgrade gate record: two windows after
-        the first projector keyed by (customer_id, event_id) met the namespace — one for a
-        rolling upgrade to finish, one for the last old marks to expire (docs/projector.md).
+        """Until when (epoch s) the script also consults the gate's old layout: two windows after
+        the first projector with the identity-only gate met the namespace — one for a rolling
+        upgrade to finish, one for the last old marks to expire (docs/projector.md).
         Redis unreachable: as if the upgrade began now (checking costs time, never correctness)."""
         with self._lock:
             if self._legacy_until is None:
                 try:
-                    since = self.store.identities_since()
+                    since = self.store.gate_since()
                 except ShardhouseError as exc:
-                    log.warning("identities marker unreadable; checking legacy gate records", exc_info=exc)
+                    log.warning("gate marker unreadable; consulting the old gate layout", exc_info=exc)
                     return int(time.time()) + 2 * self.gate.window_seconds
                 self._legacy_until = since + 2 * self.gate.window_seconds if since else 0
             return self._legacy_until

@@ -5,13 +5,13 @@ Everything lives under one namespace per stream, ``rm:<stream>:``:
 * ``<ns>current`` — the generation readers and the projector use; ``<ns>building`` — the one a
   rebuild is filling (the projector writes both while it exists); ``<ns>genseq`` — generation
   counter; ``<ns>origin`` — how the current generation came to be; ``<ns>pos`` — per shard, the
-  highest sequence number the projector applied (a rebuild's catch-up target); ``<ns>idv2`` —
-  when the first projector keyed by (customer_id, event_id) started (epoch seconds; 0 = on an
-  empty namespace), which bounds the upgrade's legacy gate check (docs/projector.md).
+  highest sequence number the projector applied (a rebuild's catch-up target); ``<ns>gatev3`` —
+  when the first projector with the identity-only gate started (epoch seconds; 0 = on an empty
+  namespace), which bounds the upgrade's check of the old layout (docs/projector.md).
 * ``<ns><gen>:`` — one generation of the models; every key below is relative to it:
 
   ======================================  ===========================================
-  ``ap:<second>:<level>:<slot>``          applied events (hash, 16-byte identity fields)
+  ``ap:w<window>:<level>:<slot>``         applied events (hash, 16-byte identity fields)
   ``ch:<customer>:<YYYYMMDD>``            hourly counts, field ``<type>:<HH>``
   ``cd:<customer>:<YYYYMM>``              daily counts, field ``<type>:<DD>``
   ``e:<customer>:<kind>:<id>``            entity (string): version, first seen, event
@@ -30,7 +30,10 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+#: The applied set: ``ap:w<window>:…`` (filed by processing window, plan.GateConfig); ``ap:<second>:…``
+#: is the layout before 2026-12-08 (by second of event time), read during an upgrade.
 GATE: Final = "ap:"
+GATE_BY_WINDOW: Final = "ap:w"
 _GLOB_SPECIAL: Final = re.compile(r"([*?\[\]\\])")
 
 
@@ -64,8 +67,8 @@ class Namespace:
         return f"{self.prefix}origin"
 
     @property
-    def identities(self) -> str:
-        return f"{self.prefix}idv2"
+    def gate_marker(self) -> str:
+        return f"{self.prefix}gatev3"
 
     @property
     def positions(self) -> str:

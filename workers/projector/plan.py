@@ -4,17 +4,17 @@ A message is two script arguments: a msgpack array the script unpacks with cmsgp
 
 ``[header, events, effects, entities]``
 
-and the gate records, raw (Redis' cmsgpack has no binary type, so bytes travel apart), plus the
-legacy gate records while an upgrade's window lasts (else empty):
+and the gate records, raw (Redis' cmsgpack has no binary type, so bytes travel apart):
 
-* ``header``: ``[namespace, target generation ("" = live), shard, last sequence, gate ttl,
-  ids per gate hash, base slots, fanout, max level, entity ttl]``
+* ``header``: ``[namespace, target generation ("" = live), shard, last sequence, window, ids
+  per gate hash, base slots, fanout, max level, entity ttl, old layout (0/1), its base slots,
+  fanout, max level]``
 * gate: 24 bytes per event (second bucket | slot hash | identity of (customer_id, event_id)):
-  ``DedupeLayout.pack`` of the batcher's dedupe (workers/batcher/dedupe.py) with one-second
-  buckets;
-* legacy: 24 bytes per event (second bucket | CRC-32 | binary UUID), ``DedupeLayout.legacy_pack``:
-  how versions before per-customer identities marked an event, consulted read-only until
-  ``Planner.legacy_until`` (docs/projector.md, "Upgrading to per-customer identities");
+  ``DedupeLayout.pack`` with one-second buckets. The script files each identity under the
+  *processing* window it is applied in (:class:`GateConfig`), so it reads only the slot hash and
+  the identity; the second of ``occurred_at`` locates the event in the old layout (one bucket per
+  second of event time), which the script consults read-only until ``Planner.legacy_until``
+  (docs/projector.md, "Upgrading to the identity-only gate");
 * ``events``: 5 integers per event: hourly-count effect, daily-count effect, top effect (effect
   indexes, 0 = none), top amount, entity index;
 * ``effects``: 4 values per distinct increment target: op (1 HINCRBY, 2 ZINCRBY), key, field or
@@ -31,7 +31,6 @@ are new; the entity's event count is summed the same way.
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from pipeline.consumer.processor import Record
 from schemas import Event, InvalidEvent, Registry
 from schemas.read_models import HourBucket, Projection, hour_bucket, project
 from workers.idset.identity import IDENTITIES
-from workers.idset.layout import BUCKET, HEADER, DedupeLayout
+from workers.idset.layout import BUCKET, DedupeLayout
 from workers.projector import keys
 from workers.tenancy.admission import Admission
 
@@ -63,41 +62,69 @@ _EPOCH_US: Final = 62_135_596_800_000_000
 
 @dataclass(frozen=True, slots=True)
 class GateConfig:
-    """The applied-event set: the batcher's self-sizing hash layout (workers/batcher/dedupe.py),
-    tuned for throughput instead of bytes: one-second buckets, 16 slots at level 0 and a fanout of
-    4, so a chunk (seconds of traffic) meets few, well-filled hashes at any rate: ≈ 2,000 events
-    per second fit level 0, 8,000 level 1, 32,000 level 2…"""
+    """The applied-event set: the batcher's self-sizing hash layout (workers/batcher/dedupe.py)
+    keyed by the identity of (customer_id, event_id) alone, so a copy whose ``occurred_at`` was
+    re-stamped is found like any other (the warehouse's merge dedupes the same pair; a set
+    bucketed by event time could not find it).
+
+    Buckets are *processing* windows: ``now // window_seconds`` on the server's clock. An event
+    is looked up in the current window's set and the previous one's and filed in the current one;
+    a window's keys expire when the window after it ends, so every event is remembered for at
+    least one window after it was applied and at most two windows of ids are held. 4,096 hashes
+    at level 0 (≈ 516,000 ids) and a fanout of 16 (8.8 M ids by level 1, 140 M by level 2, 2.2 G
+    by level 3) keep a walk to one or two levels up to ten million events a window."""
 
     window_seconds: int = 24 * 3600
     ids_per_hash: int = 126
-    bucket_seconds: int = 1
-    base_bits: int = 4
-    level_bits: int = 2
-    max_level: int = 6
+    base_bits: int = 12
+    level_bits: int = 4
+    max_level: int = 3
 
     def __post_init__(self) -> None:
-        # apply.lua groups ids by bucket * slots + slot in a double: exact below 2^53 only.
-        if self.base_bits + self.level_bits * self.max_level > 20:
-            raise ValueError("gate: at most 2**20 slots per level (base_bits + level_bits * max_level <= 20)")
+        # apply.lua groups ids by window * slots + slot in a double: exact below 2^53 only, so
+        # at most 2^24 slots and windows of a minute or more (window numbers < 2^27 to 2225).
+        if self.base_bits + self.level_bits * self.max_level > 24:
+            raise ValueError("gate: at most 2**24 slots per level (base_bits + level_bits * max_level <= 24)")
+        if self.window_seconds < 60:
+            raise ValueError(f"gate: a window of at least 60 s, not {self.window_seconds}")
 
-    def layout(self, prefix: str = keys.GATE) -> DedupeLayout:
+    def layout(self, prefix: str = keys.GATE_BY_WINDOW) -> DedupeLayout:
+        """The layout of one window's set; its bucket is the window number (``now // window``)."""
         return DedupeLayout(
             prefix=prefix,
             window_seconds=self.window_seconds,
-            bucket_seconds=self.bucket_seconds,
+            bucket_seconds=self.window_seconds,
             ids_per_key=self.ids_per_hash,
             base_bits=self.base_bits,
             level_bits=self.level_bits,
             max_level=self.max_level,
         )
 
+    def old_layout(self, prefix: str = keys.GATE) -> DedupeLayout:
+        """How versions before 2026-12-08 filed ids: one bucket per second of ``occurred_at``, 16
+        slots at level 0, fanout 4 (consulted read-only while an upgrade's window lasts)."""
+        return DedupeLayout(
+            prefix=prefix,
+            window_seconds=self.window_seconds,
+            bucket_seconds=1,
+            ids_per_key=self.ids_per_hash,
+            base_bits=OLD_BASE_BITS,
+            level_bits=OLD_LEVEL_BITS,
+            max_level=OLD_MAX_LEVEL,
+        )
+
+
+#: The layout before the identity-only gate (GateConfig.old_layout).
+OLD_BASE_BITS: Final = 4
+OLD_LEVEL_BITS: Final = 2
+OLD_MAX_LEVEL: Final = 6
+
 
 class Message(NamedTuple):
-    """The three arguments of one ``apply.lua`` call."""
+    """The two arguments of one ``apply.lua`` call."""
 
     body: bytes
     gate: bytes
-    legacy: bytes = b""
 
 
 @dataclass
@@ -105,7 +132,6 @@ class Chunk:
     """A message under construction; :meth:`encode` gives the bytes for the script."""
 
     gate: list[bytes] = field(default_factory=list)
-    legacy: list[bytes] = field(default_factory=list)
     events: list[int] = field(default_factory=list)
     effects: dict[tuple[int, str, str], int] = field(default_factory=dict)
     effect_args: list[Any] = field(default_factory=list)
@@ -155,7 +181,6 @@ class Chunk:
         return Message(
             _ENCODER.encode([header, self.events, self.effect_args, self.entity_args]),
             b"".join(self.gate),
-            b"".join(self.legacy),
         )
 
 
@@ -233,11 +258,11 @@ class Planner:
         self.layout = gate.layout()  # checks the parameters; plan_events inlines its pack()
         self.entity_ttl = entity_ttl
         self.chunk_events = chunk_events
-        #: epoch seconds until which events also carry their legacy gate record
+        #: epoch seconds until which the script also consults the old gate layout
         self.legacy_until = legacy_until
         self._buckets: dict[int, HourBucket] = {}
 
-    def header(self, target: str, shard_id: str, last_sequence: str) -> list[Any]:
+    def header(self, target: str, shard_id: str, last_sequence: str, now: int) -> list[Any]:
         g = self.gate
         return [
             self.namespace.prefix,
@@ -250,6 +275,10 @@ class Planner:
             1 << g.level_bits,
             g.max_level,
             self.entity_ttl,
+            1 if now < self.legacy_until else 0,
+            1 << OLD_BASE_BITS,
+            1 << OLD_LEVEL_BITS,
+            OLD_MAX_LEVEL,
         ]
 
     def plan_records(
@@ -300,17 +329,15 @@ class Planner:
         out). ``target`` "" writes the live generation(s), else exactly that generation.
         ``emit`` is handed each message as soon as it is encoded, so it can be applied while the
         next one is built."""
-        header = self.header(target, shard_id, last_sequence)
+        header = self.header(target, shard_id, last_sequence, now)
         seen: set[tuple[str, str]] = set()
         messages: list[Message] = []
         chunk = Chunk()
         counts: dict[tuple[str, str, int], tuple[int, int]] = {}
         total = duplicates = unprojected = 0
         buckets = self._buckets
-        bucket_us = self.gate.bucket_seconds * 1_000_000
-        bucket_pack, legacy_header, crc32, fromhex = BUCKET.pack, HEADER.pack, zlib.crc32, bytes.fromhex
+        bucket_pack, fromhex = BUCKET.pack, bytes.fromhex
         cache, prefix = IDENTITIES.cache, IDENTITIES.prefix
-        legacy = now < self.legacy_until
         chunk_events = self.chunk_events
         for ev in events:
             pair = (ev.customer_id, ev.event_id)
@@ -339,15 +366,13 @@ class Planner:
                 measure, member, amount = top
                 t = chunk.effect(ZINCRBY, keys.top_key(customer, measure), member, 0)
             raw = fromhex(p.version[18:])
-            second = (micros - _EPOCH_US) // bucket_us
+            second = (micros - _EPOCH_US) // 1_000_000
             if not 0 <= second <= _U32:
                 second = min(max(second, 0), _U32)
             h = (cache.get(customer) or prefix(customer)).copy()  # IDENTITIES(customer, raw), inlined
             h.update(raw)
             d = h.digest()
             chunk.gate.append(bucket_pack(second) + d[:4] + d)
-            if legacy:
-                chunk.legacy.append(legacy_header(second, crc32(raw)) + raw)
             chunk.events.extend((effects[0], effects[1], t, amount, chunk.entity(p)))
             total += 1
             if len(chunk.gate) >= chunk_events:

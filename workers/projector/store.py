@@ -101,7 +101,7 @@ class ProjectionStore:
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
             for message in messages:
-                pipe.evalsha(sha, 0, message.body, message.gate, message.legacy)
+                pipe.evalsha(sha, 0, message.body, message.gate)
             replies: list[Any] = pipe.execute(raise_on_error=False)
             errors = [r for r in replies if isinstance(r, Exception)]
             if not errors:
@@ -121,19 +121,19 @@ class ProjectionStore:
         gens = tuple(g.decode() if isinstance(g, bytes) else str(g) for g in reply[2:])
         return ApplyResult(new=int(reply[0]), events=int(reply[1]), generations=gens)
 
-    def identities_since(self) -> int:
-        """When (server epoch seconds) the first projector keyed by (customer_id, event_id) met
-        this namespace: set once, read by every later one. 0 when it found no read models at all
+    def gate_since(self) -> int:
+        """When (server epoch seconds) the first projector with the identity-only gate met this
+        namespace: set once, read by every later one. 0 when it found no read models at all
         (nothing can have been marked the old way)."""
         ns = self.namespace
 
         def since() -> int:
             now = int(self.client.time()[0])
             first = 0 if not self.client.exists(ns.current) else now
-            self.client.set(ns.identities, first, nx=True)
-            return int(self.client.get(ns.identities) or first)
+            self.client.set(ns.gate_marker, first, nx=True)
+            return int(self.client.get(ns.gate_marker) or first)
 
-        return self._retry("read model identities marker", since)
+        return self._retry("read model gate marker", since)
 
     def read(self, op: str, *args: str | int) -> tuple[str | None, Any]:
         """One ``read.lua`` query against the current generation: ``(generation, data)``;

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
 import pytest
 from projector_harness import (
     REGISTRY,
-    T0,
     Checkpoints,
     Env,
     chunks,
@@ -24,50 +26,136 @@ from projector_harness import (
 from pipeline.consumer.processor import Record
 from pipeline.core.settings import Settings
 from pipeline.producer.synthetic import SyntheticConfig, generate
+from workers.idset.identity import IDENTITIES
+from workers.idset.layout import record, uuid_bytes
 from workers.projector.fold import fold
-from workers.projector.plan import GateConfig, Message, Planner
+from workers.projector.plan import GateConfig, Planner
 from workers.projector.store import listpack_cap
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("per_second", [50, 5000])
-def test_ids_live_on_their_layout_path_in_compact_hashes(
-    settings: Settings, unique_name: str, per_second: int
-) -> None:
+def window_of(r: Any, gate: GateConfig) -> int:
+    """The processing window the server's clock is in (what apply.lua files ids under)."""
+    return int(r.time()[0]) // gate.window_seconds
+
+
+def restamped(record: Record, shift: timedelta, sequence: int, **payload: Any) -> Record:
+    """The same (customer_id, event_id) sent again with ``occurred_at`` moved by ``shift`` (a
+    producer that stamps the time on every attempt) and, optionally, payload fields changed."""
+    body = orjson.loads(record.binary_data)
+    at = datetime.fromisoformat(body["occurred_at"].replace("Z", "+00:00")) + shift
+    body["occurred_at"] = at.isoformat().replace("+00:00", "Z")
+    body["payload"].update(payload)
+    return Record(orjson.dumps(body), record.partition_key, str(sequence), 0, 0)
+
+
+def test_ids_live_on_their_window_path_in_compact_hashes(settings: Settings, unique_name: str) -> None:
     env: Env = make_env(settings, unique_name)
-    step = timedelta(seconds=1) / per_second
-    ticks = iter(range(10**9))
-    items = list(
-        generate(
-            SyntheticConfig(seed=3, customers=2, duplicate_ratio=0.0, invalid_ratio=0.0),
-            6000,
-            now=lambda: T0 + next(ticks) * step,
-        )
-    )
-    records: list[Record] = records_of(items)
+    records: list[Record] = records_of(synthetic(6000, duplicate_ratio=0.0, invalid_ratio=0.0))
     deliver(env.processor(), chunks(records, [1000]), Checkpoints())
 
     gen = env.store.status().current
-    layout = GateConfig().layout(prefix=f"{env.namespace.generation(gen)}ap:")  # type: ignore[arg-type]
+    gate = env.context().gate
     r = env.clients.redis()
-    for record in records[::37]:
-        ev = REGISTRY.decode(record.binary_data)
-        blob = layout.pack(ev.customer_id, ev.event_id, ev.occurred_at)
-        homes = [key for key in layout.path(blob) if r.hexists(key, blob[8:])]
+    win = window_of(r, gate)
+    layout = gate.layout(prefix=f"{env.namespace.generation(gen)}ap:w")  # type: ignore[arg-type]
+    for rec in records[::37]:
+        ev = REGISTRY.decode(rec.binary_data)
+        ident = IDENTITIES(ev.customer_id, uuid_bytes(ev.event_id))
+        homes = [key for key in layout.path(record(win, ident)) if r.hexists(key, ident)]
         assert len(homes) == 1, (ev.event_id, homes)
 
-    gate_keys = env.keys(f"{gen}:ap:*")
-    levels = Counter(key.split(":")[-2] for key in gate_keys)
-    seconds = len({int(REGISTRY.decode(rec.binary_data).occurred_at.timestamp()) for rec in records})
-    assert levels["0"] == pytest.approx(16 * seconds, rel=0.1)  # every slot of every second in use
+    gate_keys = [k for k in env.keys(f"{gen}:ap:w{win}:*")]
+    assert r.exists(f"{env.namespace.generation(gen)}ap:w{win}")  # the window's marker
+    assert {key.split(":")[-2] for key in gate_keys} == {"0"}  # 6,000 ids fit level 0
+    assert len(gate_keys) == pytest.approx(4096 * (1 - math.exp(-6000 / 4096)), rel=0.05)
     for key in gate_keys:
         held = int(r.hget(key, "#"))  # type: ignore[arg-type]
         assert held == r.hlen(key) - 1 <= 126
         assert r.object("encoding", key) == b"listpack"
-        if key.split(":")[-2] != "0":  # a deeper hash exists only below a full one
-            assert per_second > 2016
     assert sum(int(r.hget(k, "#")) for k in gate_keys) == 6000  # type: ignore[arg-type]
+    assert env.keys(f"{gen}:ap:[0-9]*") == []  # nothing in the old layout
+
+
+def test_only_a_full_hash_spills_one_level_down(settings: Settings, unique_name: str) -> None:
+    env: Env = make_env(settings, unique_name)
+    c = env.context()
+    gate = GateConfig(ids_per_hash=126, base_bits=0, level_bits=2, max_level=3)  # one hash at level 0
+    planner = Planner(c.registry, c.namespace, gate, entity_ttl=c.entity_ttl)
+    events = events_of(synthetic(1000, duplicate_ratio=0.0, invalid_ratio=0.0))
+    now = int(time.time())
+    assert (
+        sum(r.new for r in env.store.apply(planner.plan_events(events, now=now, target="").messages)) == 1000
+    )
+    r = env.clients.redis()
+    gen = env.store.status().current
+    held = {k: int(r.hget(k, "#")) for k in env.keys(f"{gen}:ap:w*:*")}  # type: ignore[arg-type]
+    by_level = Counter[str]()
+    for key, n in held.items():
+        by_level[key.split(":")[-2]] += n
+    assert by_level["0"] == 126 and sum(by_level.values()) == 1000
+    assert all(n <= 126 for n in held.values())
+    assert len([k for k in held if k.split(":")[-2] == "1"]) == 4  # the full hash's 4 children
+    # every id is found again, wherever it went
+    again = env.store.apply(planner.plan_events(events, now=now, target="").messages)
+    assert sum(x.new for x in again) == 0
+
+
+def test_a_copy_with_a_restamped_occurred_at_is_applied_once(settings: Settings, unique_name: str) -> None:
+    """A producer that stamps occurred_at on every attempt sends the same (customer_id, event_id)
+    with another time (seconds, hours or days later) and maybe another state: the warehouse's
+    merge keeps one row, and so do the read models — counts once, the state of the copy applied
+    first."""
+    env: Env = make_env(settings, unique_name)
+    records: list[Record] = records_of(synthetic(600, duplicate_ratio=0.0, invalid_ratio=0.0))
+    shifts = [timedelta(seconds=3), timedelta(minutes=7), timedelta(hours=2), timedelta(days=-3)]
+    copies = [restamped(rec, shifts[i % 4], 2 * 10**20 + i) for i, rec in enumerate(records[::3])]
+    proc = env.processor()
+    deliver(proc, chunks(records, [250]), Checkpoints())
+    deliver(proc, chunks(copies, [70]), Checkpoints())
+    diff = env.snapshot().diff(fold(events_of(records)))
+    assert diff == [], "\n".join(diff)
+    # in one batch, the copy first: it is the one that counts
+    other: Env = make_env(settings, f"{unique_name}b")
+    mixed = [x for pair in zip(copies, records[::3], strict=True) for x in pair]
+    deliver(other.processor(), chunks(mixed, [len(mixed)]), Checkpoints())
+    assert other.snapshot().diff(fold(events_of(copies))) == []
+
+
+def test_an_id_applied_in_the_previous_window_is_not_new(settings: Settings, unique_name: str) -> None:
+    """The set is looked up in the current and the previous processing window: an event applied
+    just before the window turned is still a duplicate after it."""
+    env: Env = make_env(settings, unique_name)
+    c = env.context()
+    planner = c.planner()
+    events = events_of(synthetic(300, duplicate_ratio=0.0, invalid_ratio=0.0))
+    now = int(time.time())
+    assert (
+        sum(x.new for x in env.store.apply(planner.plan_events(events[:200], now=now, target="").messages))
+        == 200
+    )
+    r = env.clients.redis()
+    gen = env.store.status().current
+    base = env.namespace.generation(gen)  # type: ignore[arg-type]
+    win = window_of(r, c.gate)
+
+    def move(src: int, dst: int) -> None:  # what the clock turning a window (or two) does
+        for key in [*env.keys(f"{gen}:ap:w{src}:*"), f"{base}ap:w{src}"]:
+            r.rename(key, key.replace(f"ap:w{src}", f"ap:w{dst}", 1))
+
+    move(win, win - 1)
+    again = env.store.apply(planner.plan_events(events, now=now, target="").messages)
+    assert sum(x.new for x in again) == 100  # the 200 from the previous window are not new
+    assert env.snapshot().diff(fold(events)) == []
+    # ids older than the previous window are forgotten (they expire with it): new again
+    move(win - 1, win - 2)
+    move(win, win - 1)
+    r.delete(f"{base}ap:w{win - 1}")  # the previous window held nothing: its marker is gone
+    assert (
+        sum(x.new for x in env.store.apply(planner.plan_events(events[:10], now=now, target="").messages))
+        == 10
+    )
 
 
 def test_every_written_key_gets_its_lifetime(settings: Settings, unique_name: str) -> None:
@@ -93,8 +181,8 @@ def test_every_written_key_gets_its_lifetime(settings: Settings, unique_name: st
         ttl = r.ttl(key)
         if family in ("e", "x"):
             assert 30 * day - 60 <= ttl <= 30 * day, key
-        elif family == "ap":
-            assert window - 60 <= ttl <= window, key
+        elif family == "ap":  # until the window after the current one ends
+            assert window <= ttl <= 2 * window, key
         elif family in ("ch", "cd"):
             assert ttl > 30 * day, key
         else:
@@ -107,29 +195,46 @@ def test_listpack_cap_reads_the_server(settings: Settings, unique_name: str) -> 
     assert listpack_cap(env.clients.redis()) == 127  # redis-server's default allows 512 entries
 
 
-def test_an_upgrade_honours_events_applied_under_the_old_format(settings: Settings, unique_name: str) -> None:
-    """Events the previous version applied (raw UUID fields at their CRC-32 path) are not new to
-    this one for two windows after it first met the namespace, and nothing is counted twice."""
+def test_an_upgrade_honours_events_applied_under_the_old_layout(settings: Settings, unique_name: str) -> None:
+    """Events the previous version applied (filed by second of occurred_at, 16 slots, fanout 4)
+    are not new to this one for two windows after it first met the namespace, and nothing is
+    counted twice."""
     env: Env = make_env(settings, unique_name)
     events = events_of(synthetic(400, duplicate_ratio=0.0, invalid_ratio=0.0))
     now = int(time.time())
-    # The previous version: its gate records are what legacy_pack builds (the script is the same walk).
     c = env.context()
-    old = Planner(c.registry, c.namespace, c.gate, entity_ttl=c.entity_ttl, legacy_until=now + 1)
-    plan = old.plan_events(events, now=now, target="")
-    results = env.store.apply([Message(m.body, m.legacy) for m in plan.messages])
-    assert sum(r.new for r in results) == len(events)
+    assert (
+        sum(r.new for r in env.store.apply(c.planner().plan_events(events, now=now, target="").messages))
+        == 400
+    )
     before = env.snapshot()
     assert before.diff(fold(events)) == []
+    # What the previous version left: the same models, its ids at their old paths.
+    r = env.clients.redis()
+    gen = env.store.status().current
+    base = env.namespace.generation(gen)  # type: ignore[arg-type]
+    r.delete(*env.keys(f"{gen}:ap:w*"), env.namespace.gate_marker)
+    old = c.gate.old_layout(prefix=f"{base}ap:")
+    for ev in events:
+        blob = old.pack(ev.customer_id, ev.event_id, ev.occurred_at)
+        key = old.path(blob)[0]
+        r.hset(key, blob[8:], "")
+        r.hincrby(key, "#", 1)
 
     ctx = env.context()  # the upgraded process: the namespace has read models, so the check is on
     planner = ctx.planner()
-    since = int(env.clients.redis().get(env.namespace.identities) or 0)
+    since = int(r.get(env.namespace.gate_marker) or 0)
     assert abs(since - now) < 60 and planner.legacy_until == since + 2 * ctx.gate.window_seconds
     again = env.store.apply(planner.plan_events(events, now=now, target="").messages)
-    assert sum(r.new for r in again) == 0
+    assert sum(x.new for x in again) == 0
     assert env.snapshot().diff(before) == []
-    # Past the two windows the old records are no longer sent: the same events would be new.
+    # Past the two windows the old layout is no longer consulted: the same events would be new.
     planner.legacy_until = 0
-    later = planner.plan_events(events, now=now, target="")
-    assert all(m.legacy == b"" for m in later.messages)
+    later = env.store.apply(planner.plan_events(events[:5], now=now, target="").messages)
+    assert sum(x.new for x in later) == 5
+
+
+def test_a_fresh_namespace_never_consults_the_old_layout(settings: Settings, unique_name: str) -> None:
+    env: Env = make_env(settings, unique_name)
+    assert env.context().planner().legacy_until == 0
+    assert env.clients.redis().get(env.namespace.gate_marker) == b"0"

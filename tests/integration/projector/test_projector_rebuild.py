@@ -3,12 +3,15 @@ live writes during the rebuild, the atomic switch, and a rebuild that fails half
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
 from projector_harness import (
@@ -93,6 +96,25 @@ def test_rebuild_restores_what_redis_forgot_and_keeps_live_writes(env: Env) -> N
 
     deliver(proc, chunks(c, [400]), ckpt)  # and the projector carries on in the new generation
     assert env.snapshot() == want
+
+
+def test_a_rebuild_counts_a_restamped_copy_once(env: Env) -> None:
+    """The archive holds both copies of an event whose occurred_at the producer re-stamped (the
+    warehouse's merge keeps one): the rebuilt models count it once, like the live ones."""
+    events = events_of(synthetic(400, duplicate_ratio=0.0, invalid_ratio=0.0))
+    copies = [
+        msgspec.structs.replace(ev, occurred_at=ev.occurred_at + timedelta(hours=h))
+        for ev, h in zip(events[::4], itertools.cycle([1, 30, -2]), strict=False)
+    ]
+    env.archive(events)
+    env.archive(copies, first_sequence=5 * 10**20)
+    report = rebuild(env).run()
+    assert report.applied == len(events)
+    got, want = env.snapshot().summary(), fold(events).summary()
+    assert got == want
+    assert sum(e.events for e in env.snapshot().entities.values()) == sum(
+        e.events for e in fold(events).entities.values()
+    )
 
 
 class BrokenArchive(Archive):

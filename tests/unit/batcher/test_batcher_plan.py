@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import struct
 import uuid
-import zlib
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -198,14 +197,6 @@ def test_pack_is_hour_slot_hash_and_identity() -> None:
     assert other[:4] == blob[:4] and other[8:] != blob[8:]
     # Before 1970 clamps to bucket 0 rather than failing.
     assert struct.unpack(">I", lay.pack("acme", eid, datetime(1960, 1, 1, tzinfo=UTC))[:4]) == (0,)
-
-
-def test_legacy_pack_is_hour_crc_and_uuid() -> None:
-    lay = DedupeLayout.for_stream("s", 86400)
-    eid = "0190f0e2-8c2b-7a6b-9c3d-1234567890ab"
-    blob = lay.legacy_pack(eid, datetime(2024, 5, 1, 12, 30, tzinfo=UTC))
-    raw = uuid.UUID(eid).bytes
-    assert blob[8:] == raw and struct.unpack(">II", blob[:8]) == (476_268, zlib.crc32(raw))
 
 
 @given(st.uuids())

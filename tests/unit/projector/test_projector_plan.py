@@ -42,10 +42,14 @@ def test_header_carries_namespace_gate_and_position() -> None:
         str(10**20 + 4),
         g.window_seconds,
         g.ids_per_hash,
+        4096,
         16,
-        4,
         g.max_level,
         int(ENTITY_RETENTION.total_seconds()),
+        0,  # no upgrade window: the old layout is not consulted
+        16,
+        4,
+        6,
     ]
     assert (plan.last_sequence, plan.last_sub_sequence, plan.records, plan.events) == (
         str(10**20 + 4),
@@ -53,6 +57,14 @@ def test_header_carries_namespace_gate_and_position() -> None:
         5,
         5,
     )
+
+
+def test_the_old_layout_is_consulted_until_the_upgrade_window_ends() -> None:
+    p = planner()
+    p.legacy_until = NOW + 1
+    events = decoded(synthetic(3, duplicate_ratio=0.0, invalid_ratio=0.0))
+    assert decode_message(p.plan_events(events, now=NOW, target="").messages[0])["header"][10] == 1
+    assert decode_message(p.plan_events(events, now=NOW + 1, target="").messages[0])["header"][10] == 0
 
 
 def test_invalid_records_are_counted_by_reason_and_left_out() -> None:
