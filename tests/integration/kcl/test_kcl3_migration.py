@@ -262,7 +262,8 @@ def test_3x_fleet_java_to_native_and_back_under_load(
             until(
                 f"{leaving}'s shards to be read again",
                 lambda s=shards, t=at: set(gaps(recorded(rds, stream), s, t)) == s,
-                30,
+                90,  # a Java successor reads on its next failover pass and starts a child process
+                # per shard: ~10 s alone, over 30 s while the full suite loads both cores
             )
             native_gap |= {
                 k: (watch.owners()[k], g) for k, g in gaps(recorded(rds, stream), shards, at).items()
