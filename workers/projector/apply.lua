@@ -6,18 +6,20 @@
 -- rebuild runs; or exactly the generation a rebuild names):
 --   1. gate: which events are new to this generation. The applied set is keyed by the 16-byte
 --      identity of (customer_id, event_id) alone (workers/idset/identity.py), filed under the
---      processing window it was applied in (w = server time // window): hash
---      <gen>ap:w<w>:<level>:<slot hash mod slots(level)>, plus the field "#" = how many ids it
---      holds, and the marker <gen>ap:w<w> (the window has ids). An event found in the previous
---      window's set (read-only walk, skipped when its marker is gone) or in the current one is
---      not new; the others are inserted into the current window's set in the same walk as its
---      check (group(): workers/idset/walk.lua, registered in front of this file). Ids go into the
---      first hash on their path that has room; a hash at capacity is full for good, and only then
---      do ids spill one level down, so a lookup that meets a hash with room and without the id
---      knows the id is new. A window's keys expire when the next window ends.
---      While an upgrade's window lasts (header[11] = 1), the old layout — by second of
---      occurred_at, <gen>ap:<second>:<level>:<slot>, the record's own bucket — is walked
---      read-only too: an event found there was applied before the upgrade.
+--      processing window it was applied in (w = server time // window): string
+--      <gen>ap:w<w>:<level>:<slot hash mod slots(level)> = concatenated identities (the
+--      batcher's layout, workers/batcher/dedupe.py), and the marker <gen>ap:w<w> (the window has
+--      ids). An event found in the previous window's set (read-only walk, skipped when its marker
+--      is gone) or in the current one is not new; the others are APPENDed to the current
+--      window's set in the same walk as its check (one MGET per level and 1,000 keys: group()
+--      and holds() of workers/idset/walk.lua, registered in front of this file). Ids go into the
+--      first key on their path that has room; a key at capacity is full for good (and rewritten
+--      once at its exact size), and only then do ids spill one level down, so a lookup that
+--      meets a key with room and without the id knows the id is new. A window's keys expire
+--      when the next window ends.
+--      While an upgrade's window lasts (header[11] = 1), the old layout — hashes by second of
+--      occurred_at, <gen>ap:<second>:<level>:<slot> with the count field "#", the record's own
+--      bucket — is walked read-only too: an event found there was applied before the upgrade.
 --   2. increments of the new events, summed per target, one HINCRBY/ZINCRBY each;
 --   3. entities (one MGET for all): the chunk's highest version replaces the stored state only
 --      if higher (versions are fixed-width digit/hex strings: string order is (occurred_at,
@@ -38,7 +40,8 @@ local hdr, ev, eff, ents = m[1], m[2], m[3], m[4]
 local gate = ARGV[2]
 local ns, target, shard, seq = hdr[1], hdr[2], hdr[3], hdr[4]
 local window, cap, base, fan, max_level, ent_ttl = hdr[5], hdr[6], hdr[7], hdr[8], hdr[9], hdr[10]
-local old_on, old_base, old_fan, old_max = hdr[11] == 1, hdr[12], hdr[13], hdr[14]
+local old_on, old_cap, old_base, old_fan, old_max = hdr[11] == 1, hdr[12], hdr[13], hdr[14], hdr[15]
+local full_len = cap * 16
 local call = redis.call
 local tonumber = tonumber  -- string.sub, format and math.floor come with walk.lua
 local n = #gate / 24
@@ -73,33 +76,38 @@ for i = 1, n do
   last_win[i] = win - 1
 end
 
--- HMGET of the count field '#' and the members' ids, 4,000 at a time (unpack's stack limit):
--- each(vals, s, e) per chunk, vals[j - s + 2] the value of members[j].
-local function hmget_members(key, members, each)
-  for s = 1, #members, 4000 do
-    local e = #members
-    if e > s + 3999 then e = s + 3999 end
-    local fields = {'#'}
-    for j = s, e do fields[#fields + 1] = ids[members[j]] end
-    each(call('HMGET', key, unpack(fields)), s, e)
-  end
-end
-
--- A read-only walk of one layout: found[i] = true for the pending events it holds.
-local function lookup(prefix, slots, fanout, maxl, buckets, pending, found)
-  walk(prefix, slots, fanout, maxl, buckets, hashes, pending, function(level, keys, lists)
+-- The old layout (hashes, read-only): found[i] = true for the pending events it holds. HMGET
+-- of the count field '#' and the members' ids, 4,000 at a time (unpack's stack limit).
+local function lookup_old(prefix, pending, found)
+  walk(prefix, old_base, old_fan, old_max, seconds, hashes, pending, function(level, keys, lists)
     local nxt = {}
     for k, key in ipairs(keys) do
       local members = lists[k]
-      hmget_members(key, members, function(vals, s, e)
-        local full = level < maxl and (tonumber(vals[1]) or 0) >= cap
+      for s = 1, #members, 4000 do
+        local e = #members
+        if e > s + 3999 then e = s + 3999 end
+        local fields = {'#'}
+        for j = s, e do fields[#fields + 1] = ids[members[j]] end
+        local vals = call('HMGET', key, unpack(fields))
+        local full = level < old_max and (tonumber(vals[1]) or 0) >= old_cap
         for j = s, e do
           if vals[j - s + 2] then found[members[j]] = true elseif full then nxt[#nxt + 1] = members[j] end
         end
-      end)
+      end
     end
     return nxt
   end)
+end
+
+-- One level of a window's walk: the values of its keys, one MGET per 1,000 keys;
+-- each(n, value) for every key (value false when the key does not exist).
+local function values_of(keys, each)
+  for first = 1, #keys, 1000 do
+    local last = #keys
+    if last > first + 999 then last = first + 999 end
+    local values = call('MGET', unpack(keys, first, last))
+    for n = first, last do each(n, values[n - first + 1]) end
+  end
 end
 
 local function unfound(found)
@@ -112,45 +120,58 @@ end
 local function admit(gp)
   local fresh, found = {}, {}
   local wp = gp .. 'w'
-  if call('EXISTS', wp .. (win - 1)) == 1 then lookup(wp, base, fan, max_level, last_win, unfound(found), found) end
-  if old_on then lookup(gp, old_base, old_fan, old_max, seconds, unfound(found), found) end
+  if call('EXISTS', wp .. (win - 1)) == 1 then
+    walk(wp, base, fan, max_level, last_win, hashes, unfound(found), function(level, keys, lists)
+      local nxt = {}
+      values_of(keys, function(k, value)
+        if value then
+          local full = level < max_level and #value >= full_len
+          for _, i in ipairs(lists[k]) do
+            if holds(value, ids[i]) then found[i] = true elseif full then nxt[#nxt + 1] = i end
+          end
+        end
+      end)
+      return nxt
+    end)
+  end
+  if old_on then lookup_old(gp, unfound(found), found) end
   local pending = unfound(found)
   if #pending == 0 then return fresh end
   call('SET', wp .. win, '1', 'PXAT', gate_at)
   walk(wp, base, fan, max_level, this_win, hashes, pending, function(level, keys, lists)
     local nxt = {}
-    for k, key in ipairs(keys) do
-      local members = lists[k]
-      local held = nil
-      local missing = {}
-      hmget_members(key, members, function(vals, s, e)
-        if held == nil then held = tonumber(vals[1]) or 0 end
-        for j = s, e do
-          if not vals[j - s + 2] then missing[#missing + 1] = members[j] end
+    values_of(keys, function(k, value)
+      local members, missing, held = lists[k], {}, 0
+      if value then
+        held = #value / 16
+        for _, i in ipairs(members) do
+          if not holds(value, ids[i]) then missing[#missing + 1] = i end
         end
-      end)
-      if #missing > 0 then
-        local take = #missing
-        if level < max_level then
-          if cap - held < take then take = cap - held end
-          if take < 0 then take = 0 end
-        end
-        for s = 1, take, 2000 do
-          local e = take
-          if e > s + 1999 then e = s + 1999 end
-          local args = {'#', held + e}
-          for j = s, e do
-            local i = missing[j]
-            args[#args + 1] = ids[i]
-            args[#args + 1] = ''
-            fresh[i] = true
-          end
-          call('HSET', key, unpack(args))
-        end
-        for j = take + 1, #missing do nxt[#nxt + 1] = missing[j] end
-        call('PEXPIREAT', key, gate_at)
+      else
+        missing = members
       end
-    end
+      local take = #missing
+      if take == 0 then return end
+      if level < max_level and cap - held < take then take = cap - held end
+      if take > 0 then
+        local parts = {}
+        for j = 1, take do
+          local i = missing[j]
+          parts[j] = ids[i]
+          fresh[i] = true
+        end
+        local key = keys[k]
+        call('APPEND', key, concat(parts))
+        if level < max_level and held + take == cap then
+          call('SET', key, call('GET', key), 'PXAT', gate_at) -- full for good: at its exact size
+        else
+          call('PEXPIREAT', key, gate_at)
+        end
+      else
+        take = 0
+      end
+      for j = take + 1, #missing do nxt[#nxt + 1] = missing[j] end
+    end)
     return nxt
   end)
   return fresh

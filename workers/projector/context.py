@@ -172,7 +172,7 @@ def build_context(
     client = clients.redis()
     ns = namespace or keys.Namespace.for_stream(settings.resources.stream)
     gate = GateConfig(
-        window_seconds=settings.redis.dedupe_window_seconds, ids_per_hash=listpack_cap(client) - 1
+        window_seconds=settings.redis.dedupe_window_seconds, old_ids_per_hash=listpack_cap(client) - 1
     )
     return ProjectorContext(
         settings=settings,

@@ -7,8 +7,8 @@ A message is two script arguments: a msgpack array the script unpacks with cmsgp
 and the gate records, raw (Redis' cmsgpack has no binary type, so bytes travel apart):
 
 * ``header``: ``[namespace, target generation ("" = live), shard, last sequence, window, ids
-  per gate hash, base slots, fanout, max level, entity ttl, old layout (0/1), its base slots,
-  fanout, max level]``
+  per gate key, base slots, fanout, max level, entity ttl, old layout (0/1), its ids per hash,
+  base slots, fanout, max level]``
 * gate: 24 bytes per event (second bucket | slot hash | identity of (customer_id, event_id)):
   ``DedupeLayout.pack`` with one-second buckets. The script files each identity under the
   *processing* window it is applied in (:class:`GateConfig`), so it reads only the slot hash and
@@ -62,20 +62,24 @@ _EPOCH_US: Final = 62_135_596_800_000_000
 
 @dataclass(frozen=True, slots=True)
 class GateConfig:
-    """The applied-event set: the batcher's self-sizing hash layout (workers/batcher/dedupe.py)
-    keyed by the identity of (customer_id, event_id) alone, so a copy whose ``occurred_at`` was
-    re-stamped is found like any other (the warehouse's merge dedupes the same pair; a set
-    bucketed by event time could not find it).
+    """The applied-event set: the batcher's self-sizing layout of strings of 16-byte ids
+    (workers/batcher/dedupe.py) keyed by the identity of (customer_id, event_id) alone, so a
+    copy whose ``occurred_at`` was re-stamped is found like any other (the warehouse's merge
+    dedupes the same pair; a set bucketed by event time could not find it).
 
     Buckets are *processing* windows: ``now // window_seconds`` on the server's clock. An event
     is looked up in the current window's set and the previous one's and filed in the current one;
     a window's keys expire when the window after it ends, so every event is remembered for at
-    least one window after it was applied and at most two windows of ids are held. 4,096 hashes
+    least one window after it was applied and at most two windows of ids are held. 4,096 keys
     at level 0 (≈ 516,000 ids) and a fanout of 16 (8.8 M ids by level 1, 140 M by level 2, 2.2 G
-    by level 3) keep a walk to one or two levels up to ten million events a window."""
+    by level 3) keep a walk to one or two levels up to ten million events a window. A key holds
+    126 ids: 2,016 bytes, rewritten at its exact size when full (jemalloc's 2 KiB class).
+    ``old_ids_per_hash``: what the old layout's hashes held on this server (its listpack limit
+    less the count field)."""
 
     window_seconds: int = 24 * 3600
-    ids_per_hash: int = 126
+    ids_per_key: int = 126
+    old_ids_per_hash: int = 126
     base_bits: int = 12
     level_bits: int = 4
     max_level: int = 3
@@ -94,7 +98,7 @@ class GateConfig:
             prefix=prefix,
             window_seconds=self.window_seconds,
             bucket_seconds=self.window_seconds,
-            ids_per_key=self.ids_per_hash,
+            ids_per_key=self.ids_per_key,
             base_bits=self.base_bits,
             level_bits=self.level_bits,
             max_level=self.max_level,
@@ -107,7 +111,7 @@ class GateConfig:
             prefix=prefix,
             window_seconds=self.window_seconds,
             bucket_seconds=1,
-            ids_per_key=self.ids_per_hash,
+            ids_per_key=self.old_ids_per_hash,
             base_bits=OLD_BASE_BITS,
             level_bits=OLD_LEVEL_BITS,
             max_level=OLD_MAX_LEVEL,
@@ -270,12 +274,13 @@ class Planner:
             shard_id,
             last_sequence,
             g.window_seconds,
-            g.ids_per_hash,
+            g.ids_per_key,
             1 << g.base_bits,
             1 << g.level_bits,
             g.max_level,
             self.entity_ttl,
             1 if now < self.legacy_until else 0,
+            g.old_ids_per_hash,
             1 << OLD_BASE_BITS,
             1 << OLD_LEVEL_BITS,
             OLD_MAX_LEVEL,

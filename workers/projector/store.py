@@ -27,9 +27,10 @@ SCAN_COUNT: Final = 1000
 
 
 def listpack_cap(client: redis.Redis, default: int = 127) -> int:
-    """Entries per gate hash (ids + the count field): 127, or fewer if the server converts hashes
-    to hashtables sooner. ElastiCache refuses CONFIG; then at least 128 is assumed (both Redis'
-    built-in default and ElastiCache's parameter group say 512)."""
+    """Entries per hash of the gate's old layout (ids + the count field), as versions before
+    2026-12-08 sized them: 127, or fewer if the server converts hashes to hashtables sooner.
+    ElastiCache refuses CONFIG; then at least 128 is assumed (both Redis' built-in default and
+    ElastiCache's parameter group say 512)."""
     try:
         reply: Any = client.config_get("hash-max-listpack-entries")
         entries = int(reply.get("hash-max-listpack-entries", 128))
