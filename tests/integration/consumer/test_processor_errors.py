@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pyarrow.parquet as pq
@@ -23,6 +24,7 @@ import pytest
 from consumer_fleet import Fleet
 from support.kpl import forged_aggregate
 from support.poison import MARK
+from support.tcp_proxy import TcpProxy
 
 from pipeline.app.provision import ensure_bucket, ensure_database, ensure_queues
 from pipeline.app.servers import stack as local_stack
@@ -176,6 +178,89 @@ def test_redis_frozen_for_ten_seconds_mid_flush_heals_without_a_restart_or_a_los
     assert worker.poll() is None, "the worker process exited"
     assert s3_event_ids(clients, name) == {str(r.event_id) for r in synthetic}
     assert clients.s3().list_objects_v2(Bucket=name, Prefix="dead-letter/").get("KeyCount", 0) == 0
+
+
+def test_s3_and_sqs_cut_for_fifteen_seconds_mid_flush_heal_without_a_restart_or_a_loss(
+    fleet: Fleet, settings: Settings, clients: ClientFactory
+) -> None:
+    """The worker reaches S3 and SQS through a proxy that is cut (connections reset, new ones
+    refused) for 15 s while it flushes: the flush waits — retries, then the consumer's outage
+    wait — and the same process finishes it when they answer again. Every event is in S3 once,
+    every object is announced, nothing is dead-lettered, the checkpoints reach the end."""
+    name = fleet.stream
+    resources = provision(fleet, settings, clients)
+    synthetic = valid_events(seed=13, customers=3, count=300)
+    kinesis = clients.kinesis()
+    target = urlsplit(settings.aws.endpoint_for("s3"))
+
+    def put(records: list[SyntheticRecord]) -> dict[str, int]:
+        out = kinesis.put_records(
+            StreamName=name, Records=[{"Data": r.data, "PartitionKey": r.partition_key} for r in records]
+        )
+        assert out["FailedRecordCount"] == 0
+        return {r["ShardId"]: int(r["SequenceNumber"]) for r in out["Records"]}
+
+    with TcpProxy(target.hostname or "127.0.0.1", target.port or 80) as proxy:
+        via = f"http://127.0.0.1:{proxy.port}"
+        worker = fleet.start(
+            "w1", processor="batcher", SHARDHOUSE_FLUSH_RECORDS="1000", SHARDHOUSE_FLUSH_AGE_SECONDS="1",
+            AWS_ENDPOINT_URL_S3=via, AWS_ENDPOINT_URL_SQS=via, **resources,
+        )  # fmt: skip
+        put(synthetic[:100])
+        fleet.wait_for("a first flush", lambda: bool(s3_event_ids(clients, name)), timeout=30)
+        proxy.cut()
+        try:
+            last = put(synthetic[100:])  # flushed while S3 and SQS do not answer
+            time.sleep(15)
+            assert proxy.refused > 0, "the worker never tried to reach S3 or SQS during the cut"
+        finally:
+            proxy.restore()
+
+        def checkpoints() -> dict[str, int]:
+            return {
+                x.lease_key: int(x.checkpoint.sequence_number)
+                for x in fleet.leases()
+                if x.checkpoint.sequence_number.isdigit()
+            }
+
+        fleet.wait_for(
+            "every shard's checkpoint past the outage",
+            lambda: all(checkpoints().get(k, 0) >= v for k, v in last.items()),
+            timeout=120,
+        )
+        assert worker.poll() is None, "the worker process exited"
+    rows = s3_event_id_list(clients, name)
+    assert sorted(rows) == sorted(str(r.event_id) for r in synthetic)  # each once
+    assert clients.s3().list_objects_v2(Bucket=name, Prefix="dead-letter/").get("KeyCount", 0) == 0
+    announced = announced_keys(clients, name)
+    objects = {
+        o["Key"] for o in clients.s3().list_objects_v2(Bucket=name, Prefix="events/").get("Contents", [])
+    }
+    assert objects <= announced
+
+
+def announced_keys(clients: ClientFactory, queue: str) -> set[str]:
+    """Every object key the batch messages on ``queue`` announce (messages left in flight)."""
+    sqs = clients.sqs()
+    url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    keys: set[str] = set()
+    while True:
+        got = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=600, WaitTimeSeconds=1
+        )
+        messages = got.get("Messages", [])
+        if not messages:
+            return keys
+        for m in messages:
+            keys |= {o["key"] for o in json.loads(m["Body"])["objects"]}
+
+
+def s3_event_id_list(clients: ClientFactory, bucket: str) -> list[str]:
+    s3, out = clients.s3(), []
+    for obj in s3.list_objects_v2(Bucket=bucket, Prefix="events/").get("Contents", []):
+        body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        out += map(str, pq.read_table(io.BytesIO(body), columns=["event_id"]).column("event_id").to_pylist())
+    return out
 
 
 def s3_event_ids(clients: ClientFactory, bucket: str) -> set[str]:
