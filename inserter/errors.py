@@ -26,7 +26,8 @@ class UnknownEventSchema(TerminalError):
 #: failure, deadlock), insufficient resources, operator intervention (admin shutdown, cancel,
 #: statement/lock timeout), system errors.
 _TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-_TRANSIENT_STATES = frozenset({"55P03", "55006"})  # lock_not_available, object_in_use
+#: lock_not_available, object_in_use, read_only_sql_transaction (a standby mid-failover)
+_TRANSIENT_STATES = frozenset({"55P03", "55006", "25006"})
 
 
 class WarehouseRefused(TransientError):

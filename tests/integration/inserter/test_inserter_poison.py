@@ -8,12 +8,15 @@ import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from inserter_harness import Env, make_env, make_events, wait_for
 from support.tcp_proxy import TcpProxy
 
+from inserter.wiring import dependency_probes
 from pipeline.core.clients import ClientFactory
 from pipeline.core.manifest import BatchObject, encode_manifest
 from pipeline.core.retry import Backoff
@@ -190,3 +193,45 @@ def test_a_warehouse_outage_longer_than_the_redrive_schedule_dead_letters_nothin
     (loaded,) = [r for r in caplog.records if r.getMessage() == "batch loaded"]
     assert getattr(loaded, "receives", None) == 2  # one receive spent on the outage, whatever its length
     assert any(r.getMessage() == "dependencies answer again; receiving" for r in caplog.records)
+
+
+def test_an_s3_outage_mid_load_dead_letters_nothing_and_loads_once(
+    clients: ClientFactory,
+    settings: Settings,
+    unique_name: str,
+    db_url: str,
+) -> None:
+    """S3 goes away (connections reset, new ones refused) while batches wait: with 2 receives
+    allowed, two failed downloads would dead-letter a batch; instead the inserter finds S3 out
+    (its probe), gives the messages back and receives nothing until S3 answers, then loads every
+    batch exactly once."""
+    env = make_env(clients, settings, unique_name, db_url, max_receive_count=2)
+    batches = [make_events(unique_name, n=100, start=100 * i) for i in range(3)]
+    target = urlsplit(settings.aws.endpoint_for("s3"))
+    with TcpProxy(target.hostname or "127.0.0.1", target.port or 80) as proxy:
+        via = replace(
+            settings, aws=replace(settings.aws, service_endpoints={"s3": f"http://127.0.0.1:{proxy.port}"})
+        )
+        proxied = Env(env.settings, ClientFactory(via), env.db_url)
+        ins = proxied.inserter(wait_seconds=1, retry_base_seconds=1, exit_when_idle=False)
+        ins.probes = dependency_probes(env.settings, ClientFactory(via))
+        ins.outage_backoff = Backoff(base=0.2, cap=0.5, max_attempts=3)
+        for i, events in enumerate(batches):
+            env.send(env.manifest([env.put_object(events, first=1000 + 1000 * i)]))
+        proxy.cut()
+        runner = threading.Thread(target=ins.run, name="inserter")
+        runner.start()
+        try:
+            wait_for(lambda: ins.metrics.dependency_out._value.get() == 1, "the inserter to see the outage")
+            time.sleep(6)  # receives 2 and 3 would have come and gone, the second to the DLQ
+            assert env.queue_depth(env.settings.resources.dead_letter_queue) == 0
+            assert env.ledger() == [] and proxy.refused > 0
+            proxy.restore()
+            wait_for(lambda: len(env.ledger()) == 3, "the loads once S3 is back", timeout=60)
+            wait_for(lambda: env.queue_depth() == 0, "the messages to be deleted")
+        finally:
+            ins.request_stop()
+            runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert Counter(env.event_ids(unique_name)) == Counter({e.event_id: 1 for b in batches for e in b})
+    assert env.dead_letters() == []
