@@ -273,6 +273,9 @@ def validate_settings(settings: Settings) -> None:
     for name in ("max_aggregate_records", "max_aggregate_bytes", "max_delivery_records"):
         if getattr(settings.worker, name) < 1:
             raise ConfigError(f"SHARDHOUSE_{name.upper()} must be at least 1")
+    if settings.redis.dedupe_window_seconds < 60:
+        # the projector files applied ids by window number (workers/projector/plan.GateConfig)
+        raise ConfigError("SHARDHOUSE_REDIS_DEDUPE_WINDOW_SECONDS must be at least 60")
     if settings.worker.initial_position not in {"TRIM_HORIZON", "LATEST"}:
         raise ConfigError("SHARDHOUSE_INITIAL_POSITION must be TRIM_HORIZON or LATEST")
     api = settings.readapi

@@ -48,6 +48,10 @@ def test_round_trips_through_child_environment() -> None:
         ({"SHARDHOUSE_SHARD_COUNT": "0"}, "SHARDHOUSE_SHARD_COUNT must be at least 1"),
         ({"SHARDHOUSE_WAREHOUSE_DIALECT": "oracle"}, "expected postgres or redshift"),
         ({"SHARDHOUSE_INITIAL_POSITION": "MIDDLE"}, "TRIM_HORIZON or LATEST"),
+        (
+            {"SHARDHOUSE_REDIS_DEDUPE_WINDOW_SECONDS": "30"},
+            "SHARDHOUSE_REDIS_DEDUPE_WINDOW_SECONDS must be at least 60",
+        ),
     ],
 )
 def test_bad_values_give_clear_errors(env: dict[str, str], message: str) -> None:
