@@ -49,8 +49,8 @@ local n = #gate / 24
 -- absolute expiry times (ms, SET … PXAT / PEXPIREAT) taken from the server clock
 local now = call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + floor(tonumber(now[2]) / 1000)
-local win = floor(tonumber(now[1]) / window)
-local gate_at, ent_at = fmt('%d', (win + 2) * window * 1000), fmt('%d', now_ms + ent_ttl * 1000)
+local window_no = floor(tonumber(now[1]) / window)
+local gate_at, ent_at = fmt('%d', (window_no + 2) * window * 1000), fmt('%d', now_ms + ent_ttl * 1000)
 
 local gens = {}
 if target == '' then
@@ -72,8 +72,8 @@ local seconds, hashes = decode(gate)
 local ids, this_win, last_win = {}, {}, {}
 for i = 1, n do
   ids[i] = sub(gate, i * 24 - 15, i * 24)
-  this_win[i] = win
-  last_win[i] = win - 1
+  this_win[i] = window_no
+  last_win[i] = window_no - 1
 end
 
 -- The old layout (hashes, read-only): found[i] = true for the pending events it holds. HMGET
@@ -120,7 +120,7 @@ end
 local function admit(gp)
   local fresh, found = {}, {}
   local wp = gp .. 'w'
-  if call('EXISTS', wp .. (win - 1)) == 1 then
+  if call('EXISTS', wp .. (window_no - 1)) == 1 then
     walk(wp, base, fan, max_level, last_win, hashes, unfound(found), function(level, keys, lists)
       local nxt = {}
       values_of(keys, function(k, value)
@@ -137,7 +137,7 @@ local function admit(gp)
   if old_on then lookup_old(gp, unfound(found), found) end
   local pending = unfound(found)
   if #pending == 0 then return fresh end
-  call('SET', wp .. win, '1', 'PXAT', gate_at)
+  call('SET', wp .. window_no, '1', 'PXAT', gate_at)
   walk(wp, base, fan, max_level, this_win, hashes, pending, function(level, keys, lists)
     local nxt = {}
     values_of(keys, function(k, value)
