@@ -11,7 +11,7 @@ Everything lives under one namespace per stream, ``rm:<stream>:``:
 * ``<ns><gen>:`` — one generation of the models; every key below is relative to it:
 
   ======================================  ===========================================
-  ``ap:w<window>:<level>:<slot>``         applied events (hash, 16-byte identity fields)
+  ``ap:w<window>:<level>:<slot>``         applied events (string of 16-byte identities)
   ``ch:<customer>:<YYYYMMDD>``            hourly counts, field ``<type>:<HH>``
   ``cd:<customer>:<YYYYMM>``              daily counts, field ``<type>:<DD>``
   ``e:<customer>:<kind>:<id>``            entity (string): version, first seen, event
