@@ -14,8 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -66,15 +68,8 @@ def test_poison_records_are_dead_lettered_and_every_valid_event_loads_once(
         SHARDHOUSE_FLUSH_RECORDS="1000", SHARDHOUSE_FLUSH_AGE_SECONDS="1", **resources,
     )  # fmt: skip
 
-    def checkpoints() -> dict[str, int]:
-        return {
-            x.lease_key: int(x.checkpoint.sequence_number)
-            for x in fleet.leases()
-            if x.checkpoint.sequence_number.isdigit()
-        }
-
     fleet.wait_for(
-        f"checkpoints at every shard's last record {last}", lambda: checkpoints() == last, timeout=60
+        f"checkpoints at every shard's last record {last}", lambda: checkpoints(fleet) == last, timeout=60
     )
     assert dead_lettered(clients, name) == poisoned
 
@@ -145,38 +140,23 @@ def test_redis_frozen_for_ten_seconds_mid_flush_heals_without_a_restart_or_a_los
     synthetic = valid_events(seed=12, customers=2, count=300)
     kinesis = clients.kinesis()
 
-    def put(records: list[object]) -> dict[str, int]:
-        out = kinesis.put_records(
-            StreamName=name,
-            Records=[{"Data": r.data, "PartitionKey": r.partition_key} for r in records],  # type: ignore[attr-defined]
-        )
-        assert out["FailedRecordCount"] == 0
-        return {r["ShardId"]: int(r["SequenceNumber"]) for r in out["Records"]}
-
     worker = fleet.start(
         "w1", processor="batcher", SHARDHOUSE_FLUSH_RECORDS="1000", SHARDHOUSE_FLUSH_AGE_SECONDS="1",
         SHARDHOUSE_REDIS_SOCKET_TIMEOUT="1", **resources,
     )  # fmt: skip
-    put(synthetic[:100])
+    put_records(kinesis, name, synthetic[:100])
     fleet.wait_for("a first flush", lambda: bool(s3_event_ids(clients, name)), timeout=30)
     redis_pid = stack.services["redis"].pid
     os.kill(redis_pid, signal.SIGSTOP)
     try:
-        last = put(synthetic[100:])  # flushed while Redis does not answer
+        last = put_records(kinesis, name, synthetic[100:])  # flushed while Redis does not answer
         time.sleep(10)
     finally:
         os.kill(redis_pid, signal.SIGCONT)
 
-    def checkpoints() -> dict[str, int]:
-        return {
-            x.lease_key: int(x.checkpoint.sequence_number)
-            for x in fleet.leases()
-            if x.checkpoint.sequence_number.isdigit()
-        }
-
     fleet.wait_for(
         "every shard's checkpoint past the outage",
-        lambda: all(checkpoints().get(k, 0) >= v for k, v in last.items()),
+        lambda: all(checkpoints(fleet).get(k, 0) >= v for k, v in last.items()),
         timeout=90,
     )
     assert worker.poll() is None, "the worker process exited"
@@ -197,42 +177,16 @@ def test_s3_and_sqs_cut_for_fifteen_seconds_mid_flush_heal_without_a_restart_or_
     kinesis = clients.kinesis()
     target = urlsplit(settings.aws.endpoint_for("s3"))
 
-    def put(records: list[SyntheticRecord]) -> dict[str, int]:
-        out = kinesis.put_records(
-            StreamName=name, Records=[{"Data": r.data, "PartitionKey": r.partition_key} for r in records]
-        )
-        assert out["FailedRecordCount"] == 0
-        return {r["ShardId"]: int(r["SequenceNumber"]) for r in out["Records"]}
-
     with TcpProxy(target.hostname or "127.0.0.1", target.port or 80) as proxy:
         via = f"http://127.0.0.1:{proxy.port}"
         worker = fleet.start(
             "w1", processor="batcher", SHARDHOUSE_FLUSH_RECORDS="1000", SHARDHOUSE_FLUSH_AGE_SECONDS="1",
             AWS_ENDPOINT_URL_S3=via, AWS_ENDPOINT_URL_SQS=via, **resources,
         )  # fmt: skip
-        put(synthetic[:100])
+        put_records(kinesis, name, synthetic[:100])
         fleet.wait_for("a first flush", lambda: bool(s3_event_ids(clients, name)), timeout=30)
-        proxy.cut()
-        try:
-            last = put(synthetic[100:])  # flushed while S3 and SQS do not answer
-            time.sleep(15)
-            assert proxy.refused > 0, "the worker never tried to reach S3 or SQS during the cut"
-        finally:
-            proxy.restore()
-
-        def checkpoints() -> dict[str, int]:
-            return {
-                x.lease_key: int(x.checkpoint.sequence_number)
-                for x in fleet.leases()
-                if x.checkpoint.sequence_number.isdigit()
-            }
-
-        fleet.wait_for(
-            "every shard's checkpoint past the outage",
-            lambda: all(checkpoints().get(k, 0) >= v for k, v in last.items()),
-            timeout=120,
-        )
-        assert worker.poll() is None, "the worker process exited"
+        # flushed while S3 and SQS do not answer
+        ride_out_a_cut(fleet, proxy, worker, lambda: put_records(kinesis, name, synthetic[100:]))
     rows = s3_event_id_list(clients, name)
     assert sorted(rows) == sorted(str(r.event_id) for r in synthetic)  # each once
     assert clients.s3().list_objects_v2(Bucket=name, Prefix="dead-letter/").get("KeyCount", 0) == 0
@@ -256,42 +210,16 @@ def test_redis_cut_for_fifteen_seconds_mid_apply_heals_the_projector_without_a_l
     kinesis = clients.kinesis()
     target = urlsplit(settings.redis.url)
 
-    def put(batch: list[SyntheticRecord]) -> dict[str, int]:
-        out = kinesis.put_records(
-            StreamName=name, Records=[{"Data": r.data, "PartitionKey": r.partition_key} for r in batch]
-        )
-        assert out["FailedRecordCount"] == 0
-        return {r["ShardId"]: int(r["SequenceNumber"]) for r in out["Records"]}
-
     store = ProjectionStore(clients.redis(), Namespace.for_stream(name))
     with TcpProxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
         worker = fleet.start(
             "p1", processor="projector", SHARDHOUSE_REDIS_URL=f"redis://127.0.0.1:{proxy.port}{target.path}",
             SHARDHOUSE_REDIS_SOCKET_TIMEOUT="1",
         )  # fmt: skip
-        put(records[:100])
+        put_records(kinesis, name, records[:100])
         fleet.wait_for("a first apply", lambda: store.status().current is not None, timeout=30)
-        proxy.cut()
-        try:
-            last = put(records[100:])  # delivered while Redis does not answer
-            time.sleep(15)
-            assert proxy.refused > 0, "the projector never tried to reach Redis during the cut"
-        finally:
-            proxy.restore()
-
-        def checkpoints() -> dict[str, int]:
-            return {
-                x.lease_key: int(x.checkpoint.sequence_number)
-                for x in fleet.leases()
-                if x.checkpoint.sequence_number.isdigit()
-            }
-
-        fleet.wait_for(
-            "every shard's checkpoint past the outage",
-            lambda: all(checkpoints().get(k, 0) >= v for k, v in last.items()),
-            timeout=120,
-        )
-        assert worker.poll() is None, "the worker process exited"
+        # delivered while Redis does not answer
+        ride_out_a_cut(fleet, proxy, worker, lambda: put_records(kinesis, name, records[100:]))
     events = [load_registry().decode(r.data) for r in records]
     diff = store.snapshot().diff(fold(events))
     assert diff == [], "\n".join(diff)
@@ -319,6 +247,52 @@ def s3_event_id_list(clients: ClientFactory, bucket: str) -> list[str]:
         body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
         out += map(str, pq.read_table(io.BytesIO(body), columns=["event_id"]).column("event_id").to_pylist())
     return out
+
+
+def put_records(kinesis: Any, stream: str, records: Sequence[SyntheticRecord]) -> dict[str, int]:
+    """Put ``records`` on ``stream``; each shard's highest sequence number among them."""
+    out = kinesis.put_records(
+        StreamName=stream, Records=[{"Data": r.data, "PartitionKey": r.partition_key} for r in records]
+    )
+    assert out["FailedRecordCount"] == 0
+    last: dict[str, int] = {}
+    for r in out["Records"]:
+        last[r["ShardId"]] = max(int(r["SequenceNumber"]), last.get(r["ShardId"], 0))
+    return last
+
+
+def ride_out_a_cut(
+    fleet: Fleet,
+    proxy: TcpProxy,
+    worker: subprocess.Popen[bytes],
+    during: Callable[[], dict[str, int]],
+    seconds: float = 15.0,
+) -> None:
+    """Cut ``proxy`` for ``seconds`` while ``during`` puts records (it returns each shard's last
+    sequence number), restore it, then wait until every shard's checkpoint passes those records
+    — in the same worker process."""
+    proxy.cut()
+    try:
+        last = during()
+        time.sleep(seconds)
+        assert proxy.refused > 0, "the worker never tried to reach the cut dependency"
+    finally:
+        proxy.restore()
+    fleet.wait_for(
+        "every shard's checkpoint past the outage",
+        lambda: all(checkpoints(fleet).get(k, 0) >= v for k, v in last.items()),
+        timeout=120,
+    )
+    assert worker.poll() is None, "the worker process exited"
+
+
+def checkpoints(fleet: Fleet) -> dict[str, int]:
+    """Each lease's checkpointed sequence number (leases still at a position name left out)."""
+    return {
+        x.lease_key: int(x.checkpoint.sequence_number)
+        for x in fleet.leases()
+        if x.checkpoint.sequence_number.isdigit()
+    }
 
 
 def s3_event_ids(clients: ClientFactory, bucket: str) -> set[str]:

@@ -16,6 +16,7 @@ import pytest
 from inserter_harness import Env, make_env, make_events, wait_for
 from support.tcp_proxy import TcpProxy
 
+from inserter.service import Inserter
 from inserter.wiring import dependency_probes
 from pipeline.core.clients import ClientFactory
 from pipeline.core.manifest import BatchObject, encode_manifest
@@ -151,6 +152,19 @@ def test_an_oversize_forged_message_and_a_dlq_refusing_sends_do_not_stop_the_ins
     assert ins.metrics.messages.labels("failed")._value.get() >= 1
 
 
+def waits_out_the_outage(env: Env, ins: Inserter, proxy: TcpProxy, *, loads: int) -> None:
+    """Once ``ins`` sees the cut dependency out: for longer than receives 2 and 3 would take (the
+    second would dead-letter), nothing is dead-lettered or loaded and every message waits in the
+    queue; after ``proxy`` is restored, ``loads`` loads commit and the messages are deleted."""
+    wait_for(lambda: ins.metrics.dependency_out._value.get() == 1, "the inserter to see the outage")
+    time.sleep(6)
+    assert env.queue_depth(env.settings.resources.dead_letter_queue) == 0
+    assert env.queue_depth() == loads and env.ledger() == [] and proxy.refused > 0
+    proxy.restore()
+    wait_for(lambda: len(env.ledger()) == loads, "the loads once the dependency is back", timeout=60)
+    wait_for(lambda: env.queue_depth() == 0, "the messages to be deleted")
+
+
 def test_a_warehouse_outage_longer_than_the_redrive_schedule_dead_letters_nothing(
     clients: ClientFactory,
     settings: Settings,
@@ -177,13 +191,7 @@ def test_a_warehouse_outage_longer_than_the_redrive_schedule_dead_letters_nothin
             wait_for(lambda: ins._conn is not None, "the inserter to connect")
             proxy.cut()
             env.send(env.manifest([env.put_object(events)]))
-            wait_for(lambda: ins.metrics.dependency_out._value.get() == 1, "the inserter to see the outage")
-            time.sleep(6)  # receives 2 and 3 would have come and gone, the second to the DLQ
-            assert env.queue_depth(env.settings.resources.dead_letter_queue) == 0
-            assert env.queue_depth() == 1 and env.ledger() == [] and proxy.refused > 0
-            proxy.restore()
-            wait_for(lambda: len(env.ledger()) == 1, "the load once the warehouse is back", timeout=60)
-            wait_for(lambda: env.queue_depth() == 0, "the message to be deleted")
+            waits_out_the_outage(env, ins, proxy, loads=1)
         finally:
             ins.request_stop()
             runner.join(timeout=30)
@@ -222,13 +230,7 @@ def test_an_s3_outage_mid_load_dead_letters_nothing_and_loads_once(
         runner = threading.Thread(target=ins.run, name="inserter")
         runner.start()
         try:
-            wait_for(lambda: ins.metrics.dependency_out._value.get() == 1, "the inserter to see the outage")
-            time.sleep(6)  # receives 2 and 3 would have come and gone, the second to the DLQ
-            assert env.queue_depth(env.settings.resources.dead_letter_queue) == 0
-            assert env.ledger() == [] and proxy.refused > 0
-            proxy.restore()
-            wait_for(lambda: len(env.ledger()) == 3, "the loads once S3 is back", timeout=60)
-            wait_for(lambda: env.queue_depth() == 0, "the messages to be deleted")
+            waits_out_the_outage(env, ins, proxy, loads=3)
         finally:
             ins.request_stop()
             runner.join(timeout=30)
