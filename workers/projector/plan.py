@@ -260,6 +260,7 @@ class Planner:
         self.namespace = namespace
         self.gate = gate
         self.layout = gate.layout()  # checks the parameters; plan_events inlines its pack()
+        self.old_layout = gate.old_layout()  # what the script walks during an upgrade's window
         self.entity_ttl = entity_ttl
         self.chunk_events = chunk_events
         #: epoch seconds until which the script also consults the old gate layout
@@ -267,23 +268,23 @@ class Planner:
         self._buckets: dict[int, HourBucket] = {}
 
     def header(self, target: str, shard_id: str, last_sequence: str, now: int) -> list[Any]:
-        g = self.gate
+        new, old = self.layout, self.old_layout
         return [
             self.namespace.prefix,
             target,
             shard_id,
             last_sequence,
-            g.window_seconds,
-            g.ids_per_key,
-            1 << g.base_bits,
-            1 << g.level_bits,
-            g.max_level,
+            self.gate.window_seconds,
+            new.ids_per_key,
+            new.base_slots,
+            new.fanout,
+            new.max_level,
             self.entity_ttl,
             1 if now < self.legacy_until else 0,
-            g.old_ids_per_hash,
-            1 << OLD_BASE_BITS,
-            1 << OLD_LEVEL_BITS,
-            OLD_MAX_LEVEL,
+            old.ids_per_key,
+            old.base_slots,
+            old.fanout,
+            old.max_level,
         ]
 
     def plan_records(
